@@ -1,0 +1,407 @@
+#!/usr/bin/env node
+
+// `mm`: the command line. It parses flags, calls the runtime, and renders results;
+// it holds no lifecycle logic of its own.
+
+import { closeSync, openSync, readFileSync, readSync, statSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { Command, CommanderError, Option } from "@commander-js/extra-typings";
+import { MmError, parseCpus, parseMemory } from "@mm/core";
+import { doctor, type MachineRecord, parseLogLines, type RunOutcome, Runtime, type Supervisor } from "@mm/runtime";
+import Table from "cli-table3";
+import { commandText, statusText } from "./format.js";
+
+const SELF = fileURLToPath(import.meta.url);
+
+function runtime(): Runtime {
+  return new Runtime({ supervisorCommand: [process.execPath, SELF, "__supervise"] });
+}
+
+function printError(e: unknown, json: boolean): number {
+  const err = e instanceof MmError ? e : new MmError("MM_INTERNAL", (e as Error)?.stack ?? String(e), { cause: e });
+  if (json) process.stderr.write(`${JSON.stringify({ error: err.toJSON() })}\n`);
+  else process.stderr.write(`mm: ${err.code}: ${err.message}\n  hint: ${err.hint}\n`);
+  return err.exit;
+}
+
+function table(head: string[], rows: string[][]): string {
+  const t = new Table({
+    head,
+    chars: {
+      top: "",
+      "top-mid": "",
+      "top-left": "",
+      "top-right": "",
+      bottom: "",
+      "bottom-mid": "",
+      "bottom-left": "",
+      "bottom-right": "",
+      left: "",
+      "left-mid": "",
+      mid: "",
+      "mid-mid": "",
+      right: "",
+      "right-mid": "",
+      middle: "   ",
+    },
+    style: { head: [], border: [], "padding-left": 0, "padding-right": 0 },
+  });
+  t.push(...rows);
+  return `${t
+    .toString()
+    .split("\n")
+    .map((l) => l.trimEnd())
+    .join("\n")}\n`;
+}
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+function writer(stream: NodeJS.WriteStream) {
+  return (d: Buffer, drain: () => void) => {
+    const ok = stream.write(d);
+    if (!ok) stream.once("drain", drain);
+    return ok;
+  };
+}
+
+/** Runs a machine in this process, wiring signals the way `docker run` does. */
+async function attach(rt: Runtime, id: string): Promise<RunOutcome> {
+  let sup: Supervisor | undefined;
+  const onInt = () => sup?.forwardSignal(2);
+  const onTerm = () => void sup?.stop(rt.store.get(id).stopTimeoutS ?? 10);
+  const onHup = () => sup?.forwardSignal(1);
+  process.on("SIGINT", onInt);
+  process.on("SIGTERM", onTerm);
+  process.on("SIGHUP", onHup);
+  try {
+    return await rt.runAttached(
+      id,
+      {
+        stdout: writer(process.stdout),
+        stderr: writer(process.stderr),
+        onWarning: (m) => process.stderr.write(`mm: ${m}\n`),
+      },
+      (s) => {
+        sup = s;
+      },
+    );
+  } finally {
+    process.off("SIGINT", onInt);
+    process.off("SIGTERM", onTerm);
+    process.off("SIGHUP", onHup);
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command("mm")
+    .description("MicroMachines: containers' UX, virtual machines' isolation")
+    .version(JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")).version as string)
+    .showSuggestionAfterError(true)
+    .exitOverride();
+
+  program
+    .command("run")
+    .description("create a machine from an image and boot it (default image: the embedded busybox)")
+    .argument("[image]", "image to boot (default: the embedded busybox image)")
+    .argument("[command...]", "command to run instead of the image's default (or after --)")
+    .option("--name <name>", "name of the machine")
+    .option("--rm", "remove the machine when it exits", false)
+    .option("-d, --detach", "run in the background and print the machine id", false)
+    .option("--cpus <n>", "virtual CPUs", "1")
+    .option("-m, --memory <size>", "memory (MiB, or with unit: 512M, 1G)", "256")
+    .option("-e, --env <KEY=VALUE>", "set an environment variable (repeatable)", collect, [] as string[])
+    .option("-w, --workdir <dir>", "working directory inside the guest")
+    .option("-u, --user <user>", "user (name or uid[:gid]) to run the command as")
+    .option("--json", "machine-readable output", false)
+    .passThroughOptions()
+    .action(async (image, command, opts) => {
+      const rt = runtime();
+      try {
+        const afterDashes = (program as unknown as { _mmAfterDashes?: string[] })._mmAfterDashes;
+        const rec = rt.create({
+          ...(opts.name !== undefined && { name: opts.name }),
+          ...(image !== undefined && { image }),
+          cpus: parseCpus(opts.cpus),
+          memoryMib: parseMemory(opts.memory),
+          command: afterDashes ?? command,
+          env: opts.env,
+          ...(opts.workdir !== undefined && { workdir: opts.workdir }),
+          ...(opts.user !== undefined && { user: opts.user }),
+          autoRemove: opts.rm,
+        });
+        if (opts.detach) {
+          const r = await rt.startDetached(rec.id);
+          if (r.state === "failed")
+            throw new MmError(
+              (r.error?.code as MmError["code"]) ?? "MM_INTERNAL",
+              r.error?.message.replace(/^[^:]*: /, ""),
+            );
+          process.stdout.write(opts.json ? `${JSON.stringify(publicRecord(r))}\n` : `${r.id}\n`);
+          return;
+        }
+        const outcome = await attach(rt, rec.id);
+        if (outcome.error) {
+          const code = printError(outcome.error, opts.json);
+          process.exitCode = outcome.exitCode ?? code;
+        } else {
+          process.exitCode = outcome.exitCode ?? 0;
+        }
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("ps")
+    .description("list machines (running ones; -a for all)")
+    .option("-a, --all", "include machines that are not running", false)
+    .option("-q, --quiet", "print ids only", false)
+    .option("--json", "print JSON", false)
+    .action((opts) => {
+      const rt = runtime();
+      try {
+        const all = rt
+          .list()
+          .filter((r) => opts.all || r.state === "running" || r.state === "starting" || r.state === "stopping");
+        if (opts.json) process.stdout.write(`${JSON.stringify(all.map(publicRecord), null, 2)}\n`);
+        else if (opts.quiet) process.stdout.write(all.map((r) => `${r.id}\n`).join(""));
+        else
+          process.stdout.write(
+            table(
+              ["MACHINE ID", "IMAGE", "COMMAND", "STATUS", "ACCEL", "NAME"],
+              all.map((r) => [r.id, r.spec.image, commandText(r), statusText(r), r.accel ?? "", r.spec.name]),
+            ),
+          );
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("stop")
+    .description("stop machines: SIGTERM to the workload, power off after the timeout")
+    .argument("<machines...>")
+    .option("-t, --time <seconds>", "seconds to wait before powering off", "10")
+    .action(async (refs, opts) => {
+      const rt = runtime();
+      try {
+        const t = Number(opts.time);
+        if (!Number.isFinite(t) || t < 0)
+          throw new MmError("MM_USAGE", `--time "${opts.time}" is not a number of seconds`);
+        for (const ref of refs) {
+          await rt.stop(ref, t);
+          process.stdout.write(`${ref}\n`);
+        }
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("start")
+    .description("boot stopped machines again, in the background")
+    .argument("<machines...>")
+    .action(async (refs) => {
+      const rt = runtime();
+      try {
+        for (const ref of refs) {
+          const rec = rt.find(ref);
+          if (rec.state === "running" || rec.state === "starting") {
+            process.stdout.write(`${ref}\n`);
+            continue;
+          }
+          const r = await rt.startDetached(rec.id);
+          if (r.state === "failed")
+            throw new MmError(
+              (r.error?.code as MmError["code"]) ?? "MM_INTERNAL",
+              r.error?.message.replace(/^[^:]*: /, ""),
+            );
+          process.stdout.write(`${ref}\n`);
+        }
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("rm")
+    .description("remove machines and their disks")
+    .argument("<machines...>")
+    .option("-f, --force", "stop running machines first (kill)", false)
+    .action(async (refs, opts) => {
+      const rt = runtime();
+      try {
+        for (const ref of refs) {
+          await rt.remove(ref, { force: opts.force });
+          process.stdout.write(`${ref}\n`);
+        }
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("logs")
+    .description("print a machine's output (workload stdout/stderr; --console adds the guest console)")
+    .argument("<machine>")
+    .option("-f, --follow", "keep printing new output until the machine ends", false)
+    .option("--console", "include the guest's serial console", false)
+    .action(async (ref, opts) => {
+      const rt = runtime();
+      try {
+        await printLogs(rt, ref, opts.follow, opts.console);
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("inspect")
+    .description("print a machine's full record as JSON")
+    .argument("<machines...>")
+    .action((refs) => {
+      const rt = runtime();
+      try {
+        process.stdout.write(
+          `${JSON.stringify(
+            refs.map((r) => publicRecord(rt.find(r))),
+            null,
+            2,
+          )}\n`,
+        );
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("doctor")
+    .description("check this host: KVM, QEMU, tools, guest kernel and init")
+    .option("--json", "print JSON", false)
+    .action(async (opts) => {
+      const rt = runtime();
+      try {
+        const checks = await doctor(rt);
+        if (opts.json) process.stdout.write(`${JSON.stringify(checks, null, 2)}\n`);
+        else
+          for (const c of checks) {
+            process.stdout.write(
+              `${c.ok ? "ok  " : "FAIL"}  ${c.name}: ${c.detail}\n${c.hint ? `      fix: ${c.hint}\n` : ""}`,
+            );
+          }
+        if (checks.some((c) => !c.ok)) process.exitCode = 1;
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("__supervise", { hidden: true })
+    .argument("<id>")
+    .action(async (id) => {
+      const rt = runtime();
+      let sup: Supervisor | undefined;
+      process.on("SIGTERM", () => void sup?.stop(rt.store.get(id).stopTimeoutS ?? 10));
+      process.on("SIGINT", () => undefined);
+      process.on("SIGHUP", () => undefined);
+      try {
+        const outcome = await rt.runAttached(id, { onWarning: (m) => process.stderr.write(`${m}\n`) }, (s) => {
+          sup = s;
+        });
+        if (outcome.error) process.stderr.write(`${outcome.error.code}: ${outcome.error.message}\n`);
+      } finally {
+        rt.close();
+      }
+    });
+
+  return program;
+}
+
+function publicRecord(r: MachineRecord) {
+  return {
+    id: r.id,
+    name: r.spec.name,
+    image: r.spec.image,
+    state: r.state,
+    accel: r.accel,
+    exitCode: r.exitCode,
+    error: r.error,
+    spec: r.spec,
+    pids: { supervisor: r.supervisorPid, vmm: r.vmmPid },
+    createdAt: r.createdAt,
+    startedAt: r.startedAt,
+    finishedAt: r.finishedAt,
+  };
+}
+
+async function printLogs(rt: Runtime, ref: string, follow: boolean, withConsole: boolean): Promise<void> {
+  const emit = (text: string) => {
+    for (const e of parseLogLines(text)) {
+      if (e.stream === "console" && !withConsole) continue;
+      (e.stream === "stderr" ? process.stderr : process.stdout).write(e.data);
+    }
+  };
+  for (const e of rt.logs(ref)) {
+    if (e.stream === "console" && !withConsole) continue;
+    (e.stream === "stderr" ? process.stderr : process.stdout).write(e.data);
+  }
+  if (!follow) return;
+  const path = rt.logPath(ref);
+  let offset = statSync(path, { throwIfNoEntry: false })?.size ?? 0;
+  let partial = "";
+  for (;;) {
+    const size = statSync(path, { throwIfNoEntry: false })?.size ?? 0;
+    if (size < offset) offset = 0; // rotated
+    if (size > offset) {
+      const fd = openSync(path, "r");
+      const buf = Buffer.alloc(size - offset);
+      readSync(fd, buf, 0, buf.length, offset);
+      closeSync(fd);
+      offset = size;
+      const text = partial + buf.toString("utf8");
+      const cut = text.lastIndexOf("\n") + 1;
+      emit(text.slice(0, cut));
+      partial = text.slice(cut);
+    } else {
+      const rec = rt.find(ref);
+      if (rec.state !== "running" && rec.state !== "starting" && rec.state !== "stopping") return;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  // `mm run [IMAGE] -- CMD...`: everything after the first `--` is the workload's argv.
+  const args = argv.slice(2);
+  const dashes = args.indexOf("--");
+  if (args[0] === "run" && dashes >= 0) {
+    (program as unknown as { _mmAfterDashes?: string[] })._mmAfterDashes = args.slice(dashes + 1);
+    args.splice(dashes);
+  }
+  const json = args.includes("--json");
+  program.configureOutput({
+    writeErr: () => undefined,
+  });
+  try {
+    await program.parseAsync(args, { from: "user" });
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === "commander.helpDisplayed" || e.code === "commander.version" || e.code === "commander.help")
+        return 0;
+      return printError(new MmError("MM_USAGE", e.message.replace(/^error: /, "")), json);
+    }
+    return printError(e, json);
+  }
+}
+
+void Option;
+main(process.argv).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e) => {
+    process.exitCode = printError(e, false);
+  },
+);

@@ -1,0 +1,149 @@
+// Every error the product raises is created here, from one registry of stable codes.
+// docs/errors.md lists the same codes; errors.test.ts keeps the two in sync.
+
+export interface ErrorDefinition {
+  /** One line: what went wrong, in the user's terms. */
+  readonly summary: string;
+  /** What the user can do about it. */
+  readonly hint: string;
+  /** Process exit status the CLI uses (Docker's convention: 125 for the tool's own errors). */
+  readonly exit: number;
+}
+
+export const ERRORS = {
+  MM_USAGE: { summary: "invalid command line", hint: "run `mm help <command>` for the flags it takes", exit: 125 },
+  MM_INVALID_MEMORY: {
+    summary: "invalid memory size",
+    hint: "give MiB as a number (512) or with a unit (512M, 2G); at least 64 MiB",
+    exit: 125,
+  },
+  MM_INVALID_CPUS: { summary: "invalid CPU count", hint: "give a whole number from 1 to 64", exit: 125 },
+  MM_INVALID_NAME: {
+    summary: "invalid machine name",
+    hint: "use 1-63 characters: letters, digits, '_', '.', '-', starting with a letter or digit",
+    exit: 125,
+  },
+  MM_INVALID_ACCEL: { summary: "invalid MM_ACCEL value", hint: "set MM_ACCEL to kvm or tcg, or unset it", exit: 125 },
+  MM_NAME_IN_USE: {
+    summary: "machine name already in use",
+    hint: "pick another --name, or remove the old machine with `mm rm -f NAME`",
+    exit: 125,
+  },
+  MM_NO_SUCH_MACHINE: { summary: "no such machine", hint: "`mm ps -a` lists the machines on this host", exit: 125 },
+  MM_MACHINE_RUNNING: {
+    summary: "machine is running",
+    hint: "stop it first with `mm stop NAME`, or use `mm rm -f NAME`",
+    exit: 125,
+  },
+  MM_INVALID_TRANSITION: {
+    summary: "operation not allowed in the machine's current state",
+    hint: "`mm ps -a` shows the state; see docs/SPEC.md for the lifecycle",
+    exit: 125,
+  },
+  MM_KERNEL_MISSING: {
+    summary: "guest kernel not found",
+    hint: "run scripts/setup.sh (or guest/kernel/build.sh), or point MM_KERNEL at a vmlinux",
+    exit: 125,
+  },
+  MM_INIT_MISSING: {
+    summary: "guest init (mm-init) not found",
+    hint: "run scripts/setup.sh (or `make -C guest/init`), or point MM_INIT at the binary",
+    exit: 125,
+  },
+  MM_QEMU_MISSING: {
+    summary: "QEMU not installed",
+    hint: "apt-get install qemu-system-x86 qemu-utils (scripts/setup.sh does it)",
+    exit: 125,
+  },
+  MM_TOOL_MISSING: {
+    summary: "a host tool mm needs is not installed",
+    hint: "run scripts/setup.sh, or install the package named in the message",
+    exit: 125,
+  },
+  MM_QEMU_FAILED: {
+    summary: "the VMM exited before the guest was ready",
+    hint: "`mm logs --console NAME` shows the guest console; `mm doctor` checks the host",
+    exit: 125,
+  },
+  MM_GUEST_PANIC: {
+    summary: "the guest kernel panicked",
+    hint: "`mm logs --console NAME` shows the panic; a custom MM_KERNEL may lack a needed option",
+    exit: 125,
+  },
+  MM_BOOT_TIMEOUT: {
+    summary: "the guest did not become ready in time",
+    hint: "raise MM_BOOT_TIMEOUT (seconds); under TCG a loaded host boots slowly",
+    exit: 125,
+  },
+  MM_STATE_UNWRITABLE: {
+    summary: "the state directory is not writable",
+    hint: "run as root, or set MM_STATE to a directory you own",
+    exit: 125,
+  },
+  MM_DISK_FULL: {
+    summary: "no space left on the device",
+    hint: "free space under the state directory (`mm rm`, `df -h $MM_STATE`) and retry",
+    exit: 125,
+  },
+  MM_ROOTFS_FAILED: {
+    summary: "building the machine's root filesystem failed",
+    hint: "the message has the tool's output; `mm doctor` checks e2fsprogs and qemu-utils",
+    exit: 125,
+  },
+  MM_AGENT_PROTOCOL: {
+    summary: "the guest agent broke the channel protocol",
+    hint: "the guest is treated as hostile: its channel was closed; see `mm logs --console NAME`",
+    exit: 125,
+  },
+  MM_EXEC_NOT_FOUND: {
+    summary: "the command was not found in the guest",
+    hint: "check the command and the image's PATH",
+    exit: 127,
+  },
+  MM_EXEC_DENIED: {
+    summary: "the command could not be executed in the guest",
+    hint: "check the file's mode, its interpreter line, and the user it runs as",
+    exit: 126,
+  },
+  MM_EXEC_SETUP: {
+    summary: "the workload could not be set up in the guest",
+    hint: "check the working directory (-w) and user (-u) exist in the image",
+    exit: 127,
+  },
+  MM_ENGINE_IO: {
+    summary: "talking to the VMM failed",
+    hint: "the VMM may have died; `mm ps -a` and `mm logs --console NAME` show what happened",
+    exit: 125,
+  },
+  MM_SUPERVISOR_LOST: {
+    summary: "the process supervising the machine died",
+    hint: "the VMM was stopped with it; `mm rm NAME` cleans up, `mm start NAME` boots it again",
+    exit: 125,
+  },
+  MM_INTERNAL: { summary: "internal error", hint: "please report it with the output of `mm doctor`", exit: 125 },
+} as const satisfies Record<string, ErrorDefinition>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export class MmError extends Error {
+  readonly code: ErrorCode;
+  readonly hint: string;
+  readonly exit: number;
+
+  constructor(code: ErrorCode, detail?: string, options?: { cause?: unknown; hint?: string }) {
+    const def: ErrorDefinition = ERRORS[code];
+    super(detail ? `${def.summary}: ${detail}` : def.summary, options?.cause ? { cause: options.cause } : undefined);
+    this.name = "MmError";
+    this.code = code;
+    this.hint = options?.hint ?? def.hint;
+    this.exit = def.exit;
+  }
+
+  toJSON(): { code: ErrorCode; message: string; hint: string } {
+    return { code: this.code, message: this.message, hint: this.hint };
+  }
+}
+
+export function isMmError(e: unknown, code?: ErrorCode): e is MmError {
+  return e instanceof MmError && (code === undefined || e.code === code);
+}

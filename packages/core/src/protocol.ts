@@ -1,0 +1,257 @@
+// Frames of the host↔guest channel (docs/PROTOCOL.md): pure encoding and decoding.
+// The guest is untrusted, so the decoder caps every length before it buffers anything.
+
+import { MmError } from "./errors.js";
+
+export const PROTOCOL_VERSION = 1;
+export const HEADER_BYTES = 9;
+export const MAX_PAYLOAD = 65536;
+export const MAX_ARGS = 256;
+export const MAX_ENV = 256;
+export const MAX_STRING = 4096;
+export const MAX_HOSTNAME = 64;
+export const MAX_ERROR_TEXT = 1024;
+
+export const FrameType = {
+  HELLO: 0x01,
+  CONFIG: 0x02,
+  READY: 0x03,
+  STDOUT: 0x04,
+  STDERR: 0x05,
+  EXIT: 0x06,
+  STDIN: 0x07,
+  SIGNAL: 0x08,
+  POWEROFF: 0x09,
+  ERROR: 0x0a,
+} as const;
+export type FrameTypeName = keyof typeof FrameType;
+
+export interface Frame {
+  readonly type: number;
+  readonly stream: number;
+  readonly payload: Buffer;
+}
+
+export function encodeFrame(type: number, payload: Buffer = Buffer.alloc(0), stream = 0): Buffer {
+  if (payload.length > MAX_PAYLOAD) throw new RangeError(`payload of ${payload.length} bytes exceeds ${MAX_PAYLOAD}`);
+  const header = Buffer.alloc(HEADER_BYTES);
+  header.writeUInt32BE(5 + payload.length, 0);
+  header.writeUInt8(type, 4);
+  header.writeUInt32BE(stream >>> 0, 5);
+  return Buffer.concat([header, payload]);
+}
+
+/** Incremental decoder: push bytes as they arrive, take whole frames out. */
+export class FrameDecoder {
+  private chunks: Buffer[] = [];
+  private buffered = 0;
+
+  /** Returns the frames completed by `data`. Throws MM_AGENT_PROTOCOL on an out-of-range length. */
+  push(data: Buffer): Frame[] {
+    this.chunks.push(data);
+    this.buffered += data.length;
+    const frames: Frame[] = [];
+    for (;;) {
+      if (this.buffered < 4) break;
+      const head = this.peek(4);
+      const len = head.readUInt32BE(0);
+      if (len < 5 || len > 5 + MAX_PAYLOAD) {
+        throw new MmError("MM_AGENT_PROTOCOL", `frame length ${len} out of range`);
+      }
+      if (this.buffered < 4 + len) break;
+      const whole = this.take(4 + len);
+      frames.push({ type: whole.readUInt8(4), stream: whole.readUInt32BE(5), payload: whole.subarray(HEADER_BYTES) });
+    }
+    return frames;
+  }
+
+  private peek(n: number): Buffer {
+    if (this.chunks.length > 1) this.chunks = [Buffer.concat(this.chunks)];
+    return (this.chunks[0] as Buffer).subarray(0, n);
+  }
+
+  private take(n: number): Buffer {
+    const all = this.chunks.length === 1 ? (this.chunks[0] as Buffer) : Buffer.concat(this.chunks);
+    const out = Buffer.from(all.subarray(0, n));
+    const rest = all.subarray(n);
+    this.chunks = rest.length > 0 ? [rest] : [];
+    this.buffered = rest.length;
+    return out;
+  }
+}
+
+export const ConfigTag = { ARG: 1, ENV: 2, CWD: 3, USER: 4, HOSTNAME: 5, FLAGS: 6 } as const;
+export const ConfigFlag = { STAY_UP: 1 } as const;
+
+export interface WorkloadConfig {
+  readonly args: readonly string[];
+  readonly env: readonly string[];
+  readonly cwd?: string;
+  readonly user?: string;
+  readonly hostname?: string;
+  readonly stayUp?: boolean;
+}
+
+function checkString(what: string, s: string, max = MAX_STRING): Buffer {
+  const b = Buffer.from(s, "utf8");
+  if (b.includes(0)) throw new MmError("MM_USAGE", `${what} must not contain a NUL byte`);
+  if (b.length > max) throw new MmError("MM_USAGE", `${what} is longer than ${max} bytes`);
+  return b;
+}
+
+/** Encodes a CONFIG payload; rejects what the guest would reject, so errors surface on the host. */
+export function encodeConfig(cfg: WorkloadConfig): Buffer {
+  if (cfg.args.length === 0) throw new MmError("MM_USAGE", "no command to run");
+  if (cfg.args.length > MAX_ARGS) throw new MmError("MM_USAGE", `more than ${MAX_ARGS} arguments`);
+  if (cfg.env.length > MAX_ENV) throw new MmError("MM_USAGE", `more than ${MAX_ENV} environment variables`);
+  const parts: Buffer[] = [];
+  const version = Buffer.alloc(2);
+  version.writeUInt16BE(PROTOCOL_VERSION);
+  parts.push(version);
+  const record = (tag: number, value: Buffer) => {
+    const h = Buffer.alloc(3);
+    h.writeUInt8(tag, 0);
+    h.writeUInt16BE(value.length, 1);
+    parts.push(h, value);
+  };
+  for (const a of cfg.args) record(ConfigTag.ARG, checkString("argument", a));
+  for (const e of cfg.env) {
+    if (!/^[^=]+=/.test(e)) throw new MmError("MM_USAGE", `environment entry "${e}" is not KEY=VALUE`);
+    record(ConfigTag.ENV, checkString("environment entry", e));
+  }
+  if (cfg.cwd !== undefined) {
+    if (!cfg.cwd.startsWith("/")) throw new MmError("MM_USAGE", `working directory "${cfg.cwd}" is not absolute`);
+    record(ConfigTag.CWD, checkString("working directory", cfg.cwd));
+  }
+  if (cfg.user !== undefined) record(ConfigTag.USER, checkString("user", cfg.user));
+  if (cfg.hostname !== undefined) record(ConfigTag.HOSTNAME, checkString("hostname", cfg.hostname, MAX_HOSTNAME));
+  const flags = Buffer.alloc(4);
+  flags.writeUInt32BE(cfg.stayUp ? ConfigFlag.STAY_UP : 0);
+  record(ConfigTag.FLAGS, flags);
+  const payload = Buffer.concat(parts);
+  if (payload.length > MAX_PAYLOAD) throw new MmError("MM_USAGE", "command line and environment exceed 64 KiB");
+  return payload;
+}
+
+/** Decodes a CONFIG payload (used by tests and by any host-side agent double). */
+export function decodeConfig(payload: Buffer): WorkloadConfig & { version: number } {
+  if (payload.length < 2) throw new MmError("MM_AGENT_PROTOCOL", "CONFIG too short");
+  const version = payload.readUInt16BE(0);
+  const args: string[] = [];
+  const env: string[] = [];
+  let cwd: string | undefined;
+  let user: string | undefined;
+  let hostname: string | undefined;
+  let stayUp = false;
+  let off = 2;
+  while (off < payload.length) {
+    if (off + 3 > payload.length) throw new MmError("MM_AGENT_PROTOCOL", "truncated CONFIG record");
+    const tag = payload.readUInt8(off);
+    const len = payload.readUInt16BE(off + 1);
+    off += 3;
+    if (off + len > payload.length) throw new MmError("MM_AGENT_PROTOCOL", "CONFIG record overruns payload");
+    const value = payload.subarray(off, off + len);
+    off += len;
+    const text = value.toString("utf8");
+    switch (tag) {
+      case ConfigTag.ARG:
+        args.push(text);
+        break;
+      case ConfigTag.ENV:
+        env.push(text);
+        break;
+      case ConfigTag.CWD:
+        cwd = text;
+        break;
+      case ConfigTag.USER:
+        user = text;
+        break;
+      case ConfigTag.HOSTNAME:
+        hostname = text;
+        break;
+      case ConfigTag.FLAGS:
+        if (len !== 4) throw new MmError("MM_AGENT_PROTOCOL", "FLAGS record must be 4 bytes");
+        stayUp = (value.readUInt32BE(0) & ConfigFlag.STAY_UP) !== 0;
+        break;
+      default:
+        break; // unknown tags are ignored (forward compatibility)
+    }
+  }
+  return {
+    version,
+    args,
+    env,
+    stayUp,
+    ...(cwd !== undefined && { cwd }),
+    ...(user !== undefined && { user }),
+    ...(hostname !== undefined && { hostname }),
+  };
+}
+
+export interface Hello {
+  readonly minVersion: number;
+  readonly maxVersion: number;
+  readonly agent: string;
+}
+
+export function decodeHello(p: Buffer): Hello {
+  if (p.length < 4 || p.length > 4 + 64) throw new MmError("MM_AGENT_PROTOCOL", `HELLO of ${p.length} bytes`);
+  const minVersion = p.readUInt16BE(0);
+  const maxVersion = p.readUInt16BE(2);
+  if (minVersion > maxVersion) throw new MmError("MM_AGENT_PROTOCOL", "HELLO with min version above max");
+  return { minVersion, maxVersion, agent: p.subarray(4).toString("utf8") };
+}
+
+export function encodeHello(h: Hello): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt16BE(h.minVersion, 0);
+  b.writeUInt16BE(h.maxVersion, 2);
+  return Buffer.concat([b, Buffer.from(h.agent, "utf8")]);
+}
+
+export interface ExitStatus {
+  /** Exit code as a shell reports it: the code, or 128 + signal. */
+  readonly status: number;
+  /** The signal that ended the workload, 0 if it exited. */
+  readonly signal: number;
+}
+
+export function decodeExit(p: Buffer): ExitStatus {
+  if (p.length !== 8) throw new MmError("MM_AGENT_PROTOCOL", `EXIT of ${p.length} bytes`);
+  const status = p.readInt32BE(0);
+  const signal = p.readInt32BE(4);
+  if (status < 0 || status > 255 || signal < 0 || signal > 64) {
+    throw new MmError("MM_AGENT_PROTOCOL", `EXIT with status ${status}, signal ${signal}`);
+  }
+  return { status, signal };
+}
+
+export function encodeExit(e: ExitStatus): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeInt32BE(e.status, 0);
+  b.writeInt32BE(e.signal, 4);
+  return b;
+}
+
+export function decodeReady(p: Buffer): { pid: number } {
+  if (p.length !== 4) throw new MmError("MM_AGENT_PROTOCOL", `READY of ${p.length} bytes`);
+  return { pid: p.readUInt32BE(0) };
+}
+
+export function encodeU32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n >>> 0);
+  return b;
+}
+
+export interface GuestError {
+  readonly code: string;
+  readonly message: string;
+}
+
+export function decodeGuestError(p: Buffer): GuestError {
+  if (p.length > MAX_ERROR_TEXT) throw new MmError("MM_AGENT_PROTOCOL", `ERROR of ${p.length} bytes`);
+  const text = p.toString("utf8");
+  const m = /^([A-Z_]{1,32}): ?(.*)$/s.exec(text);
+  return m ? { code: m[1] as string, message: m[2] as string } : { code: "UNKNOWN", message: text };
+}

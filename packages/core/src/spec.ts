@@ -1,0 +1,60 @@
+// What a user asks for when creating a machine, and the pure parsing of its flags.
+
+import { MmError } from "./errors.js";
+
+export const MIN_MEMORY_MIB = 64;
+export const MAX_MEMORY_MIB = 1024 * 1024;
+export const MAX_CPUS = 64;
+export const DEFAULT_MEMORY_MIB = 256;
+export const DEFAULT_CPUS = 1;
+/** The embedded image: busybox from Debian's busybox-static, assembled locally. */
+export const DEFAULT_IMAGE = "mm/busybox";
+
+export interface MachineSpec {
+  readonly name: string;
+  readonly image: string;
+  readonly cpus: number;
+  readonly memoryMib: number;
+  /** argv of the workload; empty means the image's default command. */
+  readonly command: readonly string[];
+  readonly env: readonly string[];
+  readonly workdir?: string;
+  readonly user?: string;
+  /** Remove the machine when it exits (`--rm`). */
+  readonly autoRemove: boolean;
+}
+
+const UNITS: Record<string, number> = { "": 1, m: 1, mb: 1, mi: 1, mib: 1, g: 1024, gb: 1024, gi: 1024, gib: 1024 };
+
+/** Parses `512`, `512M`, `512MiB`, `2G` into MiB. Bare numbers are MiB, as in Firecracker's mem_size_mib. */
+export function parseMemory(text: string): number {
+  const m = /^\s*(\d+)\s*([a-z]*)\s*$/i.exec(text);
+  const unit = m ? UNITS[(m[2] as string).toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new MmError("MM_INVALID_MEMORY", `"${text}"`);
+  const mib = Number(m[1]) * unit;
+  if (!Number.isSafeInteger(mib) || mib < MIN_MEMORY_MIB || mib > MAX_MEMORY_MIB) {
+    throw new MmError("MM_INVALID_MEMORY", `"${text}" is outside ${MIN_MEMORY_MIB} MiB – ${MAX_MEMORY_MIB / 1024} GiB`);
+  }
+  return mib;
+}
+
+export function parseCpus(text: string): number {
+  if (!/^\s*\d+\s*$/.test(text)) throw new MmError("MM_INVALID_CPUS", `"${text}"`);
+  const n = Number(text);
+  if (n < 1 || n > MAX_CPUS) throw new MmError("MM_INVALID_CPUS", `"${text}" is outside 1–${MAX_CPUS}`);
+  return n;
+}
+
+const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
+
+export function validateName(name: string): string {
+  if (!NAME_RE.test(name)) throw new MmError("MM_INVALID_NAME", `"${name}"`);
+  return name;
+}
+
+export function validateEnv(entries: readonly string[]): string[] {
+  return entries.map((e) => {
+    if (!/^[^=\0]+=/.test(e)) throw new MmError("MM_USAGE", `-e "${e}" is not KEY=VALUE`);
+    return e;
+  });
+}

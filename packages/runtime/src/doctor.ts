@@ -1,0 +1,131 @@
+// `mm doctor`: checks the host for what mm needs, each failure with the fix.
+
+import { execFile } from "node:child_process";
+import { constants as fsc } from "node:fs";
+import { access, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { chooseAccel, findExecutable, kvmDeviceUsable } from "@mm/vmm";
+import { defaultImageRootfs, elfNeedsInterpreter } from "./default-image.js";
+import { initPath, kernelPath, runDir } from "./paths.js";
+import type { Runtime } from "./runtime.js";
+
+export interface Check {
+  readonly name: string;
+  readonly ok: boolean;
+  readonly detail: string;
+  readonly hint?: string;
+}
+
+function version(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, (err, out, errOut) => resolve(err ? "" : (`${out}${errOut}`.split("\n")[0]?.trim() ?? "")));
+  });
+}
+
+async function tool(name: string, pkg: string, versionArgs?: string[]): Promise<Check> {
+  const path = await findExecutable(name);
+  if (!path) return { name, ok: false, detail: "not found on PATH", hint: `apt-get install ${pkg}` };
+  return { name, ok: true, detail: versionArgs ? (await version(path, versionArgs)) || path : path };
+}
+
+export async function doctor(rt: Runtime): Promise<Check[]> {
+  const checks: Check[] = [];
+  const major = Number(process.versions.node.split(".")[0]);
+  checks.push({
+    name: "node",
+    ok: major >= 24,
+    detail: `v${process.versions.node}`,
+    ...(major < 24 && { hint: "run scripts/setup.sh: it brings Node 24 through npm" }),
+  });
+  checks.push(await tool("qemu-system-x86_64", "qemu-system-x86", ["--version"]));
+  checks.push(await tool("qemu-img", "qemu-utils", ["--version"]));
+  checks.push(await tool("mke2fs", "e2fsprogs", ["-V"]));
+  checks.push(await tool("setpriv", "util-linux"));
+
+  const bb = await readFile("/bin/busybox").catch(() => null);
+  checks.push(
+    !bb
+      ? { name: "busybox-static", ok: false, detail: "/bin/busybox not found", hint: "apt-get install busybox-static" }
+      : elfNeedsInterpreter(bb)
+        ? {
+            name: "busybox-static",
+            ok: false,
+            detail: "/bin/busybox is dynamic",
+            hint: "apt-get install busybox-static",
+          }
+        : { name: "busybox-static", ok: true, detail: "/bin/busybox (static)" },
+  );
+
+  const kernel = kernelPath(rt.paths, rt.env);
+  const kernelOk = await access(kernel, fsc.R_OK).then(
+    () => true,
+    () => false,
+  );
+  checks.push({
+    name: "guest kernel",
+    ok: kernelOk,
+    detail: kernel,
+    ...(!kernelOk && { hint: "run guest/kernel/build.sh (scripts/setup.sh does it)" }),
+  });
+  const init = initPath(rt.env);
+  const initOk = await access(init, fsc.X_OK).then(
+    () => true,
+    () => false,
+  );
+  checks.push({
+    name: "guest init",
+    ok: initOk,
+    detail: init,
+    ...(!initOk && { hint: "run make -C guest/init (scripts/setup.sh does it)" }),
+  });
+
+  const probe = join(rt.paths.state, `.doctor-${process.pid}`);
+  const writable = await mkdir(rt.paths.state, { recursive: true })
+    .then(() => writeFile(probe, "ok"))
+    .then(() => rm(probe))
+    .then(
+      () => true,
+      () => false,
+    );
+  checks.push({
+    name: "state directory",
+    ok: writable,
+    detail: rt.paths.state,
+    ...(!writable && { hint: "run as root or set MM_STATE to a writable directory" }),
+  });
+
+  const kvm = await kvmDeviceUsable();
+  if (kernelOk && initOk && bb && !elfNeedsInterpreter(bb)) {
+    try {
+      const base = await defaultImageRootfs(rt.paths, init);
+      const d = await chooseAccel({
+        engine: await rt.engine(),
+        kernel,
+        rootDisk: { path: base.path, format: "raw", readOnly: true },
+        runDir: runDir(rt.paths, "kvm-probe"),
+        cacheDir: rt.paths.cache,
+        env: rt.env,
+      });
+      checks.push({
+        name: "acceleration",
+        ok: true,
+        detail: `${d.accel} (${d.source}: ${d.reason})${d.accel === "tcg" ? " — TCG is emulation, not a security boundary" : ""}`,
+        ...(d.accel === "tcg" && {
+          hint: kvm
+            ? "KVM is present but cannot boot the guest here (nested/paravirtual?)"
+            : "enable KVM (BIOS, kvm module, /dev/kvm access) for isolation and speed",
+        }),
+      });
+    } catch (e) {
+      checks.push({ name: "acceleration", ok: false, detail: (e as Error).message });
+    }
+  } else {
+    checks.push({
+      name: "acceleration",
+      ok: false,
+      detail: "cannot probe without kernel, init and busybox",
+      hint: "fix the checks above",
+    });
+  }
+  return checks;
+}

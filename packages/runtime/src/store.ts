@@ -1,0 +1,221 @@
+// The single-host state store: SQLite (WAL) under the state root. Every lifecycle
+// step writes here before and after it acts, so a crash leaves a readable record.
+
+import { mkdirSync } from "node:fs";
+import { DatabaseSync } from "node:sqlite";
+import { type MachineEvent, type MachineSpec, type MachineState, MmError, nextState } from "@mm/core";
+import { mapFsError } from "./fs-errors.js";
+import { databasePath, type Paths } from "./paths.js";
+
+export interface MachineRecord {
+  readonly id: string;
+  readonly name: string;
+  readonly spec: MachineSpec;
+  readonly state: MachineState;
+  readonly accel: string | null;
+  readonly supervisorPid: number | null;
+  readonly supervisorStart: string | null;
+  readonly vmmPid: number | null;
+  readonly exitCode: number | null;
+  readonly exitSignal: number | null;
+  readonly error: { code: string; message: string } | null;
+  readonly stopTimeoutS: number | null;
+  readonly createdAt: string;
+  readonly startedAt: string | null;
+  readonly finishedAt: string | null;
+}
+
+interface Row {
+  id: string;
+  name: string;
+  spec: string;
+  state: string;
+  accel: string | null;
+  supervisor_pid: number | null;
+  supervisor_start: string | null;
+  vmm_pid: number | null;
+  exit_code: number | null;
+  exit_signal: number | null;
+  error: string | null;
+  stop_timeout_s: number | null;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS machines (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  spec TEXT NOT NULL,
+  state TEXT NOT NULL,
+  accel TEXT,
+  supervisor_pid INTEGER,
+  supervisor_start TEXT,
+  vmm_pid INTEGER,
+  exit_code INTEGER,
+  exit_signal INTEGER,
+  error TEXT,
+  stop_timeout_s INTEGER,
+  created_at TEXT NOT NULL,
+  started_at TEXT,
+  finished_at TEXT
+) STRICT;
+`;
+
+function toRecord(r: Row): MachineRecord {
+  return {
+    id: r.id,
+    name: r.name,
+    spec: JSON.parse(r.spec) as MachineSpec,
+    state: r.state as MachineState,
+    accel: r.accel,
+    supervisorPid: r.supervisor_pid,
+    supervisorStart: r.supervisor_start,
+    vmmPid: r.vmm_pid,
+    exitCode: r.exit_code,
+    exitSignal: r.exit_signal,
+    error: r.error ? (JSON.parse(r.error) as { code: string; message: string }) : null,
+    stopTimeoutS: r.stop_timeout_s,
+    createdAt: r.created_at,
+    startedAt: r.started_at,
+    finishedAt: r.finished_at,
+  };
+}
+
+export interface TransitionFields {
+  accel?: string | null;
+  supervisorPid?: number | null;
+  supervisorStart?: string | null;
+  vmmPid?: number | null;
+  exitCode?: number | null;
+  exitSignal?: number | null;
+  error?: { code: string; message: string } | null;
+  stopTimeoutS?: number | null;
+  startedAt?: string | null;
+  finishedAt?: string | null;
+}
+
+const COLUMNS: Record<keyof TransitionFields, string> = {
+  accel: "accel",
+  supervisorPid: "supervisor_pid",
+  supervisorStart: "supervisor_start",
+  vmmPid: "vmm_pid",
+  exitCode: "exit_code",
+  exitSignal: "exit_signal",
+  error: "error",
+  stopTimeoutS: "stop_timeout_s",
+  startedAt: "started_at",
+  finishedAt: "finished_at",
+};
+
+export class Store {
+  private readonly db: DatabaseSync;
+
+  constructor(paths: Paths) {
+    try {
+      mkdirSync(paths.state, { recursive: true, mode: 0o711 });
+      this.db = new DatabaseSync(databasePath(paths), { timeout: 10_000 });
+      this.db.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
+      this.db.exec(SCHEMA);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException;
+      if (!err.code && /readonly|unable to open|disk I\/O/i.test(err.message)) {
+        throw new MmError("MM_STATE_UNWRITABLE", `${paths.state}: ${err.message}`, { cause: e });
+      }
+      if (!err.code && /full/i.test(err.message)) throw new MmError("MM_DISK_FULL", err.message, { cause: e });
+      throw mapFsError(e, `opening the state store in ${paths.state}`);
+    }
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  insert(id: string, spec: MachineSpec): MachineRecord {
+    try {
+      this.db
+        .prepare("INSERT INTO machines (id, name, spec, state, created_at) VALUES (?, ?, ?, 'created', ?)")
+        .run(id, spec.name, JSON.stringify(spec), new Date().toISOString());
+    } catch (e) {
+      if (/UNIQUE constraint failed: machines.name/.test((e as Error).message)) {
+        throw new MmError("MM_NAME_IN_USE", `"${spec.name}"`);
+      }
+      throw e;
+    }
+    return this.get(id);
+  }
+
+  get(id: string): MachineRecord {
+    const row = this.db.prepare("SELECT * FROM machines WHERE id = ?").get(id) as Row | undefined;
+    if (!row) throw new MmError("MM_NO_SUCH_MACHINE", id);
+    return toRecord(row);
+  }
+
+  /** Finds by exact name, exact id, or unique id prefix (as Docker does). */
+  find(ref: string): MachineRecord {
+    const byName = this.db.prepare("SELECT * FROM machines WHERE name = ? OR id = ?").get(ref, ref) as Row | undefined;
+    if (byName) return toRecord(byName);
+    if (/^[0-9a-f]{3,}$/.test(ref)) {
+      const rows = this.db.prepare("SELECT * FROM machines WHERE id LIKE ?").all(`${ref}%`) as unknown as Row[];
+      if (rows.length === 1) return toRecord(rows[0] as Row);
+      if (rows.length > 1) throw new MmError("MM_NO_SUCH_MACHINE", `"${ref}" matches ${rows.length} machines`);
+    }
+    throw new MmError("MM_NO_SUCH_MACHINE", `"${ref}"`);
+  }
+
+  list(): MachineRecord[] {
+    return (this.db.prepare("SELECT * FROM machines ORDER BY created_at").all() as unknown as Row[]).map(toRecord);
+  }
+
+  /**
+   * Applies a lifecycle event atomically: reads the current state, checks the
+   * transition is legal, and writes the new state with the given fields.
+   */
+  transition(id: string, event: MachineEvent, fields: TransitionFields = {}): MachineRecord {
+    this.db.exec("BEGIN IMMEDIATE");
+    try {
+      const current = this.get(id);
+      const state = nextState(current.state, event);
+      this.write(id, state, fields);
+      this.db.exec("COMMIT");
+    } catch (e) {
+      this.db.exec("ROLLBACK");
+      throw e;
+    }
+    return this.get(id);
+  }
+
+  /** Updates fields without a state change (e.g. a stop request's timeout). */
+  update(id: string, fields: TransitionFields): MachineRecord {
+    this.write(id, undefined, fields);
+    return this.get(id);
+  }
+
+  /** Forces a state, bypassing the state machine: only for reconciling after a crash. */
+  force(id: string, state: MachineState, fields: TransitionFields = {}): MachineRecord {
+    this.write(id, state, fields);
+    return this.get(id);
+  }
+
+  remove(id: string): void {
+    this.db.prepare("DELETE FROM machines WHERE id = ?").run(id);
+  }
+
+  private write(id: string, state: MachineState | undefined, fields: TransitionFields): void {
+    const sets: string[] = [];
+    const values: (string | number | null)[] = [];
+    if (state) {
+      sets.push("state = ?");
+      values.push(state);
+    }
+    for (const [k, v] of Object.entries(fields) as [keyof TransitionFields, unknown][]) {
+      if (v === undefined) continue;
+      sets.push(`${COLUMNS[k]} = ?`);
+      values.push(v === null ? null : typeof v === "object" ? JSON.stringify(v) : (v as string | number));
+    }
+    if (sets.length === 0) return;
+    values.push(id);
+    this.db.prepare(`UPDATE machines SET ${sets.join(", ")} WHERE id = ?`).run(...values);
+  }
+}

@@ -1,0 +1,275 @@
+// Supervises one boot of one machine: builds what the boot needs, starts the VMM,
+// speaks the agent protocol, records every step in the store, and turns whatever
+// ends the boot (workload exit, stop, VMM death, panic, timeout) into a final state.
+// The same code runs inside a foreground `mm run` and in the detached supervisor.
+
+import { existsSync } from "node:fs";
+import { access } from "node:fs/promises";
+import { constants as osc } from "node:os";
+import { join } from "node:path";
+import { type ExitStatus, type GuestError, MmError, type WorkloadConfig } from "@mm/core";
+import { chooseAccel, describeExit, type Engine, type RunningVm, TCG_WARNING, type VmExit } from "@mm/vmm";
+import { AgentSession } from "./agent-session.js";
+import { createOverlay, defaultImageRootfs, type ImageConfig } from "./default-image.js";
+import { mapFsError } from "./fs-errors.js";
+import { LogWriter, logFile, TextTail } from "./logs.js";
+import { initPath, kernelPath, machineDir, type Paths, runDir } from "./paths.js";
+import { processStartTime } from "./proc.js";
+import type { MachineRecord, Store } from "./store.js";
+
+export interface RunIo {
+  /** Workload output; return false to apply back-pressure until `drain` is called. */
+  readonly stdout?: (d: Buffer, drain: () => void) => boolean;
+  readonly stderr?: (d: Buffer, drain: () => void) => boolean;
+  readonly onReady?: (rec: MachineRecord) => void;
+  readonly onWarning?: (message: string) => void;
+}
+
+export interface RunOutcome {
+  readonly record: MachineRecord;
+  /** The workload's exit status, when it got that far. */
+  readonly exitCode: number | null;
+  readonly error: MmError | null;
+}
+
+export interface SupervisorContext {
+  readonly paths: Paths;
+  readonly store: Store;
+  readonly engine: Engine;
+  readonly env: NodeJS.ProcessEnv;
+}
+
+const PANIC_RE = /Kernel panic - not syncing[^\n]*/;
+const POWEROFF_GRACE_MS = 5000;
+const GUEST_ERRORS: Record<string, "MM_EXEC_NOT_FOUND" | "MM_EXEC_DENIED" | "MM_EXEC_SETUP"> = {
+  EXEC_NOT_FOUND: "MM_EXEC_NOT_FOUND",
+  EXEC_DENIED: "MM_EXEC_DENIED",
+};
+
+export function workloadConfig(rec: MachineRecord, image: ImageConfig): WorkloadConfig {
+  const env = new Map<string, string>();
+  for (const e of [...image.env, ...rec.spec.env]) env.set(e.slice(0, e.indexOf("=")), e);
+  const cwd = rec.spec.workdir ?? image.workdir;
+  const user = rec.spec.user ?? image.user;
+  return {
+    args: rec.spec.command.length > 0 ? rec.spec.command : image.cmd,
+    env: [...env.values(), `HOSTNAME=${hostnameFor(rec.spec.name)}`],
+    hostname: hostnameFor(rec.spec.name),
+    ...(cwd !== undefined && { cwd }),
+    ...(user !== undefined && { user }),
+  };
+}
+
+/** A valid hostname from a machine name (names may hold '_' and '.', hostnames may not). */
+export function hostnameFor(name: string): string {
+  return (
+    name
+      .toLowerCase()
+      .replace(/[^a-z0-9-]/g, "-")
+      .replace(/^-+|-+$/g, "")
+      .slice(0, 63) || "mm"
+  );
+}
+
+export class Supervisor {
+  private vm: RunningVm | null = null;
+  private session: AgentSession | null = null;
+  private stopTimers: NodeJS.Timeout[] = [];
+  private stopping = false;
+
+  constructor(
+    private readonly ctx: SupervisorContext,
+    private readonly id: string,
+  ) {}
+
+  /** Forwards a signal to the workload (Ctrl-C in a foreground run). */
+  forwardSignal(sig: number): void {
+    if (this.session && !this.session.isClosed && this.ready) this.session.signal(sig);
+    else void this.stop(0);
+  }
+
+  private ready = false;
+
+  /** Graceful stop: signal the workload, then power off after `timeoutS`, then kill. */
+  async stop(timeoutS: number): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    try {
+      this.ctx.store.transition(this.id, "stop");
+    } catch {
+      // already finished
+    }
+    const vm = this.vm;
+    const session = this.session;
+    if (!vm) return;
+    if (!session || session.isClosed || !this.ready) {
+      await vm.terminate(1000);
+      return;
+    }
+    session.signal(osc.signals.SIGTERM);
+    this.stopTimers.push(setTimeout(() => session.poweroff(), timeoutS * 1000));
+    this.stopTimers.push(setTimeout(() => void vm.terminate(1000), timeoutS * 1000 + POWEROFF_GRACE_MS));
+  }
+
+  async run(io: RunIo = {}): Promise<RunOutcome> {
+    const { store, paths } = this.ctx;
+    let rec = store.transition(this.id, "boot", {
+      supervisorPid: process.pid,
+      supervisorStart: processStartTime(process.pid),
+      startedAt: new Date().toISOString(),
+      finishedAt: null,
+      exitCode: null,
+      exitSignal: null,
+      error: null,
+      vmmPid: null,
+    });
+    let log: LogWriter | null = null;
+    try {
+      log = new LogWriter(logFile(machineDir(paths, this.id)));
+      const outcome = await this.boot(rec, log, io);
+      return outcome;
+    } catch (e) {
+      const err = e instanceof MmError ? e : mapFsError(e, "starting the machine");
+      await this.vm?.kill();
+      rec = store.force(this.id, "failed", {
+        error: { code: err.code, message: err.message },
+        finishedAt: new Date().toISOString(),
+        vmmPid: null,
+      });
+      return { record: rec, exitCode: null, error: err };
+    } finally {
+      for (const t of this.stopTimers) clearTimeout(t);
+      log?.close();
+    }
+  }
+
+  private async boot(rec: MachineRecord, log: LogWriter, io: RunIo): Promise<RunOutcome> {
+    const { store, paths, env, engine } = this.ctx;
+    const kernel = kernelPath(paths, env);
+    await access(kernel).catch(() => {
+      throw new MmError("MM_KERNEL_MISSING", kernel);
+    });
+    const base = await defaultImageRootfs(paths, initPath(env));
+    const overlay = join(machineDir(paths, this.id), "root.qcow2");
+    if (!existsSync(overlay)) await createOverlay(base.path, overlay);
+
+    const accel = await chooseAccel({
+      engine,
+      kernel,
+      rootDisk: { path: base.path, format: "raw", readOnly: true },
+      runDir: runDir(paths, "kvm-probe"),
+      cacheDir: paths.cache,
+      env,
+    });
+    if (accel.accel === "tcg" && accel.source !== "env") io.onWarning?.(`${TCG_WARNING} (${accel.reason})`);
+    store.update(this.id, { accel: accel.accel });
+
+    const consoleTail = new TextTail();
+    const vm = await engine.boot({
+      id: this.id,
+      runDir: runDir(paths, this.id),
+      kernel,
+      kernelArgs: env.MM_GUEST_DEBUG ? ["mm.debug=1"] : [],
+      rootDisk: { path: overlay, format: "qcow2", readOnly: false },
+      cpus: rec.spec.cpus,
+      memoryMib: rec.spec.memoryMib,
+      accel: accel.accel,
+      agentChannel: true,
+      onConsole: (d) => {
+        log.write("console", d);
+        consoleTail.push(d);
+      },
+    });
+    this.vm = vm;
+    store.update(this.id, { vmmPid: vm.pid });
+    if (this.stopping) void vm.terminate(1000);
+    const session = new AgentSession(vm.channel as NonNullable<typeof vm.channel>);
+    this.session = session;
+
+    let exitStatus: ExitStatus | null = null;
+    let guestError: GuestError | null = null;
+    let protocolError: MmError | null = null;
+    let bootTimedOut = false;
+    const bootTimeoutS = Number(env.MM_BOOT_TIMEOUT) || 60;
+    const bootTimer = setTimeout(() => {
+      bootTimedOut = true;
+      void vm.kill();
+    }, bootTimeoutS * 1000);
+
+    const forward = (which: "stdout" | "stderr") => (d: Buffer) => {
+      log.write(which, d);
+      const sink = io[which];
+      if (sink && sink(d, () => session.resume()) === false) session.pause();
+    };
+    session.on("hello", () => {
+      try {
+        session.sendConfig(workloadConfig(rec, base.config));
+      } catch (e) {
+        protocolError = e instanceof MmError ? e : new MmError("MM_INTERNAL", String(e));
+        void vm.kill();
+      }
+    });
+    session.on("ready", () => {
+      clearTimeout(bootTimer);
+      this.ready = true;
+      try {
+        rec = store.transition(this.id, "ready");
+        io.onReady?.(rec);
+      } catch {
+        // a stop raced the boot: the record already says stopping
+      }
+    });
+    session.on("stdout", forward("stdout"));
+    session.on("stderr", forward("stderr"));
+    session.on("guestError", (e) => {
+      clearTimeout(bootTimer);
+      guestError = e;
+    });
+    session.on("exit", (st) => {
+      exitStatus = st;
+      session.poweroff();
+      this.stopTimers.push(setTimeout(() => void vm.terminate(1000), POWEROFF_GRACE_MS));
+    });
+    session.on("protocolError", (e) => {
+      protocolError = e;
+      void vm.kill();
+    });
+
+    const vmExit: VmExit = await vm.exited;
+    clearTimeout(bootTimer);
+    session.close();
+    const finishedAt = new Date().toISOString();
+    const status = exitStatus as ExitStatus | null;
+    const gErr = guestError as GuestError | null;
+
+    if (status) {
+      const error = gErr ? new MmError(GUEST_ERRORS[gErr.code] ?? "MM_EXEC_SETUP", gErr.message) : null;
+      rec = store.force(this.id, "exited", {
+        exitCode: status.status,
+        exitSignal: status.signal,
+        finishedAt,
+        vmmPid: null,
+        error: error ? { code: error.code, message: error.message } : null,
+      });
+      return { record: rec, exitCode: status.status, error };
+    }
+    if (this.stopping && !protocolError) {
+      rec = store.force(this.id, "exited", { exitCode: 137, exitSignal: 9, finishedAt, vmmPid: null });
+      return { record: rec, exitCode: 137, error: null };
+    }
+    const panic = PANIC_RE.exec(consoleTail.toString());
+    const error: MmError =
+      protocolError ??
+      (bootTimedOut
+        ? new MmError("MM_BOOT_TIMEOUT", `no ready signal after ${bootTimeoutS} s`)
+        : panic
+          ? new MmError("MM_GUEST_PANIC", panic[0])
+          : new MmError("MM_QEMU_FAILED", describeExit(vmExit)));
+    rec = store.force(this.id, "failed", {
+      error: { code: error.code, message: error.message },
+      finishedAt,
+      vmmPid: null,
+    });
+    return { record: rec, exitCode: null, error };
+  }
+}

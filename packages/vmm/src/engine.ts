@@ -1,0 +1,58 @@
+// The Engine port: what the runtime needs from a VMM. QEMU's microvm is the one
+// implementation today; Firecracker or Cloud Hypervisor would implement the same
+// interface and pass the same conformance suite (engine-conformance.ts).
+
+import type { Socket } from "node:net";
+
+export type Accel = "kvm" | "tcg";
+
+export interface DiskSpec {
+  readonly path: string;
+  readonly format: "raw" | "qcow2";
+  readonly readOnly: boolean;
+}
+
+export interface BootSpec {
+  /** Machine id: names the VMM process and its files. */
+  readonly id: string;
+  /** Directory (mode 0700) for the VMM's sockets and pidfile. */
+  readonly runDir: string;
+  readonly kernel: string;
+  /** Extra kernel command-line arguments (the engine adds console, root and init). */
+  readonly kernelArgs: readonly string[];
+  readonly rootDisk: DiskSpec;
+  readonly cpus: number;
+  readonly memoryMib: number;
+  readonly accel: Accel;
+  /** Receives the guest's serial console, as QEMU writes it. */
+  readonly onConsole?: (chunk: Buffer) => void;
+  /** Whether the guest carries an agent channel (the probe boots without one). */
+  readonly agentChannel: boolean;
+}
+
+export interface VmExit {
+  /** QEMU's exit code, or null if it was killed by a signal. */
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  /** The VMM's last words on stderr (bounded), for error messages. */
+  readonly stderr: string;
+}
+
+export interface RunningVm {
+  readonly pid: number;
+  /** Host end of the agent channel (null if the spec asked for none). */
+  readonly channel: Socket | null;
+  /** Settles when the VMM process has exited. Never rejects. */
+  readonly exited: Promise<VmExit>;
+  /** Asks the VMM to quit (QMP `quit`), then kills it if it is still there after `graceMs`. */
+  terminate(graceMs?: number): Promise<VmExit>;
+  /** SIGKILL, now. */
+  kill(): Promise<VmExit>;
+  /** One QMP command (serialised; QMP serves one client at a time). */
+  qmp(command: string, args?: Record<string, unknown>): Promise<unknown>;
+}
+
+export interface Engine {
+  readonly name: string;
+  boot(spec: BootSpec): Promise<RunningVm>;
+}

@@ -1,0 +1,185 @@
+// The QEMU microvm engine: the thin process shell around buildQemuArgs. It listens
+// on the QMP and agent sockets first, then starts QEMU, which connects to them.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { constants as fsc } from "node:fs";
+import { access, mkdir, rm } from "node:fs/promises";
+import { createServer, type Server, type Socket } from "node:net";
+import { join } from "node:path";
+import { MmError } from "@mm/core";
+import type { BootSpec, Engine, RunningVm, VmExit } from "./engine.js";
+import { buildQemuArgs } from "./qemu-args.js";
+import { QmpClient, withTimeout } from "./qmp.js";
+
+const STDERR_KEEP = 8192;
+const CONNECT_TIMEOUT_MS = 15_000;
+
+export interface QemuEngineOptions {
+  readonly qemuBinary?: string;
+  readonly tscKhz?: number;
+}
+
+export async function findExecutable(name: string): Promise<string | null> {
+  if (name.includes("/")) return (await isExecutable(name)) ? name : null;
+  for (const dir of (process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(":")) {
+    const p = join(dir || ".", name);
+    if (await isExecutable(p)) return p;
+  }
+  return null;
+}
+
+async function isExecutable(p: string): Promise<boolean> {
+  try {
+    await access(p, fsc.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function listen(path: string): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(path, () => resolve(server));
+  });
+}
+
+function acceptOne(server: Server): Promise<Socket> {
+  return new Promise((resolve) => server.once("connection", resolve));
+}
+
+export class QemuEngine implements Engine {
+  readonly name = "qemu-microvm";
+  constructor(private readonly options: QemuEngineOptions = {}) {}
+
+  async boot(spec: BootSpec): Promise<RunningVm> {
+    const qemu = await findExecutable(this.options.qemuBinary ?? process.env.MM_QEMU ?? "qemu-system-x86_64");
+    if (!qemu) throw new MmError("MM_QEMU_MISSING", "qemu-system-x86_64 is not on PATH");
+    const setpriv = await findExecutable("setpriv");
+    if (!setpriv) throw new MmError("MM_TOOL_MISSING", "setpriv (util-linux) is not on PATH");
+
+    await mkdir(spec.runDir, { recursive: true, mode: 0o700 });
+    const qmpSocket = join(spec.runDir, "qmp.sock");
+    const agentSocket = join(spec.runDir, "agent.sock");
+    const pidFile = join(spec.runDir, "qemu.pid");
+    await Promise.all([rm(qmpSocket, { force: true }), rm(agentSocket, { force: true })]);
+    const servers = [await listen(qmpSocket), ...(spec.agentChannel ? [await listen(agentSocket)] : [])];
+    const [qmpServer, agentServer] = servers as [Server, Server | undefined];
+    const qmpConn = acceptOne(qmpServer);
+    const agentConn = agentServer ? acceptOne(agentServer) : Promise.resolve(null);
+
+    const args = buildQemuArgs({
+      spec,
+      agentSocket,
+      qmpSocket,
+      pidFile,
+      ...(this.options.tscKhz !== undefined && { tscKhz: this.options.tscKhz }),
+    });
+    // setpriv --pdeathsig: if the supervising process dies (even by SIGKILL), the kernel
+    // kills QEMU too, so no VMM is ever orphaned.
+    const child = spawn(setpriv, ["--pdeathsig", "KILL", "--", qemu, ...args], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const vm = new QemuVm(child, spec);
+    try {
+      const [qmpSock, channel] = await withTimeout(
+        Promise.race([
+          Promise.all([qmpConn, agentConn]),
+          vm.exited.then((x) => {
+            throw new MmError("MM_QEMU_FAILED", describeExit(x));
+          }),
+        ]),
+        CONNECT_TIMEOUT_MS,
+        "QEMU start-up",
+      );
+      vm.attach(new QmpClient(qmpSock), channel);
+      await vm.handshake();
+      return vm;
+    } catch (e) {
+      await vm.kill();
+      if (e instanceof MmError && e.code === "MM_QEMU_FAILED") throw e;
+      throw new MmError("MM_QEMU_FAILED", `${(e as Error).message}${vm.stderrTail() ? `: ${vm.stderrTail()}` : ""}`, {
+        cause: e,
+      });
+    } finally {
+      for (const s of servers) s.close();
+      await Promise.all([rm(qmpSocket, { force: true }), rm(agentSocket, { force: true })]);
+    }
+  }
+}
+
+export function describeExit(x: VmExit): string {
+  const how = x.signal ? `killed by ${x.signal}` : `exit status ${x.code}`;
+  return x.stderr.trim() ? `QEMU ${how}: ${x.stderr.trim()}` : `QEMU ${how}`;
+}
+
+class QemuVm implements RunningVm {
+  readonly exited: Promise<VmExit>;
+  channel: Socket | null = null;
+  private qmpClient: QmpClient | null = null;
+  private stderr = "";
+  private done = false;
+
+  constructor(
+    private readonly child: ChildProcess,
+    spec: BootSpec,
+  ) {
+    child.stdout?.on("data", (d: Buffer) => spec.onConsole?.(d));
+    child.stderr?.setEncoding("utf8");
+    child.stderr?.on("data", (d: string) => {
+      this.stderr = (this.stderr + d).slice(-STDERR_KEEP);
+    });
+    this.exited = new Promise((resolve) => {
+      const finish = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (this.done) return;
+        this.done = true;
+        this.qmpClient?.close();
+        resolve({ code, signal, stderr: this.stderr });
+      };
+      child.once("error", (err) => {
+        this.stderr += String(err);
+        finish(null, null);
+      });
+      child.once("close", finish);
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  stderrTail(): string {
+    return this.stderr.trim();
+  }
+
+  attach(qmp: QmpClient, channel: Socket | null): void {
+    this.qmpClient = qmp;
+    this.channel = channel;
+  }
+
+  async handshake(): Promise<void> {
+    await this.qmpClient?.handshake();
+  }
+
+  qmp(command: string, args?: Record<string, unknown>): Promise<unknown> {
+    if (!this.qmpClient) return Promise.reject(new MmError("MM_ENGINE_IO", "QMP not connected"));
+    return this.qmpClient.execute(command, args);
+  }
+
+  async terminate(graceMs = 3000): Promise<VmExit> {
+    if (this.done) return this.exited;
+    await this.qmp("quit").catch(() => undefined);
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), graceMs);
+    try {
+      return await this.exited;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async kill(): Promise<VmExit> {
+    if (!this.done) this.child.kill("SIGKILL");
+    return this.exited;
+  }
+}
