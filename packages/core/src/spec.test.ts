@@ -1,0 +1,48 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import fc from "fast-check";
+import { isMmError } from "./errors.js";
+import { MAX_CPUS, MIN_MEMORY_MIB, parseCpus, parseMemory, validateEnv, validateName } from "./spec.js";
+
+test("memory sizes: bare MiB and units", () => {
+  const cases: [string, number][] = [
+    ["256", 256],
+    ["512M", 512],
+    ["512m", 512],
+    ["512MiB", 512],
+    ["1G", 1024],
+    ["2gb", 2048],
+    [" 64 ", 64],
+  ];
+  for (const [text, mib] of cases) assert.equal(parseMemory(text), mib, text);
+});
+
+test("bad memory sizes are MM_INVALID_MEMORY", () => {
+  for (const text of ["", "abc", "-1", "1.5G", "12K", "63", "0", "2T", "1048577", "99999999999999999999G"]) {
+    assert.throws(() => parseMemory(text), (e) => isMmError(e, "MM_INVALID_MEMORY"), text);
+  }
+});
+
+test("any MiB count in range parses to itself", () => {
+  fc.assert(fc.property(fc.integer({ min: MIN_MEMORY_MIB, max: 1024 * 1024 }), (n) => parseMemory(String(n)) === n));
+});
+
+test("CPU counts", () => {
+  assert.equal(parseCpus("1"), 1);
+  assert.equal(parseCpus(String(MAX_CPUS)), MAX_CPUS);
+  for (const t of ["0", "-1", "1.5", "x", "", String(MAX_CPUS + 1)]) {
+    assert.throws(() => parseCpus(t), (e) => isMmError(e, "MM_INVALID_CPUS"), t);
+  }
+});
+
+test("names", () => {
+  for (const n of ["a", "web-1", "my_vm.2", "A".repeat(63)]) assert.equal(validateName(n), n);
+  for (const n of ["", "-x", ".x", "a b", "a/b", "A".repeat(64), "ü"]) {
+    assert.throws(() => validateName(n), (e) => isMmError(e, "MM_INVALID_NAME"), n);
+  }
+});
+
+test("env entries must be KEY=VALUE", () => {
+  assert.deepEqual(validateEnv(["A=1", "B="]), ["A=1", "B="]);
+  for (const e of ["A", "=1", ""]) assert.throws(() => validateEnv([e]), (x) => isMmError(x, "MM_USAGE"));
+});

@@ -1,0 +1,106 @@
+import assert from "node:assert/strict";
+import { describe, test } from "node:test";
+import fc from "fast-check";
+import type { BootSpec } from "./engine.js";
+import { AGENT_PORT_NAME, buildQemuArgs, escapeOptionValue, kernelCommandLine } from "./qemu-args.js";
+
+const spec = (over: Partial<BootSpec> = {}): BootSpec => ({
+  id: "abc123",
+  runDir: "/run/mm/abc123",
+  kernel: "/k/vmlinux",
+  kernelArgs: [],
+  rootDisk: { path: "/m/root.qcow2", format: "qcow2", readOnly: false },
+  cpus: 2,
+  memoryMib: 512,
+  accel: "tcg",
+  agentChannel: true,
+  ...over,
+});
+const build = (s: BootSpec, tscKhz?: number) =>
+  buildQemuArgs({ spec: s, agentSocket: "/r/agent.sock", qmpSocket: "/r/qmp.sock", pidFile: "/r/qemu.pid", ...(tscKhz !== undefined && { tscKhz }) });
+
+/** The value following each occurrence of a flag. */
+const values = (args: string[], flag: string) => args.flatMap((a, i) => (a === flag ? [args[i + 1] as string] : []));
+
+describe("buildQemuArgs", () => {
+  test("microvm with option ROMs off, ACPI, PIC and PIT on (TCG needs them)", () => {
+    assert.deepEqual(values(build(spec()), "-M"), ["microvm,x-option-roms=off,acpi=on,pit=on,pic=on,rtc=on"]);
+  });
+
+  test("acceleration and CPU model follow the accel", () => {
+    const tcg = build(spec({ accel: "tcg" }));
+    const kvm = build(spec({ accel: "kvm" }));
+    assert.deepEqual([values(tcg, "-accel"), values(tcg, "-cpu")], [["tcg"], ["max"]]);
+    assert.deepEqual([values(kvm, "-accel"), values(kvm, "-cpu")], [["kvm"], ["host"]]);
+  });
+
+  test("cpus and memory", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 64 }), fc.integer({ min: 16, max: 1 << 20 }), (cpus, mem) => {
+        const a = build(spec({ cpus, memoryMib: mem }));
+        return values(a, "-smp")[0] === String(cpus) && values(a, "-m")[0] === `${mem}M`;
+      }),
+    );
+    for (const bad of [{ cpus: 0 }, { cpus: 1.5 }, { memoryMib: 8 }]) assert.throws(() => build(spec(bad)), RangeError);
+  });
+
+  test("no default devices, no user config, no display, no reboot", () => {
+    const a = build(spec());
+    for (const f of ["-nodefaults", "-no-user-config", "-no-reboot"]) assert.ok(a.includes(f), f);
+    assert.deepEqual(values(a, "-display"), ["none"]);
+  });
+
+  test("root disk: format, read-only flag, and commas in paths escaped", () => {
+    const rw = values(build(spec()), "-drive")[0] as string;
+    assert.match(rw, /^id=root,file=\/m\/root\.qcow2,format=qcow2,if=none,/);
+    assert.doesNotMatch(rw, /readonly/);
+    const ro = values(build(spec({ rootDisk: { path: "/a,b/x.ext4", format: "raw", readOnly: true } })), "-drive")[0] as string;
+    assert.match(ro, /file=\/a,,b\/x\.ext4,format=raw/);
+    assert.match(ro, /,readonly=on$/);
+  });
+
+  test("QEMU connects to the host's QMP and agent sockets (client mode, no server=on)", () => {
+    const chardevs = values(build(spec()), "-chardev");
+    assert.ok(chardevs.includes("socket,id=qmp,path=/r/qmp.sock"));
+    assert.ok(chardevs.includes("socket,id=agent,path=/r/agent.sock"));
+    assert.ok(chardevs.every((c) => !c.includes("server")));
+    assert.deepEqual(values(build(spec()), "-mon"), ["chardev=qmp,mode=control"]);
+  });
+
+  test("the agent port is named for mm-init, and absent when not asked for", () => {
+    assert.ok(values(build(spec()), "-device").includes(`virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`));
+    const none = build(spec({ agentChannel: false }));
+    assert.ok(!values(none, "-device").some((d) => d.startsWith("virtio-serial")));
+    assert.ok(!values(none, "-chardev").some((d) => d.includes("agent")));
+  });
+
+  test("console on stdio, pidfile, process name", () => {
+    const a = build(spec());
+    assert.deepEqual(values(a, "-serial"), ["chardev:console"]);
+    assert.deepEqual(values(a, "-pidfile"), ["/r/qemu.pid"]);
+    assert.deepEqual(values(a, "-name"), ["mm-abc123,process=mm-abc123"]);
+  });
+});
+
+describe("kernelCommandLine", () => {
+  test("boots mm-init from the root disk and ends QEMU on reboot or panic", () => {
+    const c = kernelCommandLine(spec()).split(" ");
+    for (const w of ["console=ttyS0", "root=/dev/vda", "rw", "init=/.mm/init", "reboot=t", "panic=-1"]) assert.ok(c.includes(w), w);
+    assert.ok(kernelCommandLine(spec({ rootDisk: { path: "/x", format: "raw", readOnly: true } })).split(" ").includes("ro"));
+  });
+
+  test("tsc_early_khz only when known", () => {
+    assert.match(kernelCommandLine(spec(), 2399998), / tsc_early_khz=2399998( |$)/);
+    assert.doesNotMatch(kernelCommandLine(spec()), /tsc_early_khz/);
+    assert.doesNotMatch(kernelCommandLine(spec(), 0), /tsc_early_khz/);
+  });
+
+  test("extra args are appended; whitespace or quotes in one are refused", () => {
+    assert.match(kernelCommandLine(spec({ kernelArgs: ["mm.probe=1"] })), / mm\.probe=1$/);
+    for (const bad of ["a b", 'x"', "a\tb"]) assert.throws(() => kernelCommandLine(spec({ kernelArgs: [bad] })), RangeError);
+  });
+});
+
+test("escapeOptionValue doubles commas only", () => {
+  fc.assert(fc.property(fc.string(), (s) => escapeOptionValue(s).replaceAll(",,", ",") === s));
+});
