@@ -5,9 +5,9 @@
 
 import { closeSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { Command, CommanderError, Option } from "@commander-js/extra-typings";
-import { MmError, parseCpus, parseMemory } from "@mm/core";
-import { doctor, type MachineRecord, parseLogLines, type RunOutcome, Runtime, type Supervisor } from "@mm/runtime";
+import { Command, CommanderError } from "@commander-js/extra-typings";
+import { isActive, MmError, parseCpus, parseMemory } from "@mm/core";
+import { doctor, type LogEntry, type MachineRecord, parseLogLines, type RunOutcome, Runtime, type Supervisor } from "@mm/runtime";
 import Table from "cli-table3";
 import { commandText, statusText } from "./format.js";
 
@@ -97,6 +97,7 @@ export function buildProgram(): Command {
     .description("MicroMachines: containers' UX, virtual machines' isolation")
     .version(JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")).version as string)
     .showSuggestionAfterError(true)
+    .enablePositionalOptions()
     .exitOverride();
 
   program
@@ -256,6 +257,22 @@ export function buildProgram(): Command {
     });
 
   program
+    .command("wait")
+    .description("wait until machines stop, then print their exit codes")
+    .argument("<machines...>")
+    .action(async (refs) => {
+      const rt = runtime();
+      try {
+        for (const ref of refs) {
+          const rec = await rt.waitFor(rt.find(ref).id, (r) => !isActive(r.state), 24 * 3600 * 1000);
+          process.stdout.write(`${rec.exitCode ?? -1}\n`);
+        }
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
     .command("inspect")
     .description("print a machine's full record as JSON")
     .argument("<machines...>")
@@ -335,38 +352,37 @@ function publicRecord(r: MachineRecord) {
 }
 
 async function printLogs(rt: Runtime, ref: string, follow: boolean, withConsole: boolean): Promise<void> {
-  const emit = (text: string) => {
-    for (const e of parseLogLines(text)) {
+  const emit = (entries: LogEntry[]) => {
+    for (const e of entries) {
       if (e.stream === "console" && !withConsole) continue;
       (e.stream === "stderr" ? process.stderr : process.stdout).write(e.data);
     }
   };
-  for (const e of rt.logs(ref)) {
-    if (e.stream === "console" && !withConsole) continue;
-    (e.stream === "stderr" ? process.stderr : process.stdout).write(e.data);
-  }
-  if (!follow) return;
   const path = rt.logPath(ref);
   let offset = statSync(path, { throwIfNoEntry: false })?.size ?? 0;
+  emit(rt.logs(ref));
+  if (!follow) return;
   let partial = "";
-  for (;;) {
+  const readNew = () => {
     const size = statSync(path, { throwIfNoEntry: false })?.size ?? 0;
     if (size < offset) offset = 0; // rotated
-    if (size > offset) {
-      const fd = openSync(path, "r");
-      const buf = Buffer.alloc(size - offset);
-      readSync(fd, buf, 0, buf.length, offset);
-      closeSync(fd);
-      offset = size;
-      const text = partial + buf.toString("utf8");
-      const cut = text.lastIndexOf("\n") + 1;
-      emit(text.slice(0, cut));
-      partial = text.slice(cut);
-    } else {
-      const rec = rt.find(ref);
-      if (rec.state !== "running" && rec.state !== "starting" && rec.state !== "stopping") return;
-      await new Promise((r) => setTimeout(r, 200));
-    }
+    if (size === offset) return;
+    const fd = openSync(path, "r");
+    const buf = Buffer.alloc(size - offset);
+    readSync(fd, buf, 0, buf.length, offset);
+    closeSync(fd);
+    offset = size;
+    const text = partial + buf.toString("utf8");
+    const cut = text.lastIndexOf("\n") + 1;
+    emit(parseLogLines(text.slice(0, cut)));
+    partial = text.slice(cut);
+  };
+  for (;;) {
+    // The supervisor writes output before it records the end: read once more after it.
+    const active = isActive(rt.find(ref).state);
+    readNew();
+    if (!active) return;
+    await new Promise((r) => setTimeout(r, 200));
   }
 }
 
@@ -396,7 +412,6 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
-void Option;
 main(process.argv).then(
   (code) => {
     process.exitCode = code;

@@ -102,7 +102,10 @@ export async function probeKvm(input: ProbeInput): Promise<{ accel: Accel; reaso
       },
     });
   } catch (e) {
-    return { accel: "tcg", reason: `KVM start failed: ${(e as Error).message.slice(0, 200)}` };
+    const msg = (e as Error).message;
+    // Keep the VMM's own words (the last line that says "error"), on one line.
+    const line = msg.split("\n").find((l) => /error/i.test(l) && !/^the VMM/.test(l)) ?? msg.split("\n")[0] ?? "";
+    return { accel: "tcg", reason: `KVM start failed: ${line.replace(/^.*qemu-system-x86_64: /, "").slice(0, 160)}` };
   }
   let timer: NodeJS.Timeout | undefined;
   const outcome = await Promise.race([

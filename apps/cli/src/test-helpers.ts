@@ -1,0 +1,79 @@
+// Test harness for the CLI: runs the real `mm` binary against a private state root.
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+export const CLI = resolve(import.meta.dirname, "main.js");
+
+export interface CliResult {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+export interface Harness {
+  readonly state: string;
+  readonly env: NodeJS.ProcessEnv;
+  mm(args: string[], extraEnv?: NodeJS.ProcessEnv): Promise<CliResult>;
+  spawnMm(args: string[], extraEnv?: NodeJS.ProcessEnv): ChildProcess;
+  cleanup(): Promise<void>;
+}
+
+export function harness(prefix = "mm-cli-"): Harness {
+  const state = mkdtempSync(join(tmpdir(), prefix));
+  const env = { ...process.env, MM_STATE: state };
+  const spawnMm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}) =>
+    spawn(process.execPath, [CLI, ...args], { env: { ...env, ...extraEnv }, stdio: ["ignore", "pipe", "pipe"] });
+  const mm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}) =>
+    new Promise<CliResult>((resolvePromise) => {
+      const child = spawnMm(args, extraEnv);
+      let stdout = "";
+      let stderr = "";
+      child.stdout?.on("data", (d) => {
+        stdout += d;
+      });
+      child.stderr?.on("data", (d) => {
+        stderr += d;
+      });
+      child.on("close", (code, signal) => resolvePromise({ code, signal, stdout, stderr }));
+    });
+  return {
+    state,
+    env,
+    mm,
+    spawnMm,
+    async cleanup() {
+      const ids = (await mm(["ps", "-a", "-q"])).stdout.split("\n").filter(Boolean);
+      if (ids.length > 0) await mm(["rm", "-f", ...ids]);
+      rmSync(state, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Processes whose command line mentions `needle` (to prove nothing was left behind). */
+export async function processesMatching(needle: string): Promise<number[]> {
+  const { readdirSync, readFileSync } = await import("node:fs");
+  const pids: number[] = [];
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${d}/cmdline`, "utf8").replaceAll("\0", " ").includes(needle)) pids.push(Number(d));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return pids;
+}
+
+export async function until<T>(f: () => Promise<T | undefined> | T | undefined, timeoutMs = 120_000, what = "condition"): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined && v !== false) return v as T;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

@@ -1,0 +1,42 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import type { MachineSpec } from "@mm/core";
+import { DEFAULT_IMAGE_CONFIG, elfNeedsInterpreter } from "./default-image.js";
+import type { MachineRecord } from "./store.js";
+import { hostnameFor, workloadConfig } from "./supervisor.js";
+import { readFileSync } from "node:fs";
+
+const rec = (over: Partial<MachineSpec>): MachineRecord =>
+  ({
+    id: "aaaa11112222",
+    spec: { name: "web_1", image: "mm/busybox", cpus: 1, memoryMib: 256, command: [], env: [], autoRemove: false, ...over },
+  }) as unknown as MachineRecord;
+
+test("the image's command runs unless the user gives one", () => {
+  assert.deepEqual(workloadConfig(rec({}), DEFAULT_IMAGE_CONFIG).args, ["sh"]);
+  assert.deepEqual(workloadConfig(rec({ command: ["echo", "hi"] }), DEFAULT_IMAGE_CONFIG).args, ["echo", "hi"]);
+});
+
+test("-e overrides the image's variable of the same name, keeps the others", () => {
+  const cfg = workloadConfig(rec({ env: ["PATH=/x", "A=1"] }), { cmd: ["sh"], env: ["PATH=/bin", "B=2"] });
+  assert.deepEqual(cfg.env, ["PATH=/x", "B=2", "A=1", "HOSTNAME=web-1"]);
+});
+
+test("workdir and user: the user's flag wins over the image", () => {
+  const img = { cmd: ["sh"], env: [], workdir: "/srv", user: "nobody" };
+  assert.deepEqual([workloadConfig(rec({}), img).cwd, workloadConfig(rec({}), img).user], ["/srv", "nobody"]);
+  const c = workloadConfig(rec({ workdir: "/tmp", user: "0:0" }), img);
+  assert.deepEqual([c.cwd, c.user], ["/tmp", "0:0"]);
+});
+
+test("hostnames are valid DNS labels made from names", () => {
+  assert.equal(hostnameFor("web_1"), "web-1");
+  assert.equal(hostnameFor("My.App"), "my-app");
+  assert.equal(hostnameFor("___"), "mm");
+  assert.equal(hostnameFor("a".repeat(70)).length, 63);
+});
+
+test("ELF check: a dynamic binary needs an interpreter", () => {
+  assert.equal(elfNeedsInterpreter(readFileSync(process.execPath)), true);
+  assert.throws(() => elfNeedsInterpreter(Buffer.from("#!/bin/sh\n")));
+});
