@@ -16,7 +16,13 @@ after(async () => {
   rmSync(scratch, { recursive: true, force: true });
 });
 
-type Machine = { id: string; name: string; state: string; error: { code: string } | null; pids: { vmm: number | null; supervisor: number | null } };
+type Machine = {
+  id: string;
+  name: string;
+  state: string;
+  error: { code: string } | null;
+  pids: { vmm: number | null; supervisor: number | null };
+};
 const all = async (): Promise<Machine[]> => JSON.parse((await h.mm(["ps", "-a", "--json"])).stdout) as Machine[];
 
 function expectError(r: { code: number | null; stderr: string }, code: string, exit = 125) {
@@ -28,10 +34,14 @@ function expectError(r: { code: number | null; stderr: string }, code: string, e
 describe("bad command lines", () => {
   test("an unknown flag is MM_USAGE", async () => expectError(await h.mm(["run", "--bogus"]), "MM_USAGE"));
   test("an unknown command is MM_USAGE", async () => expectError(await h.mm(["frobnicate"]), "MM_USAGE"));
-  test("a bad memory size is MM_INVALID_MEMORY", async () => expectError(await h.mm(["run", "-m", "lots", "--", "true"]), "MM_INVALID_MEMORY"));
-  test("a bad CPU count is MM_INVALID_CPUS", async () => expectError(await h.mm(["run", "--cpus", "0", "--", "true"]), "MM_INVALID_CPUS"));
-  test("a bad name is MM_INVALID_NAME", async () => expectError(await h.mm(["run", "--name", "no/slash", "--", "true"]), "MM_INVALID_NAME"));
-  test("an unknown machine is MM_NO_SUCH_MACHINE", async () => expectError(await h.mm(["stop", "ghost"]), "MM_NO_SUCH_MACHINE"));
+  test("a bad memory size is MM_INVALID_MEMORY", async () =>
+    expectError(await h.mm(["run", "-m", "lots", "--", "true"]), "MM_INVALID_MEMORY"));
+  test("a bad CPU count is MM_INVALID_CPUS", async () =>
+    expectError(await h.mm(["run", "--cpus", "0", "--", "true"]), "MM_INVALID_CPUS"));
+  test("a bad name is MM_INVALID_NAME", async () =>
+    expectError(await h.mm(["run", "--name", "no/slash", "--", "true"]), "MM_INVALID_NAME"));
+  test("an unknown machine is MM_NO_SUCH_MACHINE", async () =>
+    expectError(await h.mm(["stop", "ghost"]), "MM_NO_SUCH_MACHINE"));
   test("--json errors are one JSON object", async () => {
     const r = await h.mm(["ps", "--json", "--bogus"]);
     assert.equal(JSON.parse(r.stderr).error.code, "MM_USAGE");
@@ -49,7 +59,10 @@ describe("a broken host", () => {
   });
 
   test("QEMU not installed is MM_QEMU_MISSING", async () => {
-    expectError(await h.mm(["run", "--rm", "--", "true"], { MM_QEMU: "/nonexistent/qemu-system-x86_64" }), "MM_QEMU_MISSING");
+    expectError(
+      await h.mm(["run", "--rm", "--", "true"], { MM_QEMU: "/nonexistent/qemu-system-x86_64" }),
+      "MM_QEMU_MISSING",
+    );
   });
 
   test("a missing mm-init is MM_INIT_MISSING", async () => {
@@ -87,7 +100,11 @@ describe("a dying guest or VMM", () => {
       stderr += d;
     });
     const done = new Promise<number | null>((r) => child.on("close", (c) => r(c)));
-    const vmm = await until(async () => (await all()).find((m) => m.name === "vmmdies")?.pids.vmm ?? undefined, 60_000, "VMM pid");
+    const vmm = await until(
+      async () => (await all()).find((m) => m.name === "vmmdies")?.pids.vmm ?? undefined,
+      60_000,
+      "VMM pid",
+    );
     process.kill(vmm, "SIGKILL");
     assert.equal(await done, 125);
     assert.match(stderr, /MM_QEMU_FAILED/);
@@ -98,9 +115,17 @@ describe("a dying guest or VMM", () => {
 
   test("kill -9 of `mm run` mid-boot takes the VMM with it; ps shows MM_SUPERVISOR_LOST; rm cleans", async () => {
     const child = h.spawnMm(["run", "--name", "orphan", "--", "sleep", "300"]);
-    const id = await until(async () => (await all()).find((m) => m.name === "orphan" && m.pids.vmm)?.id, 60_000, "boot");
+    const id = await until(
+      async () => (await all()).find((m) => m.name === "orphan" && m.pids.vmm)?.id,
+      60_000,
+      "boot",
+    );
     child.kill("SIGKILL");
-    await until(async () => ((await processesMatching(`mm-${id}`)).length === 0 ? true : undefined), 10_000, "VMM gone");
+    await until(
+      async () => ((await processesMatching(`mm-${id}`)).length === 0 ? true : undefined),
+      10_000,
+      "VMM gone",
+    );
     const m = (await all()).find((x) => x.name === "orphan");
     assert.deepEqual([m?.state, m?.error?.code], ["failed", "MM_SUPERVISOR_LOST"]);
     assert.equal((await h.mm(["rm", "orphan"])).code, 0);

@@ -10,7 +10,9 @@ after(() => h.cleanup());
 const inspect = async (name: string) => {
   const r = await h.mm(["inspect", name]);
   assert.equal(r.code, 0, r.stderr);
-  return (JSON.parse(r.stdout) as { id: string; state: string; exitCode: number | null; pids: { vmm: number | null } }[])[0]!;
+  return (
+    JSON.parse(r.stdout) as { id: string; state: string; exitCode: number | null; pids: { vmm: number | null } }[]
+  )[0]!;
 };
 
 describe("a detached machine", () => {
@@ -68,7 +70,10 @@ describe("a detached machine", () => {
 
 describe("output and endings", () => {
   test("logs -f follows the workload until it exits; wait prints the exit code", async () => {
-    assert.equal((await h.mm(["run", "-d", "--name", "talker", "--", "sh", "-c", "echo one; sleep 1; echo two >&2; exit 3"])).code, 0);
+    assert.equal(
+      (await h.mm(["run", "-d", "--name", "talker", "--", "sh", "-c", "echo one; sleep 1; echo two >&2; exit 3"])).code,
+      0,
+    );
     const f = await h.mm(["logs", "-f", "talker"]);
     assert.equal(f.stdout, "one\n");
     assert.equal(f.stderr, "two\n");
@@ -81,13 +86,21 @@ describe("output and endings", () => {
   test("run -d --rm removes the machine once it exits", async () => {
     const r = await h.mm(["run", "-d", "--rm", "--name", "ephemeral", "--", "sleep", "1"]);
     assert.equal(r.code, 0, r.stderr);
-    await until(async () => ((await h.mm(["ps", "-a"])).stdout.includes("ephemeral") ? undefined : true), 60_000, "removal");
+    await until(
+      async () => ((await h.mm(["ps", "-a"])).stdout.includes("ephemeral") ? undefined : true),
+      60_000,
+      "removal",
+    );
   });
 
   test("Ctrl-C on a foreground run reaches the workload (exit 130)", async () => {
     const child = h.spawnMm(["run", "--name", "sigint", "--", "sleep", "300"]);
     const done = new Promise<number | null>((r) => child.on("close", (c) => r(c)));
-    await until(async () => ((await h.mm(["ps"])).stdout.match(/Up .* sigint$/m) ? true : undefined), 60_000, "running");
+    await until(
+      async () => ((await h.mm(["ps"])).stdout.match(/Up .* sigint$/m) ? true : undefined),
+      60_000,
+      "running",
+    );
     child.kill("SIGINT");
     assert.equal(await done, 130);
     await h.mm(["rm", "sigint"]);

@@ -7,7 +7,15 @@ import { closeSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError } from "@commander-js/extra-typings";
 import { isActive, MmError, parseCpus, parseMemory } from "@mm/core";
-import { doctor, type LogEntry, type MachineRecord, parseLogLines, type RunOutcome, Runtime, type Supervisor } from "@mm/runtime";
+import {
+  doctor,
+  type LogEntry,
+  type MachineRecord,
+  parseLogLines,
+  type RunOutcome,
+  Runtime,
+  type Supervisor,
+} from "@mm/runtime";
 import Table from "cli-table3";
 import { commandText, statusText } from "./format.js";
 
@@ -98,6 +106,8 @@ export function buildProgram(): Command {
     .version(JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")).version as string)
     .showSuggestionAfterError(true)
     .enablePositionalOptions()
+    // Errors are rendered once, by printError, with their code and hint.
+    .configureOutput({ writeErr: () => undefined })
     .exitOverride();
 
   program
@@ -396,9 +406,6 @@ export async function main(argv: string[]): Promise<number> {
     args.splice(dashes);
   }
   const json = args.includes("--json");
-  program.configureOutput({
-    writeErr: () => undefined,
-  });
   try {
     await program.parseAsync(args, { from: "user" });
     return typeof process.exitCode === "number" ? process.exitCode : 0;

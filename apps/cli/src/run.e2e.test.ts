@@ -31,7 +31,18 @@ describe("mm run (foreground)", () => {
   });
 
   test("it is a VM with its own kernel, CPUs and memory as asked", async () => {
-    const r = await h.mm(["run", "--rm", "--cpus", "2", "--memory", "192M", "--", "sh", "-c", "uname -r; nproc; grep MemTotal /proc/meminfo"]);
+    const r = await h.mm([
+      "run",
+      "--rm",
+      "--cpus",
+      "2",
+      "--memory",
+      "192M",
+      "--",
+      "sh",
+      "-c",
+      "uname -r; nproc; grep MemTotal /proc/meminfo",
+    ]);
     assert.equal(r.code, 0, r.stderr);
     const [kernel, cpus, mem] = r.stdout.trim().split("\n");
     assert.notEqual(kernel, (await import("node:os")).release(), "guest kernel differs from the host's");
@@ -42,10 +53,26 @@ describe("mm run (foreground)", () => {
 
   test("env, workdir, user and hostname reach the workload", async () => {
     const r = await h.mm([
-      "run", "--rm", "--name", "envy_1", "-e", "GREETING=hi there", "-w", "/tmp", "-u", "65534",
-      "--", "sh", "-c", 'echo "$GREETING|$(pwd)|$(id -u)|$(hostname)|$PATH"',
+      "run",
+      "--rm",
+      "--name",
+      "envy_1",
+      "-e",
+      "GREETING=hi there",
+      "-w",
+      "/tmp",
+      "-u",
+      "65534",
+      "--",
+      "sh",
+      "-c",
+      'echo "$GREETING|$(pwd)|$(id -u)|$(hostname)|$PATH"',
     ]);
-    assert.equal(r.stdout, "hi there|/tmp|65534|envy-1|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n", r.stderr);
+    assert.equal(
+      r.stdout,
+      "hi there|/tmp|65534|envy-1|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n",
+      r.stderr,
+    );
   });
 
   test("the image's default command runs when none is given (sh, stdin empty)", async () => {

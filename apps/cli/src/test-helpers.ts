@@ -68,7 +68,11 @@ export async function processesMatching(needle: string): Promise<number[]> {
   return pids;
 }
 
-export async function until<T>(f: () => Promise<T | undefined> | T | undefined, timeoutMs = 120_000, what = "condition"): Promise<T> {
+export async function until<T>(
+  f: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 120_000,
+  what = "condition",
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const v = await f();

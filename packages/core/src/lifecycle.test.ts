@@ -18,7 +18,12 @@ test("every (state, event) pair: the legal ones move, the rest are MM_INVALID_TR
     for (const e of EVENTS) {
       const want = LEGAL[s][e];
       if (want) assert.equal(nextState(s, e), want, `${s} --${e}-->`);
-      else assert.throws(() => nextState(s, e), (x) => isMmError(x, "MM_INVALID_TRANSITION"), `${s} --${e}--> should fail`);
+      else
+        assert.throws(
+          () => nextState(s, e),
+          (x) => isMmError(x, "MM_INVALID_TRANSITION"),
+          `${s} --${e}--> should fail`,
+        );
     }
   }
 });

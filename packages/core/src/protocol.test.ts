@@ -23,9 +23,16 @@ describe("frames", () => {
   test("a frame round-trips whatever the chunking", () => {
     fc.assert(
       fc.property(
-        fc.array(fc.record({ type: fc.integer({ min: 0, max: 255 }), stream: fc.nat(), payload: fc.uint8Array({ maxLength: 300 }) }), {
-          maxLength: 8,
-        }),
+        fc.array(
+          fc.record({
+            type: fc.integer({ min: 0, max: 255 }),
+            stream: fc.nat(),
+            payload: fc.uint8Array({ maxLength: 300 }),
+          }),
+          {
+            maxLength: 8,
+          },
+        ),
         fc.array(fc.integer({ min: 1, max: 64 }), { minLength: 1, maxLength: 20 }),
         (frames, cuts) => {
           const wire = Buffer.concat(frames.map((f) => encodeFrame(f.type, Buffer.from(f.payload), f.stream)));
@@ -60,7 +67,10 @@ describe("frames", () => {
     test(`a length of ${len} is a protocol error before any payload is buffered`, () => {
       const h = Buffer.alloc(4);
       h.writeUInt32BE(len);
-      assert.throws(() => new FrameDecoder().push(h), (e) => isMmError(e, "MM_AGENT_PROTOCOL"));
+      assert.throws(
+        () => new FrameDecoder().push(h),
+        (e) => isMmError(e, "MM_AGENT_PROTOCOL"),
+      );
     });
   }
 });
@@ -69,10 +79,19 @@ describe("CONFIG", () => {
   test("round-trips args, env, cwd, user, hostname and flags", () => {
     fc.assert(
       fc.property(
-        fc.array(fc.string({ minLength: 1, maxLength: 40 }).filter((s) => !s.includes("\0")), { minLength: 1, maxLength: 20 }),
-        fc.array(fc.tuple(fc.stringMatching(/^[A-Z_]{1,10}$/), fc.string({ maxLength: 30 }).filter((s) => !s.includes("\0"))), {
-          maxLength: 10,
-        }),
+        fc.array(
+          fc.string({ minLength: 1, maxLength: 40 }).filter((s) => !s.includes("\0")),
+          { minLength: 1, maxLength: 20 },
+        ),
+        fc.array(
+          fc.tuple(
+            fc.stringMatching(/^[A-Z_]{1,10}$/),
+            fc.string({ maxLength: 30 }).filter((s) => !s.includes("\0")),
+          ),
+          {
+            maxLength: 10,
+          },
+        ),
         fc.boolean(),
         (args, envPairs, stayUp) => {
           const env = envPairs.map(([k, v]) => `${k}=${v}`);
@@ -96,7 +115,10 @@ describe("CONFIG", () => {
   ];
   for (const [what, cfg] of bad) {
     test(`refuses ${what} with MM_USAGE`, () => {
-      assert.throws(() => encodeConfig(cfg), (e) => isMmError(e, "MM_USAGE"));
+      assert.throws(
+        () => encodeConfig(cfg),
+        (e) => isMmError(e, "MM_USAGE"),
+      );
     });
   }
 
@@ -104,7 +126,10 @@ describe("CONFIG", () => {
     const good = encodeConfig({ args: ["a"], env: [] });
     const withUnknown = Buffer.concat([good, Buffer.from([99, 0, 2, 1, 2])]);
     assert.deepEqual(decodeConfig(withUnknown).args, ["a"]);
-    assert.throws(() => decodeConfig(Buffer.concat([good, Buffer.from([1, 0, 9, 1])])), (e) => isMmError(e, "MM_AGENT_PROTOCOL"));
+    assert.throws(
+      () => decodeConfig(Buffer.concat([good, Buffer.from([1, 0, 9, 1])])),
+      (e) => isMmError(e, "MM_AGENT_PROTOCOL"),
+    );
   });
 });
 
@@ -115,17 +140,36 @@ describe("guest messages", () => {
       maxVersion: 2,
       agent: "mm-init/0.1",
     });
-    assert.throws(() => decodeHello(Buffer.alloc(3)), (e) => isMmError(e, "MM_AGENT_PROTOCOL"));
-    assert.throws(() => decodeHello(encodeHello({ minVersion: 3, maxVersion: 1, agent: "" })), (e) => isMmError(e, "MM_AGENT_PROTOCOL"));
-    assert.throws(() => decodeHello(Buffer.alloc(4 + 65)), (e) => isMmError(e, "MM_AGENT_PROTOCOL"));
+    assert.throws(
+      () => decodeHello(Buffer.alloc(3)),
+      (e) => isMmError(e, "MM_AGENT_PROTOCOL"),
+    );
+    assert.throws(
+      () => decodeHello(encodeHello({ minVersion: 3, maxVersion: 1, agent: "" })),
+      (e) => isMmError(e, "MM_AGENT_PROTOCOL"),
+    );
+    assert.throws(
+      () => decodeHello(Buffer.alloc(4 + 65)),
+      (e) => isMmError(e, "MM_AGENT_PROTOCOL"),
+    );
   });
 
   test("EXIT accepts shell statuses only", () => {
     assert.deepEqual(decodeExit(encodeExit({ status: 143, signal: 15 })), { status: 143, signal: 15 });
-    for (const e of [{ status: -1, signal: 0 }, { status: 256, signal: 0 }, { status: 0, signal: 65 }]) {
-      assert.throws(() => decodeExit(encodeExit(e)), (x) => isMmError(x, "MM_AGENT_PROTOCOL"));
+    for (const e of [
+      { status: -1, signal: 0 },
+      { status: 256, signal: 0 },
+      { status: 0, signal: 65 },
+    ]) {
+      assert.throws(
+        () => decodeExit(encodeExit(e)),
+        (x) => isMmError(x, "MM_AGENT_PROTOCOL"),
+      );
     }
-    assert.throws(() => decodeExit(Buffer.alloc(9)), (x) => isMmError(x, "MM_AGENT_PROTOCOL"));
+    assert.throws(
+      () => decodeExit(Buffer.alloc(9)),
+      (x) => isMmError(x, "MM_AGENT_PROTOCOL"),
+    );
   });
 
   test("ERROR splits CODE: message and caps its size", () => {
@@ -134,6 +178,9 @@ describe("guest messages", () => {
       message: "/bin/x: No such file",
     });
     assert.equal(decodeGuestError(Buffer.from("garbage")).code, "UNKNOWN");
-    assert.throws(() => decodeGuestError(Buffer.alloc(1025)), (x) => isMmError(x, "MM_AGENT_PROTOCOL"));
+    assert.throws(
+      () => decodeGuestError(Buffer.alloc(1025)),
+      (x) => isMmError(x, "MM_AGENT_PROTOCOL"),
+    );
   });
 });

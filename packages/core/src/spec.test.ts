@@ -19,7 +19,11 @@ test("memory sizes: bare MiB and units", () => {
 
 test("bad memory sizes are MM_INVALID_MEMORY", () => {
   for (const text of ["", "abc", "-1", "1.5G", "12K", "63", "0", "2T", "1048577", "99999999999999999999G"]) {
-    assert.throws(() => parseMemory(text), (e) => isMmError(e, "MM_INVALID_MEMORY"), text);
+    assert.throws(
+      () => parseMemory(text),
+      (e) => isMmError(e, "MM_INVALID_MEMORY"),
+      text,
+    );
   }
 });
 
@@ -31,18 +35,30 @@ test("CPU counts", () => {
   assert.equal(parseCpus("1"), 1);
   assert.equal(parseCpus(String(MAX_CPUS)), MAX_CPUS);
   for (const t of ["0", "-1", "1.5", "x", "", String(MAX_CPUS + 1)]) {
-    assert.throws(() => parseCpus(t), (e) => isMmError(e, "MM_INVALID_CPUS"), t);
+    assert.throws(
+      () => parseCpus(t),
+      (e) => isMmError(e, "MM_INVALID_CPUS"),
+      t,
+    );
   }
 });
 
 test("names", () => {
   for (const n of ["a", "web-1", "my_vm.2", "A".repeat(63)]) assert.equal(validateName(n), n);
   for (const n of ["", "-x", ".x", "a b", "a/b", "A".repeat(64), "ü"]) {
-    assert.throws(() => validateName(n), (e) => isMmError(e, "MM_INVALID_NAME"), n);
+    assert.throws(
+      () => validateName(n),
+      (e) => isMmError(e, "MM_INVALID_NAME"),
+      n,
+    );
   }
 });
 
 test("env entries must be KEY=VALUE", () => {
   assert.deepEqual(validateEnv(["A=1", "B="]), ["A=1", "B="]);
-  for (const e of ["A", "=1", ""]) assert.throws(() => validateEnv([e]), (x) => isMmError(x, "MM_USAGE"));
+  for (const e of ["A", "=1", ""])
+    assert.throws(
+      () => validateEnv([e]),
+      (x) => isMmError(x, "MM_USAGE"),
+    );
 });

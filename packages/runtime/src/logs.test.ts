@@ -40,7 +40,10 @@ test("a torn last line (crash mid-write) is skipped, the rest is read", () => {
   w.write("stdout", Buffer.from("ok"));
   w.close();
   appendFileSync(p, '{"t":1,"s":"o","b":"aGVs');
-  assert.deepEqual(readLog(p).map((e) => e.data.toString()), ["ok"]);
+  assert.deepEqual(
+    readLog(p).map((e) => e.data.toString()),
+    ["ok"],
+  );
 });
 
 test("TextTail keeps only the end", () => {

@@ -15,7 +15,15 @@ function store(): Store {
   dirs.push(d);
   return new Store({ state: d, cache: join(d, "cache") });
 }
-const spec = (name: string): MachineSpec => ({ name, image: "mm/busybox", cpus: 1, memoryMib: 256, command: ["true"], env: [], autoRemove: false });
+const spec = (name: string): MachineSpec => ({
+  name,
+  image: "mm/busybox",
+  cpus: 1,
+  memoryMib: 256,
+  command: ["true"],
+  env: [],
+  autoRemove: false,
+});
 
 test("insert, find by name, id and id prefix", () => {
   const s = store();
@@ -24,7 +32,10 @@ test("insert, find by name, id and id prefix", () => {
   assert.equal(s.find("web").id, "aaaa11112222");
   assert.equal(s.find("bbbb11112222").spec.name, "db");
   assert.equal(s.find("aaa").spec.name, "web");
-  assert.throws(() => s.find("zzz"), (e) => isMmError(e, "MM_NO_SUCH_MACHINE"));
+  assert.throws(
+    () => s.find("zzz"),
+    (e) => isMmError(e, "MM_NO_SUCH_MACHINE"),
+  );
   s.close();
 });
 
@@ -32,14 +43,20 @@ test("an ambiguous id prefix is refused", () => {
   const s = store();
   s.insert("abc111111111", spec("a"));
   s.insert("abc222222222", spec("b"));
-  assert.throws(() => s.find("abc"), (e) => isMmError(e, "MM_NO_SUCH_MACHINE") && /matches 2/.test(e.message));
+  assert.throws(
+    () => s.find("abc"),
+    (e) => isMmError(e, "MM_NO_SUCH_MACHINE") && /matches 2/.test(e.message),
+  );
   s.close();
 });
 
 test("a taken name is MM_NAME_IN_USE and leaves no second record", () => {
   const s = store();
   s.insert("aaaa11112222", spec("web"));
-  assert.throws(() => s.insert("cccc11112222", spec("web")), (e) => isMmError(e, "MM_NAME_IN_USE"));
+  assert.throws(
+    () => s.insert("cccc11112222", spec("web")),
+    (e) => isMmError(e, "MM_NAME_IN_USE"),
+  );
   assert.equal(s.list().length, 1);
   s.close();
 });
@@ -50,7 +67,10 @@ test("transitions follow the lifecycle and write their fields atomically", () =>
   const r = s.transition("aaaa11112222", "boot", { supervisorPid: 42, startedAt: "t" });
   assert.equal(r.state, "starting");
   assert.equal(r.supervisorPid, 42);
-  assert.throws(() => s.transition("aaaa11112222", "restart", { exitCode: 3 }), (e) => isMmError(e, "MM_INVALID_TRANSITION"));
+  assert.throws(
+    () => s.transition("aaaa11112222", "restart", { exitCode: 3 }),
+    (e) => isMmError(e, "MM_INVALID_TRANSITION"),
+  );
   assert.equal(s.get("aaaa11112222").exitCode, null, "a refused transition writes nothing");
   s.transition("aaaa11112222", "ready");
   const done = s.transition("aaaa11112222", "exit", { exitCode: 7, error: { code: "X", message: "y" } });
@@ -75,5 +95,8 @@ test("an unusable state root is MM_STATE_UNWRITABLE", () => {
   const d = mkdtempSync(join(tmpdir(), "mm-store-"));
   dirs.push(d);
   writeFileSync(join(d, "file"), "");
-  assert.throws(() => new Store({ state: join(d, "file", "state"), cache: d }), (e) => isMmError(e, "MM_STATE_UNWRITABLE"));
+  assert.throws(
+    () => new Store({ state: join(d, "file", "state"), cache: d }),
+    (e) => isMmError(e, "MM_STATE_UNWRITABLE"),
+  );
 });

@@ -1,15 +1,24 @@
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 import type { MachineSpec } from "@mm/core";
 import { DEFAULT_IMAGE_CONFIG, elfNeedsInterpreter } from "./default-image.js";
 import type { MachineRecord } from "./store.js";
 import { hostnameFor, workloadConfig } from "./supervisor.js";
-import { readFileSync } from "node:fs";
 
 const rec = (over: Partial<MachineSpec>): MachineRecord =>
   ({
     id: "aaaa11112222",
-    spec: { name: "web_1", image: "mm/busybox", cpus: 1, memoryMib: 256, command: [], env: [], autoRemove: false, ...over },
+    spec: {
+      name: "web_1",
+      image: "mm/busybox",
+      cpus: 1,
+      memoryMib: 256,
+      command: [],
+      env: [],
+      autoRemove: false,
+      ...over,
+    },
   }) as unknown as MachineRecord;
 
 test("the image's command runs unless the user gives one", () => {

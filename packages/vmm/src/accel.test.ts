@@ -44,7 +44,11 @@ const input = (over: Record<string, unknown> = {}) => ({
 });
 
 test("MM_ACCEL overrides without probing", async () => {
-  assert.deepEqual(await chooseAccel(input({ env: { MM_ACCEL: "tcg" } })), { accel: "tcg", source: "env", reason: "MM_ACCEL=tcg" });
+  assert.deepEqual(await chooseAccel(input({ env: { MM_ACCEL: "tcg" } })), {
+    accel: "tcg",
+    source: "env",
+    reason: "MM_ACCEL=tcg",
+  });
   assert.equal((await chooseAccel(input({ env: { MM_ACCEL: "kvm" } }))).accel, "kvm");
 });
 
@@ -60,7 +64,9 @@ test("a kernel that cannot boot is never trusted with KVM", async () => {
   assert.equal(d.accel, "tcg", d.reason);
 });
 
-test("the real kernel gets a verdict by booting, which is then cached per host and kernel", { skip: !(await kvmDeviceUsable()) && "this host has no /dev/kvm to probe" }, async () => {
+test("the real kernel gets a verdict by booting, which is then cached per host and kernel", {
+  skip: !(await kvmDeviceUsable()) && "this host has no /dev/kvm to probe",
+}, async () => {
   const first = await chooseAccel(input({ cacheDir: join(work, "cache-real") }));
   assert.equal(first.source, "probe");
   assert.match(first.reason, first.accel === "kvm" ? /booted to init under KVM/ : /KVM/);

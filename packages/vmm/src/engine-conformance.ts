@@ -5,8 +5,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { decodeHello, FrameDecoder, FrameType, isMmError } from "@mm/core";
-import type { Accel, DiskSpec, Engine } from "./engine.js";
 import { PROBE_MARKER } from "./accel.js";
+import type { Accel, DiskSpec, Engine } from "./engine.js";
 
 export interface ConformanceFixture {
   readonly kernel: string;

@@ -17,7 +17,13 @@ const spec = (over: Partial<BootSpec> = {}): BootSpec => ({
   ...over,
 });
 const build = (s: BootSpec, tscKhz?: number) =>
-  buildQemuArgs({ spec: s, agentSocket: "/r/agent.sock", qmpSocket: "/r/qmp.sock", pidFile: "/r/qemu.pid", ...(tscKhz !== undefined && { tscKhz }) });
+  buildQemuArgs({
+    spec: s,
+    agentSocket: "/r/agent.sock",
+    qmpSocket: "/r/qmp.sock",
+    pidFile: "/r/qemu.pid",
+    ...(tscKhz !== undefined && { tscKhz }),
+  });
 
 /** The value following each occurrence of a flag. */
 const values = (args: string[], flag: string) => args.flatMap((a, i) => (a === flag ? [args[i + 1] as string] : []));
@@ -54,7 +60,10 @@ describe("buildQemuArgs", () => {
     const rw = values(build(spec()), "-drive")[0] as string;
     assert.match(rw, /^id=root,file=\/m\/root\.qcow2,format=qcow2,if=none,/);
     assert.doesNotMatch(rw, /readonly/);
-    const ro = values(build(spec({ rootDisk: { path: "/a,b/x.ext4", format: "raw", readOnly: true } })), "-drive")[0] as string;
+    const ro = values(
+      build(spec({ rootDisk: { path: "/a,b/x.ext4", format: "raw", readOnly: true } })),
+      "-drive",
+    )[0] as string;
     assert.match(ro, /file=\/a,,b\/x\.ext4,format=raw/);
     assert.match(ro, /,readonly=on$/);
   });
@@ -85,8 +94,13 @@ describe("buildQemuArgs", () => {
 describe("kernelCommandLine", () => {
   test("boots mm-init from the root disk and ends QEMU on reboot or panic", () => {
     const c = kernelCommandLine(spec()).split(" ");
-    for (const w of ["console=ttyS0", "root=/dev/vda", "rw", "init=/.mm/init", "reboot=t", "panic=-1"]) assert.ok(c.includes(w), w);
-    assert.ok(kernelCommandLine(spec({ rootDisk: { path: "/x", format: "raw", readOnly: true } })).split(" ").includes("ro"));
+    for (const w of ["console=ttyS0", "root=/dev/vda", "rw", "init=/.mm/init", "reboot=t", "panic=-1"])
+      assert.ok(c.includes(w), w);
+    assert.ok(
+      kernelCommandLine(spec({ rootDisk: { path: "/x", format: "raw", readOnly: true } }))
+        .split(" ")
+        .includes("ro"),
+    );
   });
 
   test("tsc_early_khz only when known", () => {
@@ -97,7 +111,8 @@ describe("kernelCommandLine", () => {
 
   test("extra args are appended; whitespace or quotes in one are refused", () => {
     assert.match(kernelCommandLine(spec({ kernelArgs: ["mm.probe=1"] })), / mm\.probe=1$/);
-    for (const bad of ["a b", 'x"', "a\tb"]) assert.throws(() => kernelCommandLine(spec({ kernelArgs: [bad] })), RangeError);
+    for (const bad of ["a b", 'x"', "a\tb"])
+      assert.throws(() => kernelCommandLine(spec({ kernelArgs: [bad] })), RangeError);
   });
 });
 

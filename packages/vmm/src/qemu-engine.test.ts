@@ -1,11 +1,11 @@
 // Runs the Engine conformance suite against real QEMU and the real guest kernel.
 
+import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
-import assert from "node:assert/strict";
 import { isMmError } from "@mm/core";
 import { type ConformanceFixture, engineConformance } from "./engine-conformance.js";
 import { hostTscKhz } from "./host.js";
@@ -19,7 +19,10 @@ let fixture: ConformanceFixture;
 let tscKhz: number | undefined;
 
 before(async () => {
-  for (const [what, p] of [["guest kernel (scripts/setup.sh)", kernel], ["mm-init (make -C guest/init)", init]]) {
+  for (const [what, p] of [
+    ["guest kernel (scripts/setup.sh)", kernel],
+    ["mm-init (make -C guest/init)", init],
+  ]) {
     if (!existsSync(p as string)) throw new Error(`${what} missing at ${p}`);
   }
   work = mkdtempSync(join(tmpdir(), "mm-engine-"));
