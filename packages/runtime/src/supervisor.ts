@@ -145,11 +145,17 @@ export class Supervisor {
 
   private async boot(rec: MachineRecord, log: LogWriter, io: RunIo): Promise<RunOutcome> {
     const { store, paths, env, engine } = this.ctx;
+    // MM_TRACE=1: one line per boot phase with milliseconds since process start (for tuning).
+    const trace = env.MM_TRACE
+      ? (phase: string) => process.stderr.write(`mm-trace ${performance.now().toFixed(1)} ${phase}\n`)
+      : () => undefined;
+    trace("boot");
     const kernel = kernelPath(paths, env);
     await access(kernel).catch(() => {
       throw new MmError("MM_KERNEL_MISSING", kernel);
     });
     const base = await defaultImageRootfs(paths, initPath(env));
+    trace("rootfs");
     const overlay = join(machineDir(paths, this.id), "root.qcow2");
     if (!existsSync(overlay)) await createOverlay(base.path, overlay);
 
@@ -163,6 +169,7 @@ export class Supervisor {
     });
     if (accel.accel === "tcg" && accel.source !== "env") io.onWarning?.(`${TCG_WARNING} (${accel.reason})`);
     store.update(this.id, { accel: accel.accel });
+    trace(`accel ${accel.accel}`);
 
     const consoleTail = new TextTail();
     const vm = await engine.boot({
@@ -181,6 +188,7 @@ export class Supervisor {
       },
     });
     this.vm = vm;
+    trace("vmm connected");
     store.update(this.id, { vmmPid: vm.pid });
     if (this.stopping) void vm.terminate(1000);
     const session = new AgentSession(vm.channel as NonNullable<typeof vm.channel>);
@@ -202,6 +210,7 @@ export class Supervisor {
       if (sink && sink(d, () => session.resume()) === false) session.pause();
     };
     session.on("hello", () => {
+      trace("hello");
       try {
         session.sendConfig(workloadConfig(rec, base.config));
       } catch (e) {
@@ -211,6 +220,7 @@ export class Supervisor {
     });
     session.on("ready", () => {
       clearTimeout(bootTimer);
+      trace("ready");
       this.ready = true;
       try {
         rec = store.transition(this.id, "ready");
@@ -226,6 +236,7 @@ export class Supervisor {
       guestError = e;
     });
     session.on("exit", (st) => {
+      trace("exit");
       exitStatus = st;
       session.poweroff();
       this.stopTimers.push(setTimeout(() => void vm.terminate(1000), POWEROFF_GRACE_MS));
@@ -236,6 +247,7 @@ export class Supervisor {
     });
 
     const vmExit: VmExit = await vm.exited;
+    trace("vmm exited");
     clearTimeout(bootTimer);
     session.close();
     const finishedAt = new Date().toISOString();
