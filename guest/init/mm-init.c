@@ -1,0 +1,529 @@
+/* mm-init: PID 1 of a MicroMachines guest. It mounts what a container expects, gets
+ * its CONFIG over the host channel, runs the workload, relays its output, exit and
+ * signals (docs/PROTOCOL.md), and powers the machine off.
+ *
+ * main() reads like a script: options → signals → system → channel → CONFIG →
+ * spawn → loop { reap, forward, pump } → EXIT → await POWEROFF → power off.
+ * Setup failures bail with a message; after that nothing exits without shutting down.
+ *
+ * When not PID 1 (getpid() != 1) it runs as an ordinary process for host tests: the
+ * channel is $MM_INIT_CHANNEL, nothing is mounted, and "power off" is exit(). The
+ * flag `host_mode` is checked only in main() and shut_down(); there mm-init makes
+ * itself a child subreaper, so orphans come to it as they would to PID 1. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "channel.h"
+#include "log.h"
+#include "pid1.h"
+#include "protocol.h"
+#include "spawn.h"
+
+#define DRAIN_AFTER_EXIT_MS 500    /* output still read after the workload exits */
+#define POWEROFF_WAIT_MS 2000      /* wait for POWEROFF after EXIT (without STAY_UP) */
+#define TERM_GRACE_MS 1000         /* SIGTERM to SIGKILL when shutting down */
+#define CHANNEL_BACKOFF_MIN_MS 10  /* no host connected: retry reads after this... */
+#define CHANNEL_BACKOFF_MAX_MS 1000 /* ...doubling up to this */
+#define SHUTDOWN_POLL_MS 10        /* while ending processes, re-check at least this often */
+#define SIGINFO_BATCH 16
+
+#define CONFIG_ERROR_PREFIX "CONFIG: "
+#define CONFIG_ERROR_PREFIX_LEN (sizeof CONFIG_ERROR_PREFIX - 1)
+
+/* Exit statuses in host-test mode (a guest powers off instead). */
+#define HOST_EXIT_OK 0
+#define HOST_EXIT_FAILED 1
+
+struct supervisor {
+	bool host_mode;
+	int sfd;                       /* signalfd */
+	struct mm_channel channel;
+	int64_t channel_resume_at;     /* >0: channel paused after EOF until then */
+	int channel_backoff_ms;
+	struct workload work;
+	bool running;                  /* workload started and not yet reaped */
+	bool exited;                   /* workload reaped (or never started) */
+	int wait_status;
+	int64_t exited_at;
+	bool exit_sent;
+	bool stay_up;
+	int64_t poweroff_at;           /* >0: shut down at this time */
+};
+
+static struct supervisor sup;
+static struct mm_config config;
+static uint8_t output_buf[MM_MAX_PAYLOAD];
+
+/* Signals PID 1 reads from its signalfd; all but SIGCHLD and SIGPWR are forwarded. */
+static const int handled_signals[] = {
+	SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGPWR,
+};
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(int64_t ms)
+{
+	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000L };
+
+	if (ms <= 0)
+		return;
+	while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+		;
+}
+
+/* Reaps every exited child; remembers the workload's status. */
+static void reap(struct supervisor *s)
+{
+	int status;
+	pid_t pid;
+
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		if (s->running && pid == s->work.pid) {
+			s->running = false;
+			s->exited = true;
+			s->wait_status = status;
+			s->exited_at = now_ms();
+			log_debug("workload %d exited: status 0x%x", (int)pid, status);
+		}
+	}
+}
+
+/* True once every child has been reaped. PID 1 inherits every orphan; in a host
+ * test mm-init is a child subreaper, so the same test holds. */
+static bool all_gone(struct supervisor *s)
+{
+	reap(s);
+	return waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD;
+}
+
+/* Ends every process and powers off; in host-test mode ends the workload's process
+ * group and exits with host_status. Never returns. */
+__attribute__((noreturn))
+static void shut_down(struct supervisor *s, int host_status)
+{
+	/* In a guest kill(-1) reaches every process but PID 1; a host test must only
+	 * touch the workload's own process group (it is a session leader). */
+	pid_t target = s->host_mode ? -s->work.pid : -1;
+
+	log_debug("shutting down");
+	channel_close(&s->channel);
+	if (target != 0 && kill(target, SIGTERM) == 0) {
+		int64_t deadline = now_ms() + TERM_GRACE_MS, left;
+
+		while (!all_gone(s) && (left = deadline - now_ms()) > 0) {
+			struct pollfd pfd = { s->sfd, POLLIN, 0 };
+			struct signalfd_siginfo si[SIGINFO_BATCH];
+
+			if (poll(&pfd, 1, left < SHUTDOWN_POLL_MS ? (int)left : SHUTDOWN_POLL_MS) > 0)
+				while (read(s->sfd, si, sizeof si) > 0)
+					;   /* only SIGCHLD matters now, and all_gone() reaps */
+		}
+		kill(target, SIGKILL);
+		reap(s);
+	}
+	if (s->host_mode)
+		exit(host_status);
+	sync();
+	if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL) != 0)
+		log_debug("remount / read-only: %s", strerror(errno));
+	pid1_power_off();
+}
+
+/* Setup failed before the workload could run: nothing to end but ourselves. */
+__attribute__((noreturn, format(printf, 2, 3)))
+static void bail(struct supervisor *s, const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	log_error("%s", msg);
+	shut_down(s, HOST_EXIT_FAILED);
+}
+
+/* A frame the host must get; losing the channel here ends the machine. */
+static void send_frame(struct supervisor *s, uint8_t type, const void *payload, size_t len)
+{
+	if (channel_send(&s->channel, type, payload, len) != 0)
+		bail(s, "lost the channel to the host");
+}
+
+static void send_error(struct supervisor *s, const char *message)
+{
+	size_t len = mm_utf8_whole_len(message, strnlen(message, MM_MAX_ERROR));
+
+	log_debug("ERROR %s", message);
+	send_frame(s, MM_ERROR, message, len);
+}
+
+static void send_exit(struct supervisor *s, int32_t status, int32_t signal)
+{
+	uint8_t payload[8];
+
+	mm_put_u32(payload, (uint32_t)status);
+	mm_put_u32(payload + 4, (uint32_t)signal);
+	log_debug("EXIT status %d signal %d", (int)status, (int)signal);
+	send_frame(s, MM_EXIT, payload, sizeof payload);
+	s->exit_sent = true;
+	if (!s->stay_up)
+		s->poweroff_at = now_ms() + POWEROFF_WAIT_MS;
+}
+
+static void send_ready(struct supervisor *s)
+{
+	uint8_t payload[4];
+
+	mm_put_u32(payload, (uint32_t)s->work.pid);
+	send_frame(s, MM_READY, payload, sizeof payload);
+}
+
+static void send_hello(struct supervisor *s)
+{
+	uint8_t payload[4 + MM_MAX_AGENT_NAME];
+	size_t name_len = sizeof MM_AGENT_NAME - 1;
+
+	_Static_assert(sizeof MM_AGENT_NAME - 1 <= MM_MAX_AGENT_NAME, "agent name too long");
+	mm_put_u16(payload, MM_PROTOCOL_VERSION);
+	mm_put_u16(payload + 2, MM_PROTOCOL_VERSION);
+	memcpy(payload + 4, MM_AGENT_NAME, name_len);
+	send_frame(s, MM_HELLO, payload, 4 + name_len);
+}
+
+static int setup_signals(struct supervisor *s)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	for (size_t i = 0; i < sizeof handled_signals / sizeof handled_signals[0]; i++)
+		sigaddset(&set, handled_signals[i]);
+	if (sigprocmask(SIG_BLOCK, &set, NULL) != 0)
+		return -1;
+	/* A host that hangs up must show up as a write error, not kill us. */
+	signal(SIGPIPE, SIG_IGN);
+	s->sfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	return s->sfd < 0 ? -1 : 0;
+}
+
+/* The channel read EOF: no host connected. Pause reads (a virtio port would report
+ * EOF at once again) or, if this EOF is final, give up. */
+static void channel_eof(struct supervisor *s)
+{
+	if (s->channel.eof_is_final)
+		bail(s, "the host closed the channel");
+	s->channel_resume_at = now_ms() + s->channel_backoff_ms;
+	log_debug("channel: no host connected; retrying in %d ms", s->channel_backoff_ms);
+	s->channel_backoff_ms *= 2;
+	if (s->channel_backoff_ms > CHANNEL_BACKOFF_MAX_MS)
+		s->channel_backoff_ms = CHANNEL_BACKOFF_MAX_MS;
+}
+
+/* The next frame from the receive buffer: 1 got one, 0 need more bytes. A frame
+ * with `len` out of range ends the channel and the machine. */
+static int next_frame(struct supervisor *s, struct mm_frame *f)
+{
+	uint32_t bad_len = 0;
+	int r = mm_rx_next(&s->channel.rx, f, &bad_len);
+
+	if (r < 0)
+		bail(s, "protocol error: frame length %lu out of range [%d, %d]",
+		     (unsigned long)bad_len, MM_LEN_MIN, MM_LEN_MAX);
+	return r;
+}
+
+/* Blocks until CONFIG arrives (handling POWEROFF, skipping anything else) and
+ * leaves its payload in config; returns the ERROR text if it breaks a rule. */
+static bool await_config(struct supervisor *s, char *err, size_t errlen)
+{
+	for (;;) {
+		struct mm_frame f;
+		ssize_t n;
+
+		while (next_frame(s, &f) == 1) {
+			if (f.stream != MM_STREAM_CONTROL)
+				continue;
+			if (f.type == MM_POWEROFF)
+				shut_down(s, HOST_EXIT_OK);
+			if (f.type != MM_CONFIG) {
+				log_debug("frame type %u before CONFIG: ignored", f.type);
+				continue;
+			}
+			if (mm_config_parse(&config, f.payload, f.payload_len, err, errlen) == 0)
+				return true;
+			return false;
+		}
+		n = channel_fill(&s->channel);
+		if (n > 0) {
+			s->channel_backoff_ms = CHANNEL_BACKOFF_MIN_MS;
+		} else if (n == 0) {
+			channel_eof(s);
+			sleep_ms(s->channel_resume_at - now_ms());
+			s->channel_resume_at = 0;
+		} else {
+			bail(s, "channel: read: %s", strerror(errno));
+		}
+	}
+}
+
+static void forward_signal(struct supervisor *s, int sig)
+{
+	if (!s->running)
+		return;
+	if (kill(s->work.pid, sig) != 0)
+		log_debug("kill %d %d: %s", (int)s->work.pid, sig, strerror(errno));
+	else
+		log_debug("signal %d -> workload %d", sig, (int)s->work.pid);
+}
+
+static void handle_signals(struct supervisor *s)
+{
+	struct signalfd_siginfo si[SIGINFO_BATCH];
+	ssize_t n;
+
+	while ((n = read(s->sfd, si, sizeof si)) > 0) {
+		for (size_t i = 0; i < (size_t)n / sizeof si[0]; i++) {
+			int sig = (int)si[i].ssi_signo;
+
+			if (sig == SIGCHLD)
+				reap(s);
+			else if (sig == SIGPWR)
+				shut_down(s, HOST_EXIT_OK);
+			else
+				forward_signal(s, sig);
+		}
+	}
+}
+
+/* Reads once from a workload pipe and relays what it got; closes it at EOF. After
+ * EXIT the host accepts no more output: what background processes still write is
+ * read and dropped, so that they never block on a full pipe. */
+static void pump_output(struct supervisor *s, int *fd, uint8_t type)
+{
+	ssize_t n = read(*fd, output_buf, sizeof output_buf);
+
+	if (n > 0 && !s->exit_sent) {
+		send_frame(s, type, output_buf, (size_t)n);
+	} else if (n > 0) {
+		log_debug("dropped %zd bytes of output written after EXIT", n);
+	} else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+		close(*fd);
+		*fd = -1;
+	}
+}
+
+static void handle_frame(struct supervisor *s, const struct mm_frame *f)
+{
+	if (f->stream != MM_STREAM_CONTROL) {
+		log_debug("frame type %u on stream %lu: ignored", f->type, (unsigned long)f->stream);
+		return;
+	}
+	switch (f->type) {
+	case MM_SIGNAL: {
+		uint32_t sig;
+
+		if (f->payload_len < 4)
+			bail(s, "protocol error: SIGNAL payload of %zu bytes", f->payload_len);
+		sig = mm_get_u32(f->payload);
+		if (sig == 0 || sig >= NSIG)
+			log_debug("SIGNAL %lu: no such signal, ignored", (unsigned long)sig);
+		else
+			forward_signal(s, (int)sig);
+		break;
+	}
+	case MM_POWEROFF:
+		shut_down(s, HOST_EXIT_OK);
+	case MM_CONFIG:
+		log_debug("second CONFIG: ignored");
+		break;
+	default:
+		break;   /* STDIN is reserved in v1; unknown types are ignored */
+	}
+}
+
+static void read_channel(struct supervisor *s)
+{
+	struct mm_frame f;
+	ssize_t n = channel_fill(&s->channel);
+
+	if (n == 0) {
+		channel_eof(s);
+		return;
+	}
+	if (n < 0) {
+		if (errno == EAGAIN)
+			return;
+		bail(s, "channel: read: %s", strerror(errno));
+	}
+	s->channel_backoff_ms = CHANNEL_BACKOFF_MIN_MS;
+	while (next_frame(s, &f) == 1)
+		handle_frame(s, &f);
+}
+
+static void report_exit(struct supervisor *s)
+{
+	int st = s->wait_status;
+
+	if (WIFSIGNALED(st))
+		send_exit(s, 128 + WTERMSIG(st), WTERMSIG(st));
+	else
+		send_exit(s, WIFEXITED(st) ? WEXITSTATUS(st) : 0, 0);
+}
+
+static void consider(int64_t at, int64_t *next)
+{
+	if (at > 0 && (*next == 0 || at < *next))
+		*next = at;
+}
+
+/* The main loop: reap, forward signals, pump output, serve the channel, report
+ * EXIT, wait for POWEROFF. Never returns. */
+__attribute__((noreturn))
+static void supervise(struct supervisor *s)
+{
+	for (;;) {
+		struct pollfd pfd[4];
+		nfds_t n = 0;
+		int out_i = -1, err_i = -1, chan_i = -1;
+		int64_t now, next = 0;
+		int timeout = -1;
+
+		pfd[n++] = (struct pollfd){ s->sfd, POLLIN, 0 };
+		if (s->work.out_fd >= 0) {
+			out_i = (int)n;
+			pfd[n++] = (struct pollfd){ s->work.out_fd, POLLIN, 0 };
+		}
+		if (s->work.err_fd >= 0) {
+			err_i = (int)n;
+			pfd[n++] = (struct pollfd){ s->work.err_fd, POLLIN, 0 };
+		}
+		if (s->channel_resume_at == 0) {
+			chan_i = (int)n;
+			pfd[n++] = (struct pollfd){ s->channel.fd, POLLIN, 0 };
+		}
+		if (s->exited && !s->exit_sent)
+			consider(s->exited_at + DRAIN_AFTER_EXIT_MS, &next);
+		consider(s->poweroff_at, &next);
+		consider(s->channel_resume_at, &next);
+		if (next > 0) {
+			now = now_ms();
+			timeout = next > now ? (int)(next - now) : 0;
+		}
+
+		if (poll(pfd, n, timeout) < 0 && errno != EINTR)
+			bail(s, "poll: %s", strerror(errno));
+
+		if (pfd[0].revents != 0)
+			handle_signals(s);
+		if (out_i >= 0 && pfd[out_i].revents != 0)
+			pump_output(s, &s->work.out_fd, MM_STDOUT);
+		if (err_i >= 0 && pfd[err_i].revents != 0)
+			pump_output(s, &s->work.err_fd, MM_STDERR);
+		if (chan_i >= 0 && pfd[chan_i].revents != 0)
+			read_channel(s);
+
+		now = now_ms();
+		if (s->channel_resume_at > 0 && now >= s->channel_resume_at)
+			s->channel_resume_at = 0;
+		if (s->exited && !s->exit_sent &&
+		    ((s->work.out_fd < 0 && s->work.err_fd < 0) ||
+		     now >= s->exited_at + DRAIN_AFTER_EXIT_MS))
+			report_exit(s);
+		if (s->poweroff_at > 0 && now >= s->poweroff_at) {
+			log_debug("no POWEROFF within %d ms of EXIT", POWEROFF_WAIT_MS);
+			shut_down(s, HOST_EXIT_OK);
+		}
+	}
+}
+
+/* Host-test mode may start with 0-2 closed; the workload's pipes must not land there. */
+static void keep_stdio_open(void)
+{
+	for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++)
+		if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", O_RDWR) < 0)
+			return;
+}
+
+int main(void)
+{
+	struct supervisor *s = &sup;
+	struct boot_options opts;
+	char err[MM_MAX_ERROR + 1];
+	int status;
+
+	s->host_mode = getpid() != 1;
+	s->sfd = -1;
+	s->channel.fd = -1;
+	s->channel_backoff_ms = CHANNEL_BACKOFF_MIN_MS;
+	s->work.out_fd = s->work.err_fd = -1;
+
+	if (s->host_mode) {
+		keep_stdio_open();
+		prctl(PR_SET_CHILD_SUBREAPER, 1);   /* orphans come to us, as to PID 1 */
+	} else {
+		pid1_setup_early();
+	}
+	boot_options_read(s->host_mode, &opts);
+	log_verbose = opts.debug;
+	if (opts.probe) {
+		static const char probe_ok[] = "mm-init: probe ok\n";
+
+		ssize_t written = write(STDERR_FILENO, probe_ok, sizeof probe_ok - 1);
+
+		(void)written;   /* if the console is gone there is nowhere else to say it */
+		if (s->host_mode)
+			return HOST_EXIT_OK;
+		pid1_power_off();
+	}
+	log_debug("starting (%s)", s->host_mode ? "host-test mode" : "PID 1");
+
+	if (setup_signals(s) != 0)
+		bail(s, "signals: %s", strerror(errno));
+	if (!s->host_mode)
+		pid1_setup();
+	if (channel_open(&s->channel, s->host_mode) != 0)
+		bail(s, "no channel to the host");
+	send_hello(s);
+
+	if (!await_config(s, err + CONFIG_ERROR_PREFIX_LEN, sizeof err - CONFIG_ERROR_PREFIX_LEN)) {
+		memcpy(err, CONFIG_ERROR_PREFIX, CONFIG_ERROR_PREFIX_LEN);
+		send_error(s, err);
+		s->exited = true;
+		send_exit(s, MM_STATUS_NOT_FOUND, 0);
+		supervise(s);
+	}
+	s->stay_up = (config.flags & MM_FLAG_STAY_UP) != 0;
+	if (config.hostname != NULL && !s->host_mode)
+		pid1_set_hostname(config.hostname);
+
+	status = spawn_workload(&config, &s->work, err, sizeof err);
+	if (status != 0) {
+		send_error(s, err);
+		s->exited = true;
+		send_exit(s, status, 0);
+		supervise(s);
+	}
+	s->running = true;
+	send_ready(s);
+	supervise(s);
+}

@@ -1,0 +1,26 @@
+/* What only PID 1 of a guest does: console, mounts, loopback, hostname, power off.
+ * None of it runs in host-test mode. */
+#ifndef MM_PID1_H
+#define MM_PID1_H
+
+#include <stdbool.h>
+
+struct boot_options {
+	bool probe;   /* mm.probe=1 */
+	bool debug;   /* mm.debug=1 */
+};
+
+/* devtmpfs on /dev, /dev/console as stdio, proc on /proc: enough to log and read
+ * the kernel command line. */
+void pid1_setup_early(void);
+/* The remaining mounts and the loopback interface; failures are logged with mm.debug=1. */
+void pid1_setup(void);
+void pid1_set_hostname(const char *name);
+/* Pure: reads mm.* options from a kernel command line. */
+void boot_options_parse(const char *cmdline, struct boot_options *opts);
+/* Reads /proc/cmdline (PID 1) or $MM_INIT_CMDLINE (host-test mode). */
+void boot_options_read(bool host_mode, struct boot_options *opts);
+/* sync, then power off; falls back to a reset (QEMU runs with -no-reboot). */
+__attribute__((noreturn)) void pid1_power_off(void);
+
+#endif
