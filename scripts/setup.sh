@@ -59,8 +59,8 @@ export PATH="$root/node_modules/.bin:$PATH"
 
 # 3. TypeScript
 step "TypeScript build"
-tsc -b
-did "packages built (tsc -b, incremental)"
+npm run -s build
+did "packages built (tsc -b, incremental) and the CLI bundled (esbuild: apps/cli/dist/mm.mjs)"
 
 # 4. guest init
 step "guest init (mm-init, static musl)"

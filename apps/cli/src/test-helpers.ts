@@ -5,7 +5,8 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
-export const CLI = resolve(import.meta.dirname, "main.js");
+/** The bundle bin/mm runs (npm run build makes it from main.js). */
+export const CLI = resolve(import.meta.dirname, "mm.mjs");
 
 export interface CliResult {
   readonly code: number | null;

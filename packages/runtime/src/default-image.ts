@@ -62,6 +62,28 @@ export async function defaultImageRootfs(
   initBinary: string,
   busybox = "/bin/busybox",
 ): Promise<BaseRootfs> {
+  // Hashing the binaries costs a few ms on every run; their identity (inode, size,
+  // mtime) is remembered next to the built image instead, and checked first.
+  const identity = await Promise.all([stat(busybox), stat(initBinary)]).then(
+    ([b, i]) => `${BUILDER_VERSION}:${b.ino}:${b.size}:${b.mtimeMs}:${i.ino}:${i.size}:${i.mtimeMs}`,
+    () => null,
+  );
+  const indexFile = join(paths.state, "rootfs", "default-image.json");
+  const remembered = await readFile(indexFile, "utf8").then(
+    (t) => JSON.parse(t) as { identity: string; digest: string },
+    () => null,
+  );
+  if (identity && remembered?.identity === identity) {
+    const path = join(paths.state, "rootfs", `sha256-${remembered.digest}.ext4`);
+    if (
+      await stat(path).then(
+        () => true,
+        () => false,
+      )
+    ) {
+      return { path, digest: `sha256:${remembered.digest}`, config: DEFAULT_IMAGE_CONFIG };
+    }
+  }
   const bb = await readBinary(busybox, "busybox (Debian package busybox-static)", "MM_TOOL_MISSING");
   if (elfNeedsInterpreter(bb)) {
     throw new MmError("MM_TOOL_MISSING", `${busybox} is dynamically linked`, {
@@ -76,13 +98,21 @@ export async function defaultImageRootfs(
     .digest("hex");
   const path = join(paths.state, "rootfs", `sha256-${digest}.ext4`);
   const result = { path, digest: `sha256:${digest}`, config: DEFAULT_IMAGE_CONFIG };
+  const remember = async () => {
+    if (!identity) return;
+    const tmp = `${indexFile}.${process.pid}.tmp`;
+    await writeFile(tmp, JSON.stringify({ identity, digest }));
+    await rename(tmp, indexFile);
+  };
   if (
     await stat(path).then(
       () => true,
       () => false,
     )
-  )
+  ) {
+    await remember().catch(() => undefined);
     return result;
+  }
 
   const tmpRoot = join(paths.state, "tmp");
   let work: string | undefined;
@@ -100,6 +130,7 @@ export async function defaultImageRootfs(
     );
     await chmod(image, 0o444);
     await rename(image, path);
+    await remember();
     return result;
   } catch (e) {
     throw e instanceof MmError ? e : mapFsError(e, "building the default image");
