@@ -10,7 +10,8 @@ const root = join(import.meta.dirname, "..");
 const ALLOWED = {
   "packages/core": [],
   "packages/vmm": ["@mm/core"],
-  "packages/runtime": ["@mm/core", "@mm/vmm"],
+  "packages/image": ["@mm/core"],
+  "packages/runtime": ["@mm/core", "@mm/vmm", "@mm/image"],
   "apps/cli": ["@mm/core", "@mm/runtime"],
 };
 const IO_MODULES =

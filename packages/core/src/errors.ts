@@ -115,6 +115,72 @@ export const ERRORS = {
     hint: "the VMM may have died; `mm ps -a` and `mm logs --console NAME` show what happened",
     exit: 125,
   },
+  MM_BAD_REFERENCE: {
+    summary: "invalid image reference",
+    hint: "write [registry/]repository[:tag][@sha256:digest], e.g. docker.io/library/busybox:latest",
+    exit: 125,
+  },
+  MM_REGISTRY_AUTH: {
+    summary: "the registry refused the credentials",
+    hint: "log in with `mm login REGISTRY`, or check ~/.docker/config.json",
+    exit: 125,
+  },
+  MM_IMAGE_NOT_FOUND: {
+    summary: "image not found in the registry",
+    hint: "check the repository, tag and registry; private images need `mm login`",
+    exit: 125,
+  },
+  MM_REGISTRY_UNAVAILABLE: {
+    summary: "the registry could not be reached or kept failing",
+    hint: "retry later; `--insecure-registry` is needed for a plain-HTTP registry on localhost",
+    exit: 125,
+  },
+  MM_REGISTRY_PROTOCOL: {
+    summary: "the registry answered something the distribution spec does not allow",
+    hint: "the registry or a proxy in between is misbehaving; the message has the details",
+    exit: 125,
+  },
+  MM_INSECURE_REGISTRY: {
+    summary: "plain HTTP to a registry is refused",
+    hint: "pass --insecure-registry HOST:PORT (allowed for loopback addresses only)",
+    exit: 125,
+  },
+  MM_DIGEST_MISMATCH: {
+    summary: "content does not match its digest or size",
+    hint: "the download was corrupted or tampered with; nothing was stored; retry the pull",
+    exit: 125,
+  },
+  MM_UNSUPPORTED_MEDIA_TYPE: {
+    summary: "unsupported media type",
+    hint: "mm runs OCI and Docker schema 2 images with tar, gzip or zstd layers",
+    exit: 125,
+  },
+  MM_NO_MATCHING_PLATFORM: {
+    summary: "the image has no variant for the requested platform",
+    hint: "choose one of the platforms listed in the message with --platform",
+    exit: 125,
+  },
+  MM_LAYER_TOO_LARGE: {
+    summary: "a layer decompresses beyond the size limit",
+    hint: "raise MM_MAX_LAYER_BYTES if the image is genuinely that large",
+    exit: 125,
+  },
+  MM_BAD_LAYER: {
+    summary: "a layer's archive is malformed",
+    hint: "the image is corrupt or hostile; nothing outside the image's root was written",
+    exit: 125,
+  },
+  MM_BAD_ARCHIVE: {
+    summary: "not an OCI layout or a docker save archive",
+    hint: "import a directory with index.json and oci-layout, or a tar from `docker save`",
+    exit: 125,
+  },
+  MM_NO_SUCH_IMAGE: { summary: "no such image", hint: "`mm images` lists the images on this host", exit: 125 },
+  MM_IMAGE_IN_USE: {
+    summary: "image is used by a machine",
+    hint: "remove the machines first (`mm ps -a`), or use `mm rmi -f`",
+    exit: 125,
+  },
   MM_SUPERVISOR_LOST: {
     summary: "the process supervising the machine died",
     hint: "the VMM was stopped with it; `mm rm NAME` cleans up, `mm start NAME` boots it again",
