@@ -499,8 +499,11 @@ int main(void)
 
 	if (setup_signals(s) != 0)
 		bail(s, "signals: %s", strerror(errno));
-	if (!s->host_mode)
+	if (!s->host_mode) {
 		pid1_setup();
+		if (opts.growfs)
+			pid1_grow_root();
+	}
 	if (channel_open(&s->channel, s->host_mode) != 0)
 		bail(s, "no channel to the host");
 	send_hello(s);

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -13,6 +14,7 @@
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -140,6 +142,42 @@ void pid1_setup(void)
 	loopback_up();
 }
 
+/* From linux/ext4.h, which is not a UAPI header in every kernel-headers package. */
+#ifndef EXT4_IOC_RESIZE_FS
+#define EXT4_IOC_RESIZE_FS _IOW('f', 16, uint64_t)
+#endif
+#define ROOT_DEVICE "/dev/vda"
+
+void pid1_grow_root(void)
+{
+	/* musl's ioctl() takes an int request; these request numbers exceed INT_MAX. */
+	const unsigned long get_size = BLKGETSIZE64, resize = EXT4_IOC_RESIZE_FS;
+	uint64_t bytes = 0, blocks;
+	struct statvfs sv;
+	int dev, root;
+
+	dev = open(ROOT_DEVICE, O_RDONLY | O_CLOEXEC);
+	if (dev < 0 || ioctl(dev, (int)get_size, &bytes) != 0 || statvfs("/", &sv) != 0 || sv.f_frsize == 0) {
+		log_error("growfs: cannot size %s: %s", ROOT_DEVICE, strerror(errno));
+		if (dev >= 0)
+			close(dev);
+		return;
+	}
+	close(dev);
+	blocks = bytes / sv.f_frsize;
+	if (blocks <= (uint64_t)sv.f_blocks) {
+		log_debug("growfs: root already fills %s", ROOT_DEVICE);
+		return;
+	}
+	root = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (root < 0 || ioctl(root, (int)resize, &blocks) != 0)
+		log_error("growfs: resize to %llu blocks: %s", (unsigned long long)blocks, strerror(errno));
+	else
+		log_debug("growfs: root grown to %llu blocks", (unsigned long long)blocks);
+	if (root >= 0)
+		close(root);
+}
+
 void pid1_set_hostname(const char *name)
 {
 	if (sethostname(name, strlen(name)) != 0)
@@ -154,6 +192,7 @@ void boot_options_parse(const char *cmdline, struct boot_options *opts)
 
 	opts->probe = false;
 	opts->debug = false;
+	opts->growfs = false;
 	while (*p != '\0') {
 		size_t n;
 
@@ -164,6 +203,8 @@ void boot_options_parse(const char *cmdline, struct boot_options *opts)
 			opts->probe = true;
 		if (n == sizeof "mm.debug=1" - 1 && memcmp(p, "mm.debug=1", n) == 0)
 			opts->debug = true;
+		if (n == sizeof "mm.growfs=1" - 1 && memcmp(p, "mm.growfs=1", n) == 0)
+			opts->growfs = true;
 		p += n;
 	}
 }

@@ -8,6 +8,7 @@
 struct boot_options {
 	bool probe;   /* mm.probe=1 */
 	bool debug;   /* mm.debug=1 */
+	bool growfs;  /* mm.growfs=1: grow the root ext4 to fill its disk */
 };
 
 /* devtmpfs on /dev, /dev/console as stdio, proc on /proc: enough to log and read
@@ -16,6 +17,8 @@ void pid1_setup_early(void);
 /* The remaining mounts and the loopback interface; failures are logged with mm.debug=1. */
 void pid1_setup(void);
 void pid1_set_hostname(const char *name);
+/* Grows the root ext4 online to the size of its block device (mm run --disk-size). */
+void pid1_grow_root(void);
 /* Pure: reads mm.* options from a kernel command line. */
 void boot_options_parse(const char *cmdline, struct boot_options *opts);
 /* Reads /proc/cmdline (PID 1) or $MM_INIT_CMDLINE (host-test mode). */

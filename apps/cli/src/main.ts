@@ -6,7 +6,7 @@
 import { closeSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError } from "@commander-js/extra-typings";
-import { isActive, MmError, parseCpus, parseMemory } from "@mm/core";
+import { isActive, MmError, parseCpus, parseDiskSize, parseMemory } from "@mm/core";
 import {
   doctor,
   type LogEntry,
@@ -123,6 +123,7 @@ export function buildProgram(): Command {
     .option("-e, --env <KEY=VALUE>", "set an environment variable (repeatable)", collect, [] as string[])
     .option("-w, --workdir <dir>", "working directory inside the guest")
     .option("-u, --user <user>", "user (name or uid[:gid]) to run the command as")
+    .option("--disk-size <size>", "size of the machine's root disk (e.g. 2G); grows the image's filesystem")
     .option("--json", "machine-readable output", false)
     .passThroughOptions()
     .action(async (image, command, opts) => {
@@ -139,6 +140,7 @@ export function buildProgram(): Command {
           ...(opts.workdir !== undefined && { workdir: opts.workdir }),
           ...(opts.user !== undefined && { user: opts.user }),
           autoRemove: opts.rm,
+          ...(opts.diskSize !== undefined && { diskSizeMib: parseDiskSize(opts.diskSize) }),
         });
         if (opts.detach) {
           const r = await rt.startDetached(rec.id);

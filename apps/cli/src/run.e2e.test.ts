@@ -95,6 +95,20 @@ describe("mm run (foreground)", () => {
   });
 });
 
+describe("disk size", () => {
+  test("--disk-size grows the root filesystem online at boot", async () => {
+    const r = await h.mm(["run", "--rm", "--disk-size", "2G", "--", "sh", "-c", "df -m / | tail -1"]);
+    const total = Number(r.stdout.trim().split(/\s+/)[1]);
+    assert.ok(total > 1800 && total <= 2048, r.stdout + r.stderr);
+  });
+
+  test("a disk smaller than the image is MM_INVALID_DISK_SIZE", async () => {
+    const r = await h.mm(["run", "--rm", "--disk-size", "100M", "--", "true"]);
+    assert.equal(r.code, 125);
+    assert.match(r.stderr, /MM_INVALID_DISK_SIZE/);
+  });
+});
+
 describe("workload errors", () => {
   test("a missing command exits 127 with MM_EXEC_NOT_FOUND", async () => {
     const r = await h.mm(["run", "--rm", "--", "/no/such/thing"]);

@@ -17,6 +17,11 @@ export const ERRORS = {
     hint: "give MiB as a number (512) or with a unit (512M, 2G); at least 64 MiB",
     exit: 125,
   },
+  MM_INVALID_DISK_SIZE: {
+    summary: "invalid disk size",
+    hint: "give MiB as a number or with a unit (10G); at least 64 MiB and not below the image's size",
+    exit: 125,
+  },
   MM_INVALID_CPUS: { summary: "invalid CPU count", hint: "give a whole number from 1 to 64", exit: 125 },
   MM_INVALID_NAME: {
     summary: "invalid machine name",

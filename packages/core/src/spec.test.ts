@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
 import { isMmError } from "./errors.js";
-import { MAX_CPUS, MIN_MEMORY_MIB, parseCpus, parseMemory, validateEnv, validateName } from "./spec.js";
+import { MAX_CPUS, MIN_MEMORY_MIB, parseCpus, parseDiskSize, parseMemory, validateEnv, validateName } from "./spec.js";
 
 test("memory sizes: bare MiB and units", () => {
   const cases: [string, number][] = [
@@ -61,4 +61,17 @@ test("env entries must be KEY=VALUE", () => {
       () => validateEnv([e]),
       (x) => isMmError(x, "MM_USAGE"),
     );
+});
+
+test("disk sizes: MiB, G and T; bad ones are MM_INVALID_DISK_SIZE", () => {
+  assert.equal(parseDiskSize("512"), 512);
+  assert.equal(parseDiskSize("10G"), 10240);
+  assert.equal(parseDiskSize("1T"), 1024 * 1024);
+  for (const t of ["", "10X", "63", "17T", "-1G", "1.5G"]) {
+    assert.throws(
+      () => parseDiskSize(t),
+      (e) => isMmError(e, "MM_INVALID_DISK_SIZE"),
+      t,
+    );
+  }
 });

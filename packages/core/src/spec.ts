@@ -22,6 +22,8 @@ export interface MachineSpec {
   readonly user?: string;
   /** Remove the machine when it exits (`--rm`). */
   readonly autoRemove: boolean;
+  /** Size of the machine's root disk in MiB (`--disk-size`); the image's size when absent. */
+  readonly diskSizeMib?: number;
 }
 
 const UNITS: Record<string, number> = { "": 1, m: 1, mb: 1, mi: 1, mib: 1, g: 1024, gb: 1024, gi: 1024, gib: 1024 };
@@ -34,6 +36,27 @@ export function parseMemory(text: string): number {
   const mib = Number(m[1]) * unit;
   if (!Number.isSafeInteger(mib) || mib < MIN_MEMORY_MIB || mib > MAX_MEMORY_MIB) {
     throw new MmError("MM_INVALID_MEMORY", `"${text}" is outside ${MIN_MEMORY_MIB} MiB – ${MAX_MEMORY_MIB / 1024} GiB`);
+  }
+  return mib;
+}
+
+const DISK_UNITS: Record<string, number> = {
+  ...UNITS,
+  t: 1024 * 1024,
+  tb: 1024 * 1024,
+  ti: 1024 * 1024,
+  tib: 1024 * 1024,
+};
+export const MAX_DISK_MIB = 16 * 1024 * 1024;
+
+/** Parses a disk size (`--disk-size 10G`) into MiB; bare numbers are MiB. */
+export function parseDiskSize(text: string): number {
+  const m = /^\s*(\d+)\s*([a-z]*)\s*$/i.exec(text);
+  const unit = m ? DISK_UNITS[(m[2] as string).toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new MmError("MM_INVALID_DISK_SIZE", `"${text}"`);
+  const mib = Number(m[1]) * unit;
+  if (!Number.isSafeInteger(mib) || mib < MIN_MEMORY_MIB || mib > MAX_DISK_MIB) {
+    throw new MmError("MM_INVALID_DISK_SIZE", `"${text}" is outside 64 MiB – 16 TiB`);
   }
   return mib;
 }

@@ -189,10 +189,28 @@ async function populate(root: string, busybox: string, initBinary: string): Prom
   );
 }
 
-export async function createOverlay(base: string, overlay: string): Promise<void> {
+/** A machine's writable disk: a qcow2 overlay on the shared base, optionally larger than it. */
+export async function createOverlay(base: string, overlay: string, sizeMib?: number): Promise<void> {
+  if (sizeMib !== undefined) {
+    const baseMib = Math.ceil((await stat(base)).size / 2 ** 20);
+    if (sizeMib < baseMib) {
+      throw new MmError("MM_INVALID_DISK_SIZE", `${sizeMib} MiB is smaller than the image's ${baseMib} MiB`);
+    }
+  }
   await runTool(
     "qemu-img",
-    ["create", "-q", "-f", "qcow2", "-F", "raw", "-b", base, overlay],
+    [
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-F",
+      "raw",
+      "-b",
+      base,
+      overlay,
+      ...(sizeMib !== undefined ? [`${sizeMib}M`] : []),
+    ],
     "creating the machine's disk overlay",
   );
 }

@@ -35,6 +35,7 @@ export interface CreateInput {
   readonly workdir?: string;
   readonly user?: string;
   readonly autoRemove?: boolean;
+  readonly diskSizeMib?: number;
 }
 
 export interface RuntimeOptions {
@@ -92,6 +93,7 @@ export class Runtime {
       autoRemove: input.autoRemove ?? false,
       ...(input.workdir !== undefined && { workdir: input.workdir }),
       ...(input.user !== undefined && { user: input.user }),
+      ...(input.diskSizeMib !== undefined && { diskSizeMib: input.diskSizeMib }),
     };
     if (spec.workdir !== undefined && !spec.workdir.startsWith("/")) {
       throw new MmError("MM_USAGE", `working directory "${spec.workdir}" must be absolute`);

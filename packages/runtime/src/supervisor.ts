@@ -157,7 +157,7 @@ export class Supervisor {
     const base = await defaultImageRootfs(paths, initPath(env));
     trace("rootfs");
     const overlay = join(machineDir(paths, this.id), "root.qcow2");
-    if (!existsSync(overlay)) await createOverlay(base.path, overlay);
+    if (!existsSync(overlay)) await createOverlay(base.path, overlay, rec.spec.diskSizeMib);
 
     const accel = await chooseAccel({
       engine,
@@ -176,7 +176,10 @@ export class Supervisor {
       id: this.id,
       runDir: runDir(paths, this.id),
       kernel,
-      kernelArgs: env.MM_GUEST_DEBUG ? ["mm.debug=1"] : [],
+      kernelArgs: [
+        ...(env.MM_GUEST_DEBUG ? ["mm.debug=1"] : []),
+        ...(rec.spec.diskSizeMib !== undefined ? ["mm.growfs=1"] : []),
+      ],
       rootDisk: { path: overlay, format: "qcow2", readOnly: false },
       cpus: rec.spec.cpus,
       memoryMib: rec.spec.memoryMib,
