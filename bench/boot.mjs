@@ -17,7 +17,9 @@ const mm = join(root, "bin/mm");
 const state = mkdtempSync(join(tmpdir(), "mm-bench-"));
 const env = { ...process.env, MM_STATE: state };
 const { hostTscKhz } = await import(join(root, "packages/vmm/dist/index.js"));
-const { defaultImageRootfs, defaultPaths, initPath, kernelPath } = await import(join(root, "packages/runtime/dist/index.js"));
+const { defaultImageRootfs, defaultPaths, initPath, kernelPath } = await import(
+  join(root, "packages/runtime/dist/index.js")
+);
 
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -36,17 +38,38 @@ time(mm, ["run", "--rm", "--", "true"]);
 const paths = defaultPaths(env);
 const base = await defaultImageRootfs(paths, initPath(env));
 const kernel = kernelPath(paths, env);
-const accel = JSON.parse(execFileSync(mm, ["run", "-d", "--rm", "--json", "--", "sleep", "5"], { env, encoding: "utf8" })).accel;
+const accel = JSON.parse(
+  execFileSync(mm, ["run", "-d", "--rm", "--json", "--", "sleep", "5"], { env, encoding: "utf8" }),
+).accel;
 const tsc = await hostTscKhz();
 
 const bare = [
-  "-M", "microvm,x-option-roms=off,acpi=on,pit=on,pic=on,rtc=on", "-accel", accel, "-cpu", accel === "kvm" ? "host" : "max",
-  "-smp", "1", "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-  "-kernel", kernel,
+  "-M",
+  "microvm,x-option-roms=off,acpi=on,pit=on,pic=on,rtc=on",
+  "-accel",
+  accel,
+  "-cpu",
+  accel === "kvm" ? "host" : "max",
+  "-smp",
+  "1",
+  "-m",
+  "256M",
+  "-nodefaults",
+  "-no-user-config",
+  "-display",
+  "none",
+  "-no-reboot",
+  "-kernel",
+  kernel,
   // The workload as init: busybox sh runs `true`, then powers off.
-  "-append", `console=ttyS0 root=/dev/vda ro rootfstype=ext4 reboot=t panic=-1 quiet 8250.nr_uarts=1${tsc ? ` tsc_early_khz=${tsc}` : ""} init=/bin/sh -- -c "true;echo workload-ran;/sbin/poweroff -f"`,
-  "-serial", "stdio",
-  "-drive", `id=root,file=${base.path},format=raw,if=none,readonly=on`, "-device", "virtio-blk-device,drive=root",
+  "-append",
+  `console=ttyS0 root=/dev/vda ro rootfstype=ext4 reboot=t panic=-1 quiet 8250.nr_uarts=1${tsc ? ` tsc_early_khz=${tsc}` : ""} init=/bin/sh -- -c "true;echo workload-ran;/sbin/poweroff -f"`,
+  "-serial",
+  "stdio",
+  "-drive",
+  `id=root,file=${base.path},format=raw,if=none,readonly=on`,
+  "-device",
+  "virtio-blk-device,drive=root",
 ];
 
 const a = [];
@@ -61,7 +84,9 @@ for (let i = 0; i < N; i++) {
 }
 
 // Resident memory of an idle guest's VMM.
-const rec = JSON.parse(execFileSync(mm, ["run", "-d", "--json", "--name", "rss", "--", "sleep", "60"], { env, encoding: "utf8" }));
+const rec = JSON.parse(
+  execFileSync(mm, ["run", "-d", "--json", "--name", "rss", "--", "sleep", "60"], { env, encoding: "utf8" }),
+);
 await new Promise((r) => setTimeout(r, 1000));
 const status = readFileSync(`/proc/${rec.pids.vmm}/status`, "utf8");
 const rssMb = Number(/VmRSS:\s+(\d+)/.exec(status)[1]) / 1024;
@@ -81,7 +106,7 @@ The two commands ran interleaved, ${N} times each.
 
 | measure | median | all runs (ms) |
 | --- | --- | --- |
-| (a) bare QEMU: same kernel, rootfs and machine flags; `init=/bin/sh -c \"true; poweroff -f\"` | ${ma.toFixed(0)} ms | ${a.map((x) => x.toFixed(0)).join(", ")} |
+| (a) bare QEMU: same kernel, rootfs and machine flags; \`init=/bin/sh -c "true; poweroff -f"\` | ${ma.toFixed(0)} ms | ${a.map((x) => x.toFixed(0)).join(", ")} |
 | (b) \`mm run --rm -- true\` (CLI start, state, overlay, boot, agent protocol, power-off, cleanup) | ${mb.toFixed(0)} ms | ${b.map((x) => x.toFixed(0)).join(", ")} |
 | **ratio b/a** (target ≤ 1.15) | **${(mb / ma).toFixed(2)}** | |
 | guest kernel clock when the workload runs (\`/proc/uptime\`) | ${median(uptime).toFixed(0)} ms | ${uptime.map((x) => x.toFixed(0)).join(", ")} |
