@@ -21,6 +21,9 @@ export async function hostTscKhz(): Promise<number | undefined> {
   } catch {
     // not exposed by this kernel; fall back to cpuinfo
   }
+  // "cpu MHz" is the TSC rate only where the TSC is constant and no cpufreq driver
+  // scales the reported clock (typical in VMs); elsewhere, pass nothing.
+  if (await access("/sys/devices/system/cpu/cpu0/cpufreq").then(() => true, () => false)) return undefined;
   try {
     return tscKhzFromCpuinfo(await readFile("/proc/cpuinfo", "utf8"));
   } catch {

@@ -109,6 +109,12 @@ describe("kernelCommandLine", () => {
     assert.doesNotMatch(kernelCommandLine(spec(), 0), /tsc_early_khz/);
   });
 
+  test("tsc=reliable only for SMP guests under TCG", () => {
+    assert.match(kernelCommandLine(spec({ cpus: 2, accel: "tcg" })), / tsc=reliable/);
+    assert.doesNotMatch(kernelCommandLine(spec({ cpus: 1, accel: "tcg" })), /tsc=reliable/);
+    assert.doesNotMatch(kernelCommandLine(spec({ cpus: 2, accel: "kvm" })), /tsc=reliable/);
+  });
+
   test("extra args are appended; whitespace or quotes in one are refused", () => {
     assert.match(kernelCommandLine(spec({ kernelArgs: ["mm.probe=1"] })), / mm\.probe=1$/);
     for (const bad of ["a b", 'x"', "a\tb"])

@@ -35,6 +35,9 @@ export function kernelCommandLine(spec: BootSpec, tscKhz?: number): string {
     "random.trust_cpu=on",
   ];
   if (tscKhz !== undefined && tscKhz > 0) args.push(`tsc_early_khz=${Math.round(tscKhz)}`);
+  // TCG's emulated CPU does not advertise a constant TSC, so an SMP guest would fall
+  // back to jiffies as its clock source. Under KVM the guest uses kvm-clock instead.
+  if (spec.accel === "tcg" && spec.cpus > 1) args.push("tsc=reliable");
   for (const a of spec.kernelArgs) {
     if (/[\s"]/.test(a)) throw new RangeError(`kernel argument "${a}" contains whitespace or quotes`);
     args.push(a);
