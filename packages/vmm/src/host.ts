@@ -23,7 +23,13 @@ export async function hostTscKhz(): Promise<number | undefined> {
   }
   // "cpu MHz" is the TSC rate only where the TSC is constant and no cpufreq driver
   // scales the reported clock (typical in VMs); elsewhere, pass nothing.
-  if (await access("/sys/devices/system/cpu/cpu0/cpufreq").then(() => true, () => false)) return undefined;
+  if (
+    await access("/sys/devices/system/cpu/cpu0/cpufreq").then(
+      () => true,
+      () => false,
+    )
+  )
+    return undefined;
   try {
     return tscKhzFromCpuinfo(await readFile("/proc/cpuinfo", "utf8"));
   } catch {
