@@ -5,7 +5,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 scripts/setup.sh --no-demo
+test/fixtures/install.sh
 export PATH="$root/node_modules/.bin:$PATH"
 biome check .
 exec node --test --test-concurrency=1 --test-timeout=600000 \
-  "packages/*/dist/**/*.test.js" "apps/*/dist/**/*.test.js" "guest/init/test/*.test.mjs" "scripts/*.test.mjs"
+  "packages/*/dist/**/*.test.js" "apps/*/dist/**/*.test.js" "guest/init/test/*.test.mjs" "scripts/*.test.mjs" "test/fixtures/*.test.mjs"
