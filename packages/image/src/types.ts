@@ -59,6 +59,7 @@ export interface Manifest {
 export interface ImageConfigFile {
   readonly architecture: string;
   readonly os: string;
+  readonly variant?: string;
   readonly config?: {
     readonly Entrypoint?: readonly string[] | null;
     readonly Cmd?: readonly string[] | null;
