@@ -6,9 +6,10 @@
 import { closeSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError } from "@commander-js/extra-typings";
-import { isActive, MmError, parseCpus, parseDiskSize, parseMemory } from "@mm/core";
+import { DEFAULT_IMAGE, isActive, MmError, parseCpus, parseDiskSize, parseMemory } from "@mm/core";
 import {
   doctor,
+  imagesInUse,
   type LogEntry,
   type MachineRecord,
   parseLogLines,
@@ -17,7 +18,8 @@ import {
   type Supervisor,
 } from "@mm/runtime";
 import Table from "cli-table3";
-import { commandText, statusText } from "./format.js";
+import { ago, commandText, statusText } from "./format.js";
+import { progressMode, pullRenderer } from "./progress.js";
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -124,23 +126,41 @@ export function buildProgram(): Command {
     .option("-w, --workdir <dir>", "working directory inside the guest")
     .option("-u, --user <user>", "user (name or uid[:gid]) to run the command as")
     .option("--disk-size <size>", "size of the machine's root disk (e.g. 2G); grows the image's filesystem")
+    .option("--entrypoint <cmd>", 'replace the image\'s entrypoint ("" clears it)')
+    .option("--platform <os/arch[/variant]>", "platform to pull (default: this host's)")
+    .option("--pull <policy>", "missing | always | never", "missing")
+    .option(
+      "--insecure-registry <host:port>",
+      "allow plain HTTP to this loopback registry (repeatable)",
+      collect,
+      [] as string[],
+    )
+    .option("-q, --quiet", "no pull progress", false)
     .option("--json", "machine-readable output", false)
     .passThroughOptions()
     .action(async (image, command, opts) => {
       const rt = runtime();
       try {
         const afterDashes = (program as unknown as { _mmAfterDashes?: string[] })._mmAfterDashes;
+        const memoryMib = parseMemory(opts.memory);
+        const cpus = parseCpus(opts.cpus);
+        const diskSizeMib = opts.diskSize !== undefined ? parseDiskSize(opts.diskSize) : undefined;
+        const pulled =
+          image === undefined || image === DEFAULT_IMAGE
+            ? undefined
+            : await ensureImage(rt, image, { ...opts, pull: pullPolicy(opts.pull) });
         const rec = rt.create({
           ...(opts.name !== undefined && { name: opts.name }),
-          ...(image !== undefined && { image }),
-          cpus: parseCpus(opts.cpus),
-          memoryMib: parseMemory(opts.memory),
+          ...(pulled && { image: pulled }),
+          ...(opts.entrypoint !== undefined && { entrypoint: opts.entrypoint === "" ? [] : [opts.entrypoint] }),
+          cpus,
+          memoryMib,
           command: afterDashes ?? command,
           env: opts.env,
           ...(opts.workdir !== undefined && { workdir: opts.workdir }),
           ...(opts.user !== undefined && { user: opts.user }),
           autoRemove: opts.rm,
-          ...(opts.diskSize !== undefined && { diskSizeMib: parseDiskSize(opts.diskSize) }),
+          ...(diskSizeMib !== undefined && { diskSizeMib }),
         });
         if (opts.detach) {
           const r = await rt.startDetached(rec.id);
@@ -181,8 +201,16 @@ export function buildProgram(): Command {
         else
           process.stdout.write(
             table(
-              ["MACHINE ID", "IMAGE", "COMMAND", "STATUS", "ACCEL", "NAME"],
-              all.map((r) => [r.id, r.spec.image, commandText(r), statusText(r), r.accel ?? "", r.spec.name]),
+              ["MACHINE ID", "IMAGE", "COMMAND", "STATUS", "PORTS", "ACCEL", "NAME"],
+              all.map((r) => [
+                r.id,
+                imageText(r.spec.image),
+                commandText(r),
+                statusText(r),
+                r.spec.imageConfig.exposedPorts.join(", "),
+                r.accel ?? "",
+                r.spec.name,
+              ]),
             ),
           );
       } finally {
@@ -269,6 +297,162 @@ export function buildProgram(): Command {
     });
 
   program
+    .command("pull")
+    .description("pull an image from a registry (verified, content-addressed)")
+    .argument("<image>")
+    .option("--platform <os/arch[/variant]>", "platform to pull (default: this host's)")
+    .option(
+      "--insecure-registry <host:port>",
+      "allow plain HTTP to this loopback registry (repeatable)",
+      collect,
+      [] as string[],
+    )
+    .option("-q, --quiet", "no progress", false)
+    .option("--json", "progress and result as JSON lines", false)
+    .action(async (image, opts) => {
+      const rt = runtime();
+      try {
+        const img = await ensureImage(rt, image, { ...opts, pull: "always" });
+        process.stdout.write(
+          opts.json
+            ? `${JSON.stringify({ reference: img.reference, digest: img.digest })}\n`
+            : `${img.reference}@${img.digest}\n`,
+        );
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("images")
+    .description("list images on this host")
+    .option("-q, --quiet", "print references only", false)
+    .option("--json", "print JSON", false)
+    .action(async (opts) => {
+      const rt = runtime();
+      try {
+        const list = await rt.images.list();
+        if (opts.json) process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
+        else if (opts.quiet) process.stdout.write(list.map((i) => `${i.reference}\n`).join(""));
+        else
+          process.stdout.write(
+            table(
+              ["REFERENCE", "DIGEST", "PLATFORM", "SIZE", "PULLED"],
+              list.map((i) => [
+                i.reference,
+                i.digest.slice(0, 19),
+                i.platform,
+                `${(i.sizeBytes / 2 ** 20).toFixed(1)} MiB`,
+                ago(i.pulledAt),
+              ]),
+            ),
+          );
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("rmi")
+    .description("remove image references (blobs go with `mm image prune`)")
+    .argument("<images...>")
+    .option("-f, --force", "remove even if machines use the image", false)
+    .action(async (refs, opts) => {
+      const rt = runtime();
+      try {
+        const inUse = imagesInUse(rt);
+        for (const ref of refs) {
+          const r = await rt.images.remove(ref, inUse, opts.force);
+          process.stdout.write(`Untagged: ${r.reference}\n`);
+        }
+      } finally {
+        rt.close();
+      }
+    });
+
+  const imageCmd = program.command("image").description("manage images");
+  imageCmd
+    .command("prune")
+    .description("delete blobs and root filesystems that no image or machine needs")
+    .option("--json", "print JSON", false)
+    .action(async (opts) => {
+      const rt = runtime();
+      try {
+        const r = await rt.images.prune(imagesInUse(rt));
+        process.stdout.write(
+          opts.json
+            ? `${JSON.stringify(r)}\n`
+            : `Removed ${r.removed} items, freed ${(r.freedBytes / 2 ** 20).toFixed(1)} MiB\n`,
+        );
+      } finally {
+        rt.close();
+      }
+    });
+  imageCmd
+    .command("import")
+    .description("import an OCI layout directory or a `docker save` tarball")
+    .argument("<path>")
+    .argument("[reference]", "name to give the image (required if the archive names none)")
+    .action(async (path, reference) => {
+      const rt = runtime();
+      try {
+        for (const img of await rt.images.import(path, reference))
+          process.stdout.write(`${img.reference}@${img.digest}\n`);
+      } finally {
+        rt.close();
+      }
+    });
+  imageCmd
+    .command("ls")
+    .description("list images (same as `mm images`)")
+    .action(async () => {
+      await program.parseAsync(["images"], { from: "user" });
+    });
+
+  program
+    .command("login")
+    .description("log in to a registry (credentials are checked, then kept in $MM_STATE/auth.json, mode 0600)")
+    .argument("<registry>")
+    .requiredOption("-u, --username <user>", "user name")
+    .option("--password-stdin", "read the password from standard input", false)
+    .option(
+      "--insecure-registry <host:port>",
+      "allow plain HTTP to this loopback registry (repeatable)",
+      collect,
+      [] as string[],
+    )
+    .action(async (registry, opts) => {
+      if (!opts.passwordStdin)
+        throw new MmError("MM_USAGE", "pass the password on standard input with --password-stdin");
+      const chunks: Buffer[] = [];
+      for await (const c of process.stdin) chunks.push(c as Buffer);
+      const password = Buffer.concat(chunks)
+        .toString("utf8")
+        .replace(/\r?\n$/, "");
+      const rt = runtime();
+      try {
+        await rt.images.login(registry, opts.username, password, { insecureRegistries: opts.insecureRegistry });
+        process.stdout.write("Login Succeeded\n");
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("logout")
+    .description("forget the credentials kept for a registry")
+    .argument("<registry>")
+    .action(async (registry) => {
+      const rt = runtime();
+      try {
+        const had = await rt.images.logout(registry);
+        process.stdout.write(had ? `Removed login credentials for ${registry}\n` : `Not logged in to ${registry}\n`);
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
     .command("wait")
     .description("wait until machines stop, then print their exit codes")
     .argument("<machines...>")
@@ -344,6 +528,40 @@ export function buildProgram(): Command {
     });
 
   return program;
+}
+
+function pullPolicy(p: string): "missing" | "always" | "never" {
+  if (p === "missing" || p === "always" || p === "never") return p;
+  throw new MmError("MM_USAGE", `--pull "${p}": use missing, always or never`);
+}
+
+/** Resolves an image for `run`/`pull`, rendering progress as the output allows. */
+async function ensureImage(
+  rt: Runtime,
+  image: string,
+  opts: {
+    platform?: string;
+    insecureRegistry: string[];
+    quiet?: boolean;
+    json?: boolean;
+    pull: "missing" | "always" | "never";
+  },
+) {
+  const renderer = pullRenderer(progressMode(opts, process.stderr), process.stderr);
+  try {
+    return await rt.images.ensure(image, {
+      pull: opts.pull,
+      insecureRegistries: opts.insecureRegistry,
+      onEvent: renderer.onEvent,
+      ...(opts.platform !== undefined && { platform: opts.platform }),
+    });
+  } finally {
+    renderer.end();
+  }
+}
+
+function imageText(image: string): string {
+  return image.replace(/^docker\.io\/(library\/)?/, "");
 }
 
 function publicRecord(r: MachineRecord) {

@@ -18,19 +18,20 @@ export interface CliResult {
 export interface Harness {
   readonly state: string;
   readonly env: NodeJS.ProcessEnv;
-  mm(args: string[], extraEnv?: NodeJS.ProcessEnv): Promise<CliResult>;
-  spawnMm(args: string[], extraEnv?: NodeJS.ProcessEnv): ChildProcess;
+  mm(args: string[], extraEnv?: NodeJS.ProcessEnv, input?: string): Promise<CliResult>;
+  spawnMm(args: string[], extraEnv?: NodeJS.ProcessEnv, stdin?: "ignore" | "pipe"): ChildProcess;
   cleanup(): Promise<void>;
 }
 
 export function harness(prefix = "mm-cli-"): Harness {
   const state = mkdtempSync(join(tmpdir(), prefix));
   const env = { ...process.env, MM_STATE: state };
-  const spawnMm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}) =>
-    spawn(process.execPath, [CLI, ...args], { env: { ...env, ...extraEnv }, stdio: ["ignore", "pipe", "pipe"] });
-  const mm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}) =>
+  const spawnMm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}, stdin: "ignore" | "pipe" = "ignore") =>
+    spawn(process.execPath, [CLI, ...args], { env: { ...env, ...extraEnv }, stdio: [stdin, "pipe", "pipe"] });
+  const mm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}, input?: string) =>
     new Promise<CliResult>((resolvePromise) => {
-      const child = spawnMm(args, extraEnv);
+      const child = spawnMm(args, extraEnv, input === undefined ? "ignore" : "pipe");
+      child.stdin?.end(input);
       let stdout = "";
       let stderr = "";
       child.stdout?.on("data", (d) => {

@@ -2,7 +2,17 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import fc from "fast-check";
 import { isMmError } from "./errors.js";
-import { MAX_CPUS, MIN_MEMORY_MIB, parseCpus, parseDiskSize, parseMemory, validateEnv, validateName } from "./spec.js";
+import {
+  MAX_CPUS,
+  MIN_MEMORY_MIB,
+  parseCpus,
+  parseDiskSize,
+  parseMemory,
+  parseSignal,
+  validateEnv,
+  validateName,
+  workloadArgv,
+} from "./spec.js";
 
 test("memory sizes: bare MiB and units", () => {
   const cases: [string, number][] = [
@@ -74,4 +84,25 @@ test("disk sizes: MiB, G and T; bad ones are MM_INVALID_DISK_SIZE", () => {
       t,
     );
   }
+});
+
+test("argv follows Docker's entrypoint/cmd rules", () => {
+  const imageConfig = { entrypoint: ["/ep"], cmd: ["default"], env: [], exposedPorts: [] };
+  assert.deepEqual(workloadArgv({ imageConfig, command: [] }), ["/ep", "default"]);
+  assert.deepEqual(workloadArgv({ imageConfig, command: ["x"] }), ["/ep", "x"]);
+  assert.deepEqual(workloadArgv({ imageConfig, entrypoint: ["/other"], command: [] }), ["/other"]);
+  assert.deepEqual(workloadArgv({ imageConfig, entrypoint: [], command: ["sh"] }), ["sh"]);
+  assert.deepEqual(workloadArgv({ imageConfig: { ...imageConfig, entrypoint: [] }, command: [] }), ["default"]);
+});
+
+test("stop signals by name or number", () => {
+  assert.equal(parseSignal(undefined), 15);
+  assert.equal(parseSignal("SIGINT"), 2);
+  assert.equal(parseSignal("quit"), 3);
+  assert.equal(parseSignal("9"), 9);
+  for (const bad of ["SIGFOO", "0", "65"])
+    assert.throws(
+      () => parseSignal(bad),
+      (e) => isMmError(e, "MM_USAGE"),
+    );
 });

@@ -10,9 +10,27 @@ export const DEFAULT_CPUS = 1;
 /** The embedded image: busybox from Debian's busybox-static, assembled locally. */
 export const DEFAULT_IMAGE = "mm/busybox";
 
+/** What an image says about running it (OCI config), snapshotted into each machine. */
+export interface ImageRunConfig {
+  readonly entrypoint: readonly string[];
+  readonly cmd: readonly string[];
+  readonly env: readonly string[];
+  readonly workdir?: string;
+  readonly user?: string;
+  readonly stopSignal?: string;
+  /** "8080/tcp" style, as the image declares them. */
+  readonly exposedPorts: readonly string[];
+}
+
 export interface MachineSpec {
   readonly name: string;
+  /** Normalised image reference (or DEFAULT_IMAGE). */
   readonly image: string;
+  /** The image manifest's digest; absent for the embedded default image. */
+  readonly imageDigest?: string;
+  readonly imageConfig: ImageRunConfig;
+  /** `--entrypoint`: replaces the image's entrypoint (and then its Cmd too, as in Docker). */
+  readonly entrypoint?: readonly string[];
   readonly cpus: number;
   readonly memoryMib: number;
   /** argv of the workload; empty means the image's default command. */
@@ -80,4 +98,41 @@ export function validateEnv(entries: readonly string[]): string[] {
     if (!/^[^=\0]+=/.test(e)) throw new MmError("MM_USAGE", `-e "${e}" is not KEY=VALUE`);
     return e;
   });
+}
+
+/**
+ * The workload's argv, as Docker builds it: the entrypoint (the user's or the image's)
+ * followed by the user's command, or else by the image's Cmd — unless the user replaced
+ * the entrypoint, which drops the image's Cmd.
+ */
+export function workloadArgv(spec: Pick<MachineSpec, "imageConfig" | "entrypoint" | "command">): string[] {
+  const entrypoint = spec.entrypoint ?? spec.imageConfig.entrypoint;
+  const cmd = spec.command.length > 0 ? spec.command : spec.entrypoint !== undefined ? [] : spec.imageConfig.cmd;
+  return [...entrypoint, ...cmd];
+}
+
+const SIGNALS: Record<string, number> = {
+  HUP: 1,
+  INT: 2,
+  QUIT: 3,
+  KILL: 9,
+  USR1: 10,
+  USR2: 12,
+  TERM: 15,
+  CONT: 18,
+  STOP: 19,
+  WINCH: 28,
+  PWR: 30,
+};
+
+/** Parses an image's StopSignal ("SIGINT", "INT", "2") into a number; SIGTERM when absent. */
+export function parseSignal(text: string | undefined): number {
+  if (text === undefined || text === "") return 15;
+  if (/^\d+$/.test(text)) {
+    const n = Number(text);
+    if (n >= 1 && n <= 64) return n;
+  }
+  const n = SIGNALS[text.toUpperCase().replace(/^SIG/, "")];
+  if (n === undefined) throw new MmError("MM_USAGE", `unknown signal "${text}"`);
+  return n;
 }

@@ -5,7 +5,7 @@
 import { createHash } from "node:crypto";
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { MmError } from "@mm/core";
+import { type ImageRunConfig, MmError } from "@mm/core";
 import { runTool } from "./exec-tool.js";
 import { mapFsError } from "./fs-errors.js";
 import type { Paths } from "./paths.js";
@@ -14,23 +14,17 @@ import type { Paths } from "./paths.js";
 const BUILDER_VERSION = "1";
 export const DEFAULT_ROOTFS_MIB = 256;
 
-export interface ImageConfig {
-  readonly cmd: readonly string[];
-  readonly env: readonly string[];
-  readonly workdir?: string;
-  readonly user?: string;
-}
-
 export interface BaseRootfs {
   readonly path: string;
   readonly digest: string;
-  readonly config: ImageConfig;
 }
 
-export const DEFAULT_IMAGE_CONFIG: ImageConfig = {
+export const DEFAULT_IMAGE_CONFIG: ImageRunConfig = {
+  entrypoint: [],
   cmd: ["sh"],
   env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
   workdir: "/",
+  exposedPorts: [],
 };
 
 /** True if the ELF file has a PT_INTERP header, i.e. it needs a dynamic loader. */
@@ -81,7 +75,7 @@ export async function defaultImageRootfs(
         () => false,
       )
     ) {
-      return { path, digest: `sha256:${remembered.digest}`, config: DEFAULT_IMAGE_CONFIG };
+      return { path, digest: `sha256:${remembered.digest}` };
     }
   }
   const bb = await readBinary(busybox, "busybox (Debian package busybox-static)", "MM_TOOL_MISSING");
@@ -97,7 +91,7 @@ export async function defaultImageRootfs(
     .update(createHash("sha256").update(init).digest())
     .digest("hex");
   const path = join(paths.state, "rootfs", `sha256-${digest}.ext4`);
-  const result = { path, digest: `sha256:${digest}`, config: DEFAULT_IMAGE_CONFIG };
+  const result = { path, digest: `sha256:${digest}` };
   const remember = async () => {
     if (!identity) return;
     const tmp = `${indexFile}.${process.pid}.tmp`;

@@ -17,8 +17,11 @@ import {
   validateEnv,
   validateName,
 } from "@mm/core";
+import type { PulledImage } from "@mm/image";
 import { type Engine, hostTscKhz, QemuEngine } from "@mm/vmm";
+import { DEFAULT_IMAGE_CONFIG } from "./default-image.js";
 import { mapFsError } from "./fs-errors.js";
+import { Images, runConfigOf } from "./images.js";
 import { type LogEntry, logFile, readLog } from "./logs.js";
 import { defaultPaths, machineDir, type Paths, runDir } from "./paths.js";
 import { commandLine, isSameProcess } from "./proc.js";
@@ -27,7 +30,10 @@ import { type RunIo, type RunOutcome, Supervisor } from "./supervisor.js";
 
 export interface CreateInput {
   readonly name?: string;
-  readonly image?: string;
+  /** A resolved image (`images.ensure`); the embedded default image when absent. */
+  readonly image?: PulledImage;
+  /** `--entrypoint`: replaces the image's (an empty array clears it). */
+  readonly entrypoint?: readonly string[];
   readonly cpus?: number;
   readonly memoryMib?: number;
   readonly command?: readonly string[];
@@ -50,12 +56,14 @@ export class Runtime {
   readonly env: NodeJS.ProcessEnv;
   readonly paths: Paths;
   readonly store: Store;
+  readonly images: Images;
   private engineInstance: Engine | undefined;
 
   constructor(private readonly options: RuntimeOptions = {}) {
     this.env = options.env ?? process.env;
     this.paths = options.paths ?? defaultPaths(this.env);
     this.store = new Store(this.paths);
+    this.images = new Images(this.paths, this.env);
     this.engineInstance = options.engine;
   }
 
@@ -73,19 +81,13 @@ export class Runtime {
 
   /** Records a machine (state `created`) and its directory; boots nothing yet. */
   create(input: CreateInput): MachineRecord {
-    if (input.image !== undefined && input.image !== DEFAULT_IMAGE) {
-      throw new MmError(
-        "MM_USAGE",
-        `image "${input.image}": only the embedded default image (${DEFAULT_IMAGE}) is available yet`,
-        {
-          hint: "omit the image to use the default; registry images arrive with `mm pull`",
-        },
-      );
-    }
     const id = machineId(randomBytes(6));
     const spec: MachineSpec = {
       name: validateName(input.name ?? generatedName(randomBytes(3))),
-      image: DEFAULT_IMAGE,
+      image: input.image ? input.image.reference : DEFAULT_IMAGE,
+      ...(input.image && { imageDigest: input.image.digest }),
+      imageConfig: input.image ? runConfigOf(input.image.config) : DEFAULT_IMAGE_CONFIG,
+      ...(input.entrypoint !== undefined && { entrypoint: [...input.entrypoint] }),
       cpus: input.cpus ?? DEFAULT_CPUS,
       memoryMib: input.memoryMib ?? DEFAULT_MEMORY_MIB,
       command: [...(input.command ?? [])],
@@ -230,4 +232,9 @@ export class Runtime {
   logPath(ref: string): string {
     return logFile(machineDir(this.paths, this.find(ref).id));
   }
+}
+
+/** Image digests that machines on this host still boot from (GC keeps them). */
+export function imagesInUse(rt: Runtime): Set<string> {
+  return new Set(rt.list().flatMap((r) => (r.spec.imageDigest ? [r.spec.imageDigest] : [])));
 }

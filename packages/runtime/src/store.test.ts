@@ -18,6 +18,7 @@ function store(): Store {
 const spec = (name: string): MachineSpec => ({
   name,
   image: "mm/busybox",
+  imageConfig: { entrypoint: [], cmd: ["sh"], env: [], exposedPorts: [] },
   cpus: 1,
   memoryMib: 256,
   command: ["true"],

@@ -6,10 +6,14 @@ import { DEFAULT_IMAGE_CONFIG, elfNeedsInterpreter } from "./default-image.js";
 import type { MachineRecord } from "./store.js";
 import { hostnameFor, workloadConfig } from "./supervisor.js";
 
-const rec = (over: Partial<MachineSpec>): MachineRecord =>
+const rec = (
+  over: Partial<MachineSpec>,
+  imageConfig: MachineSpec["imageConfig"] = DEFAULT_IMAGE_CONFIG,
+): MachineRecord =>
   ({
     id: "aaaa11112222",
     spec: {
+      imageConfig,
       name: "web_1",
       image: "mm/busybox",
       cpus: 1,
@@ -22,19 +26,21 @@ const rec = (over: Partial<MachineSpec>): MachineRecord =>
   }) as unknown as MachineRecord;
 
 test("the image's command runs unless the user gives one", () => {
-  assert.deepEqual(workloadConfig(rec({}), DEFAULT_IMAGE_CONFIG).args, ["sh"]);
-  assert.deepEqual(workloadConfig(rec({ command: ["echo", "hi"] }), DEFAULT_IMAGE_CONFIG).args, ["echo", "hi"]);
+  assert.deepEqual(workloadConfig(rec({})).args, ["sh"]);
+  assert.deepEqual(workloadConfig(rec({ command: ["echo", "hi"] })).args, ["echo", "hi"]);
 });
 
 test("-e overrides the image's variable of the same name, keeps the others", () => {
-  const cfg = workloadConfig(rec({ env: ["PATH=/x", "A=1"] }), { cmd: ["sh"], env: ["PATH=/bin", "B=2"] });
+  const cfg = workloadConfig(
+    rec({ env: ["PATH=/x", "A=1"] }, { entrypoint: [], cmd: ["sh"], env: ["PATH=/bin", "B=2"], exposedPorts: [] }),
+  );
   assert.deepEqual(cfg.env, ["PATH=/x", "B=2", "A=1", "HOSTNAME=web-1"]);
 });
 
 test("workdir and user: the user's flag wins over the image", () => {
-  const img = { cmd: ["sh"], env: [], workdir: "/srv", user: "nobody" };
-  assert.deepEqual([workloadConfig(rec({}), img).cwd, workloadConfig(rec({}), img).user], ["/srv", "nobody"]);
-  const c = workloadConfig(rec({ workdir: "/tmp", user: "0:0" }), img);
+  const img = { entrypoint: [], cmd: ["sh"], env: [], workdir: "/srv", user: "nobody", exposedPorts: [] };
+  assert.deepEqual([workloadConfig(rec({}, img)).cwd, workloadConfig(rec({}, img)).user], ["/srv", "nobody"]);
+  const c = workloadConfig(rec({ workdir: "/tmp", user: "0:0" }, img));
   assert.deepEqual([c.cwd, c.user], ["/tmp", "0:0"]);
 });
 
@@ -48,4 +54,11 @@ test("hostnames are valid DNS labels made from names", () => {
 test("ELF check: a dynamic binary needs an interpreter", () => {
   assert.equal(elfNeedsInterpreter(readFileSync(process.execPath)), true);
   assert.throws(() => elfNeedsInterpreter(Buffer.from("#!/bin/sh\n")));
+});
+
+test("an image with neither entrypoint nor command, and none given, is MM_USAGE", () => {
+  assert.throws(
+    () => workloadConfig(rec({}, { entrypoint: [], cmd: [], env: [], exposedPorts: [] })),
+    (e) => (e as { code?: string }).code === "MM_USAGE",
+  );
 });

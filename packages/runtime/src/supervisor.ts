@@ -7,11 +7,12 @@ import { existsSync } from "node:fs";
 import { access } from "node:fs/promises";
 import { constants as osc } from "node:os";
 import { join } from "node:path";
-import { type ExitStatus, type GuestError, MmError, type WorkloadConfig } from "@mm/core";
+import { type ExitStatus, type GuestError, MmError, parseSignal, type WorkloadConfig, workloadArgv } from "@mm/core";
 import { chooseAccel, describeExit, type Engine, type RunningVm, TCG_WARNING, type VmExit } from "@mm/vmm";
 import { AgentSession } from "./agent-session.js";
-import { createOverlay, defaultImageRootfs, type ImageConfig } from "./default-image.js";
+import { createOverlay, defaultImageRootfs } from "./default-image.js";
 import { mapFsError } from "./fs-errors.js";
+import { Images } from "./images.js";
 import { LogWriter, logFile, TextTail } from "./logs.js";
 import { initPath, kernelPath, machineDir, type Paths, runDir } from "./paths.js";
 import { processStartTime } from "./proc.js";
@@ -46,13 +47,20 @@ const GUEST_ERRORS: Record<string, "MM_EXEC_NOT_FOUND" | "MM_EXEC_DENIED" | "MM_
   EXEC_DENIED: "MM_EXEC_DENIED",
 };
 
-export function workloadConfig(rec: MachineRecord, image: ImageConfig): WorkloadConfig {
+export function workloadConfig(rec: MachineRecord): WorkloadConfig {
+  const image = rec.spec.imageConfig;
   const env = new Map<string, string>();
   for (const e of [...image.env, ...rec.spec.env]) env.set(e.slice(0, e.indexOf("=")), e);
   const cwd = rec.spec.workdir ?? image.workdir;
   const user = rec.spec.user ?? image.user;
+  const args = workloadArgv(rec.spec);
+  if (args.length === 0) {
+    throw new MmError("MM_USAGE", "no command: the image has no entrypoint or command", {
+      hint: "give one after the image: mm run IMAGE -- CMD...",
+    });
+  }
   return {
-    args: rec.spec.command.length > 0 ? rec.spec.command : image.cmd,
+    args,
     env: [...env.values(), `HOSTNAME=${hostnameFor(rec.spec.name)}`],
     hostname: hostnameFor(rec.spec.name),
     ...(cwd !== undefined && { cwd }),
@@ -89,6 +97,7 @@ export class Supervisor {
   }
 
   private ready = false;
+  private stopSignal: number = osc.signals.SIGTERM;
 
   /** Graceful stop: signal the workload, then power off after `timeoutS`, then kill. */
   async stop(timeoutS: number): Promise<void> {
@@ -106,7 +115,7 @@ export class Supervisor {
       await vm.terminate(1000);
       return;
     }
-    session.signal(osc.signals.SIGTERM);
+    session.signal(this.stopSignal);
     this.stopTimers.push(setTimeout(() => session.poweroff(), timeoutS * 1000));
     this.stopTimers.push(setTimeout(() => void vm.terminate(1000), timeoutS * 1000 + POWEROFF_GRACE_MS));
   }
@@ -154,7 +163,17 @@ export class Supervisor {
     await access(kernel).catch(() => {
       throw new MmError("MM_KERNEL_MISSING", kernel);
     });
-    const base = await defaultImageRootfs(paths, initPath(env));
+    this.stopSignal = parseSignal(rec.spec.imageConfig.stopSignal);
+    const config = workloadConfig(rec);
+    const base = rec.spec.imageDigest
+      ? await (async () => {
+          const images = new Images(paths, env);
+          const image = await images.byDigest(rec.spec.image, rec.spec.imageDigest as string);
+          return { path: await images.rootfs(image, initPath(env), io.onWarning) };
+        })()
+      : await defaultImageRootfs(paths, initPath(env));
+    // The KVM probe boots the embedded image: it holds mm-init and nothing else to trust.
+    const probeRoot = rec.spec.imageDigest ? await defaultImageRootfs(paths, initPath(env)) : base;
     trace("rootfs");
     const overlay = join(machineDir(paths, this.id), "root.qcow2");
     if (!existsSync(overlay)) await createOverlay(base.path, overlay, rec.spec.diskSizeMib);
@@ -162,7 +181,7 @@ export class Supervisor {
     const accel = await chooseAccel({
       engine,
       kernel,
-      rootDisk: { path: base.path, format: "raw", readOnly: true },
+      rootDisk: { path: probeRoot.path, format: "raw", readOnly: true },
       runDir: runDir(paths, "kvm-probe"),
       cacheDir: paths.cache,
       env,
@@ -215,7 +234,7 @@ export class Supervisor {
     session.on("hello", () => {
       trace("hello");
       try {
-        session.sendConfig(workloadConfig(rec, base.config));
+        session.sendConfig(config);
       } catch (e) {
         protocolError = e instanceof MmError ? e : new MmError("MM_INTERNAL", String(e));
         void vm.kill();
