@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { harness, until } from "./test-helpers.js";
+import { harness } from "./test-helpers.js";
 
 type Expect = {
   path: string;
@@ -63,10 +63,13 @@ function checkScript(expect: Expect[]): string {
 function verify(expect: Expect[], out: string): void {
   const blocks = out.split(/^@@/m).slice(1);
   assert.equal(blocks.length, expect.length, out);
-  expect.forEach((e, i) => {
+  for (const [i, e] of expect.entries()) {
     const lines = (blocks[i] as string).split("\n").slice(1);
     const where = `${e.path}: ${lines.join(" / ")}`;
-    if (e.type === "absent") return assert.equal(lines[0], "MISSING", where);
+    if (e.type === "absent") {
+      assert.equal(lines[0], "MISSING", where);
+      continue;
+    }
     const [kind, mode, uid, gid, ino] = (lines[0] ?? "").split("|");
     const kinds = { file: "regular file", dir: "directory", symlink: "symbolic link" } as const;
     assert.equal(kind?.replace("regular empty file", "regular file"), kinds[e.type], where);
@@ -76,7 +79,7 @@ function verify(expect: Expect[], out: string): void {
     if (e.type === "symlink") assert.equal(lines[1], e.target, where);
     if (e.content !== undefined) assert.equal(Buffer.from(lines[1] ?? "", "base64").toString(), e.content, where);
     if (e.sameFileAs) assert.ok(lines.includes(`same:${ino}`), `${where}: not a hardlink of ${e.sameFileAs}`);
-  });
+  }
 }
 
 async function checkImage(name: string) {
@@ -224,4 +227,3 @@ describe("image housekeeping", () => {
   });
 });
 
-void until;
