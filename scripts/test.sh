@@ -7,6 +7,6 @@ cd "$root"
 scripts/setup.sh --no-demo
 test/fixtures/install.sh
 export PATH="$root/node_modules/.bin:$PATH"
-biome check .
+biome lint .   # lint rules (layering among them) gate CI; formatting is `npm run format`
 exec node --test --test-concurrency=1 --test-timeout=600000 \
   "packages/*/dist/**/*.test.js" "apps/*/dist/**/*.test.js" "guest/init/test/*.test.mjs" "scripts/*.test.mjs" "test/fixtures/*.test.mjs"

@@ -226,4 +226,3 @@ describe("image housekeeping", () => {
     assert.equal(run.stdout, "busybox\n", run.stderr);
   });
 });
-
