@@ -3,11 +3,12 @@
 // pulled by mm, unpacked into per-image ext4s and booted in real guests.
 
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { harness } from "./test-helpers.js";
+import { CLI, harness } from "./test-helpers.js";
 
 type Expect = {
   path: string;
@@ -27,6 +28,7 @@ type Fixture = {
   manifests?: { digest: string; platform: { architecture: string } }[];
   layout: string;
   authRef?: string;
+  layers: { digest: string }[];
 };
 
 const fixtures = resolve(import.meta.dirname, "../../../test/fixtures");
@@ -131,6 +133,35 @@ describe("pull", () => {
     assert.match(r.stdout, new RegExp(`@${amd?.digest}\\n$`), r.stderr);
     const a = await h.mm(["pull", "-q", "--platform", "linux/arm64", ...insecure, multi.ref]);
     assert.match(a.stdout, new RegExp(`@${arm?.digest}\\n$`), a.stderr);
+  });
+
+  test("on a terminal, pull draws one progress bar per layer", async () => {
+    // util-linux `script` gives mm a pseudo-terminal, as a user's shell would.
+    const state = join(work, "tty-state");
+    const cmd = `MM_STATE=${state} ${process.execPath} ${CLI} pull ${insecure.join(" ")} ${fx("layers").ref}`;
+    const r = await h.mm([], {}, undefined, ["script", "-qec", cmd, "/dev/null"]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const layerBars = fx("layers").layers.filter((l) => r.stdout.includes(l.digest.slice(7, 19)));
+    assert.equal(layerBars.length, fx("layers").layers.length, r.stdout);
+    assert.match(r.stdout, /█/);
+  });
+
+  test("a disk filling up mid-pull is MM_DISK_FULL, and the store stays usable", async () => {
+    const small = join(work, "small");
+    mkdirSync(small);
+    execFileSync("mount", ["-t", "tmpfs", "-o", "size=6m", "tmpfs", small]);
+    try {
+      const r = await h.mm(["pull", "-q", ...insecure, fx("python").ref], { MM_STATE: small });
+      assert.equal(r.code, 125);
+      assert.match(r.stderr, /MM_DISK_FULL/);
+      const list = await h.mm(["images", "--json"], { MM_STATE: small });
+      assert.equal(list.code, 0, list.stderr);
+      assert.deepEqual(JSON.parse(list.stdout), []);
+      const ok = await h.mm(["pull", "-q", ...insecure, fx("busybox").ref], { MM_STATE: small });
+      assert.equal(ok.code, 0, `a small image still fits after the failed pull: ${ok.stderr}`);
+    } finally {
+      execFileSync("umount", [small]);
+    }
   });
 
   test("an index without this platform is MM_NO_MATCHING_PLATFORM", async () => {

@@ -30,7 +30,7 @@ describe("a detached machine", () => {
 
   test("ps lists it, by name and id prefix", async () => {
     const ps = await h.mm(["ps"]);
-    assert.match(ps.stdout, /^MACHINE ID\s+IMAGE\s+COMMAND\s+STATUS\s+ACCEL\s+NAME$/m);
+    assert.match(ps.stdout, /^MACHINE ID\s+IMAGE\s+COMMAND\s+STATUS\s+PORTS\s+ACCEL\s+NAME$/m);
     assert.match(ps.stdout, new RegExp(`^${id}\\s+mm/busybox\\s+"sleep 300"\\s+Up .*\\s+(tcg|kvm)\\s+bg$`, "m"));
     assert.equal((await inspect(id.slice(0, 5))).id, id);
   });

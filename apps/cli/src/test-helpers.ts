@@ -18,7 +18,8 @@ export interface CliResult {
 export interface Harness {
   readonly state: string;
   readonly env: NodeJS.ProcessEnv;
-  mm(args: string[], extraEnv?: NodeJS.ProcessEnv, input?: string): Promise<CliResult>;
+  /** Runs mm with `args` (or, given `argv`, that command line instead, e.g. under `script`). */
+  mm(args: string[], extraEnv?: NodeJS.ProcessEnv, input?: string, argv?: string[]): Promise<CliResult>;
   spawnMm(args: string[], extraEnv?: NodeJS.ProcessEnv, stdin?: "ignore" | "pipe"): ChildProcess;
   cleanup(): Promise<void>;
 }
@@ -28,9 +29,12 @@ export function harness(prefix = "mm-cli-"): Harness {
   const env = { ...process.env, MM_STATE: state };
   const spawnMm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}, stdin: "ignore" | "pipe" = "ignore") =>
     spawn(process.execPath, [CLI, ...args], { env: { ...env, ...extraEnv }, stdio: [stdin, "pipe", "pipe"] });
-  const mm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}, input?: string) =>
+  const mm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}, input?: string, argv?: string[]) =>
     new Promise<CliResult>((resolvePromise) => {
-      const child = spawnMm(args, extraEnv, input === undefined ? "ignore" : "pipe");
+      const stdin = input === undefined ? "ignore" : "pipe";
+      const child = argv
+        ? spawn(argv[0] as string, argv.slice(1), { env: { ...env, ...extraEnv }, stdio: [stdin, "pipe", "pipe"] })
+        : spawnMm(args, extraEnv, stdin);
       child.stdin?.end(input);
       let stdout = "";
       let stderr = "";
