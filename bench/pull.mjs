@@ -5,7 +5,7 @@
 // Writes the "pull" section of docs/BENCHMARKS.md.   Usage: node bench/pull.mjs [N]
 
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -38,6 +38,7 @@ async function mmCold(ref, i) {
 
 function pipelineCold(ref, i) {
   const dir = join(work, `pipe-${i}`);
+  mkdirSync(dir, { recursive: true });
   const t = process.hrtime.bigint();
   execFileSync("skopeo", ["copy", "--quiet", "--src-tls-verify=false", `docker://${ref}`, `oci:${dir}/layout:img`]);
   execFileSync("umoci", ["unpack", "--image", `${dir}/layout:img`, `${dir}/bundle`], { stdio: "ignore" });
