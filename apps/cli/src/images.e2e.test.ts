@@ -3,7 +3,7 @@
 // pulled by mm, unpacked into per-image ext4s and booted in real guests.
 
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -27,6 +27,7 @@ type Fixture = {
   commands: { argv: string[]; stdout: string }[];
   manifests?: { digest: string; platform: { architecture: string } }[];
   layout: string;
+  ociRef: string;
   authRef?: string;
   layers: { digest: string }[];
 };
@@ -248,6 +249,31 @@ describe("image housekeeping", () => {
     assert.ok(p.removed > 0 && p.freedBytes > 0, JSON.stringify(p));
     const again = await h.mm(["run", "--rm", "--pull", "never", web.ref, "--", "true"]);
     assert.match(again.stderr, /MM_NO_SUCH_IMAGE/);
+  });
+
+  test("import a `docker save` archive (written by skopeo) and run it", async () => {
+    const archive = join(work, "saved.tar");
+    await new Promise<void>((res, rej) =>
+      execFile("skopeo", ["copy", "--quiet", fx("web").ociRef, `docker-archive:${archive}:saved/web:1`], (e) =>
+        e ? rej(e) : res(),
+      ),
+    );
+    const r = await h.mm(["image", "import", archive]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /saved\/web:1@sha256:/);
+    const run = await h.mm([
+      "run",
+      "--rm",
+      "--pull",
+      "never",
+      "--entrypoint",
+      "sh",
+      "saved/web:1",
+      "--",
+      "-c",
+      'echo "$MM_FIXTURE $(id -un) $(pwd)"',
+    ]);
+    assert.equal(run.stdout, "web app /www\n", `the image config survived the archive: ${run.stderr}`);
   });
 
   test("import an OCI layout directory and run it without a registry", async () => {
