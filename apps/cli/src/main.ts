@@ -6,7 +6,7 @@
 import { closeSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError } from "@commander-js/extra-typings";
-import { DEFAULT_IMAGE, isActive, MmError, parseCpus, parseDiskSize, parseMemory } from "@mm/core";
+import { DEFAULT_IMAGE, isActive, MmError, parseCpus, parseDiskSize, parseMemory, validateEnv } from "@mm/core";
 import {
   doctor,
   imagesInUse,
@@ -18,6 +18,7 @@ import {
   type Supervisor,
 } from "@mm/runtime";
 import Table from "cli-table3";
+import { execCommand } from "./exec.js";
 import { ago, commandText, statusText } from "./format.js";
 import { progressMode, pullRenderer } from "./progress.js";
 
@@ -291,6 +292,38 @@ export function buildProgram(): Command {
       const rt = runtime();
       try {
         await printLogs(rt, ref, opts.follow, opts.console);
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("exec")
+    .description("run a command in a running machine (over the agent channel; no network needed)")
+    .argument("<machine>")
+    .argument("[command...]", "command and arguments (or after --)")
+    .option("-i, --interactive", "send standard input to the command", false)
+    .option("-t, --tty", "give the command a terminal", false)
+    .option("-e, --env <KEY=VALUE>", "set an environment variable (repeatable)", collect, [] as string[])
+    .option("-u, --user <user>", "user (name or uid[:gid])")
+    .option("-w, --workdir <dir>", "working directory")
+    .passThroughOptions()
+    .action(async (machine, command, opts) => {
+      const afterDashes = (program as unknown as { _mmAfterDashes?: string[] })._mmAfterDashes;
+      const rt = runtime();
+      try {
+        process.exitCode = await execCommand(rt, machine, afterDashes ?? command, {
+          interactive: opts.interactive,
+          tty: opts.tty,
+          env: validateEnv(opts.env),
+          ...(opts.user !== undefined && { user: opts.user }),
+          ...(opts.workdir !== undefined && { workdir: opts.workdir }),
+        });
+      } catch (e) {
+        const status = (e as { exitStatus?: number }).exitStatus;
+        if (status === undefined) throw e;
+        printError(e, false);
+        process.exitCode = status;
       } finally {
         rt.close();
       }
@@ -621,7 +654,7 @@ export async function main(argv: string[]): Promise<number> {
   // `mm run [IMAGE] -- CMD...`: everything after the first `--` is the workload's argv.
   const args = argv.slice(2);
   const dashes = args.indexOf("--");
-  if (args[0] === "run" && dashes >= 0) {
+  if ((args[0] === "run" || args[0] === "exec") && dashes >= 0) {
     (program as unknown as { _mmAfterDashes?: string[] })._mmAfterDashes = args.slice(dashes + 1);
     args.splice(dashes);
   }

@@ -40,6 +40,11 @@ export const ERRORS = {
     hint: "stop it first with `mm stop NAME`, or use `mm rm -f NAME`",
     exit: 125,
   },
+  MM_MACHINE_NOT_RUNNING: {
+    summary: "machine is not running",
+    hint: "start it with `mm start NAME`; `mm ps -a` shows its state",
+    exit: 125,
+  },
   MM_INVALID_TRANSITION: {
     summary: "operation not allowed in the machine's current state",
     hint: "`mm ps -a` shows the state; see docs/SPEC.md for the lifecycle",

@@ -8,9 +8,11 @@ import {
   decodeGuestError,
   decodeHello,
   encodeConfig,
+  encodeExec,
   encodeExit,
   encodeFrame,
   encodeHello,
+  encodeWinsize,
   FrameDecoder,
   FrameType,
   MAX_ARGS,
@@ -96,7 +98,7 @@ describe("CONFIG", () => {
         (args, envPairs, stayUp) => {
           const env = envPairs.map(([k, v]) => `${k}=${v}`);
           const cfg = decodeConfig(encodeConfig({ args, env, cwd: "/w", user: "1:2", hostname: "h", stayUp }));
-          assert.deepEqual(cfg, { version: 1, args, env, cwd: "/w", user: "1:2", hostname: "h", stayUp });
+          assert.deepEqual(cfg, { version: 2, args, env, cwd: "/w", user: "1:2", hostname: "h", stayUp, stdin: false });
         },
       ),
     );
@@ -130,6 +132,38 @@ describe("CONFIG", () => {
       () => decodeConfig(Buffer.concat([good, Buffer.from([1, 0, 9, 1])])),
       (e) => isMmError(e, "MM_AGENT_PROTOCOL"),
     );
+  });
+});
+
+describe("protocol v2 records", () => {
+  const net = { address: "10.88.0.5/16", gateway: "10.88.0.1", dns: ["10.88.0.1"], hosts: ["10.88.0.5 web"] };
+
+  test("network identity round-trips in v2 and is left out for a v1 guest", () => {
+    assert.deepEqual(decodeConfig(encodeConfig({ args: ["a"], env: [], network: net })).network, net);
+    const v1 = decodeConfig(encodeConfig({ args: ["a"], env: [], network: net }, 1));
+    assert.equal(v1.version, 1);
+    assert.equal(v1.network, undefined);
+  });
+
+  test("EXEC carries TTY size and the stdin flag", () => {
+    const e = decodeConfig(encodeExec({ args: ["sh"], env: ["A=1"], tty: { rows: 24, cols: 80 }, stdin: true }));
+    assert.deepEqual([e.args, e.env, e.tty, e.stdin], [["sh"], ["A=1"], { rows: 24, cols: 80 }, true]);
+    assert.equal(decodeConfig(encodeExec({ args: ["true"], env: [] })).stdin, false);
+  });
+
+  test("too many DNS servers or hosts lines are MM_USAGE", () => {
+    assert.throws(
+      () => encodeConfig({ args: ["a"], env: [], network: { address: "1.2.3.4/8", dns: ["a", "b", "c", "d"] } }),
+      (e) => isMmError(e, "MM_USAGE"),
+    );
+    assert.throws(
+      () => encodeConfig({ args: ["a"], env: [], network: { address: "1.2.3.4/8", hosts: Array(17).fill("x") } }),
+      (e) => isMmError(e, "MM_USAGE"),
+    );
+  });
+
+  test("window sizes are clamped to 16 bits", () => {
+    assert.deepEqual([...encodeWinsize(70000, -3)], [0xff, 0xff, 0, 0]);
   });
 });
 

@@ -3,7 +3,13 @@
 
 import { MmError } from "./errors.js";
 
-export const PROTOCOL_VERSION = 1;
+/** The highest version this host speaks; v1 guests are still served (docs/PROTOCOL.md). */
+export const PROTOCOL_VERSION = 2;
+export const MIN_PROTOCOL_VERSION = 1;
+export const INITIAL_WINDOW = 256 * 1024;
+export const MAX_SESSIONS = 64;
+export const MAX_DNS = 3;
+export const MAX_HOSTS = 16;
 export const HEADER_BYTES = 9;
 export const MAX_PAYLOAD = 65536;
 export const MAX_ARGS = 256;
@@ -23,6 +29,9 @@ export const FrameType = {
   SIGNAL: 0x08,
   POWEROFF: 0x09,
   ERROR: 0x0a,
+  EXEC: 0x0b,
+  RESIZE: 0x0c,
+  WINDOW: 0x0d,
 } as const;
 export type FrameTypeName = keyof typeof FrameType;
 
@@ -80,8 +89,30 @@ export class FrameDecoder {
   }
 }
 
-export const ConfigTag = { ARG: 1, ENV: 2, CWD: 3, USER: 4, HOSTNAME: 5, FLAGS: 6 } as const;
+export const ConfigTag = {
+  ARG: 1,
+  ENV: 2,
+  CWD: 3,
+  USER: 4,
+  HOSTNAME: 5,
+  FLAGS: 6,
+  TTY: 7,
+  STDIN: 8,
+  NET_ADDR: 9,
+  NET_GATEWAY: 10,
+  DNS: 11,
+  HOSTS: 12,
+} as const;
 export const ConfigFlag = { STAY_UP: 1 } as const;
+
+export interface NetworkIdentity {
+  /** "10.88.0.5/16" */
+  readonly address: string;
+  readonly gateway?: string;
+  readonly dns?: readonly string[];
+  /** /etc/hosts lines: "10.88.0.5 web" */
+  readonly hosts?: readonly string[];
+}
 
 export interface WorkloadConfig {
   readonly args: readonly string[];
@@ -90,6 +121,19 @@ export interface WorkloadConfig {
   readonly user?: string;
   readonly hostname?: string;
   readonly stayUp?: boolean;
+  /** Protocol v2 and later. */
+  readonly network?: NetworkIdentity;
+}
+
+export interface ExecConfig {
+  readonly args: readonly string[];
+  readonly env: readonly string[];
+  readonly cwd?: string;
+  readonly user?: string;
+  /** Run on a pseudo-terminal of this size. */
+  readonly tty?: { readonly rows: number; readonly cols: number };
+  /** The host will send STDIN frames (else the process reads /dev/null). */
+  readonly stdin?: boolean;
 }
 
 function checkString(what: string, s: string, max = MAX_STRING): Buffer {
@@ -99,42 +143,91 @@ function checkString(what: string, s: string, max = MAX_STRING): Buffer {
   return b;
 }
 
-/** Encodes a CONFIG payload; rejects what the guest would reject, so errors surface on the host. */
-export function encodeConfig(cfg: WorkloadConfig): Buffer {
-  if (cfg.args.length === 0) throw new MmError("MM_USAGE", "no command to run");
-  if (cfg.args.length > MAX_ARGS) throw new MmError("MM_USAGE", `more than ${MAX_ARGS} arguments`);
-  if (cfg.env.length > MAX_ENV) throw new MmError("MM_USAGE", `more than ${MAX_ENV} environment variables`);
-  const parts: Buffer[] = [];
-  const version = Buffer.alloc(2);
-  version.writeUInt16BE(PROTOCOL_VERSION);
-  parts.push(version);
-  const record = (tag: number, value: Buffer) => {
+class RecordWriter {
+  private readonly parts: Buffer[] = [];
+  constructor(version: number) {
+    const v = Buffer.alloc(2);
+    v.writeUInt16BE(version);
+    this.parts.push(v);
+  }
+  add(tag: number, value: Buffer): void {
     const h = Buffer.alloc(3);
     h.writeUInt8(tag, 0);
     h.writeUInt16BE(value.length, 1);
-    parts.push(h, value);
-  };
-  for (const a of cfg.args) record(ConfigTag.ARG, checkString("argument", a));
-  for (const e of cfg.env) {
+    this.parts.push(h, value);
+  }
+  finish(): Buffer {
+    const payload = Buffer.concat(this.parts);
+    if (payload.length > MAX_PAYLOAD) throw new MmError("MM_USAGE", "command line and environment exceed 64 KiB");
+    return payload;
+  }
+}
+
+function addProcessRecords(
+  w: RecordWriter,
+  p: { args: readonly string[]; env: readonly string[]; cwd?: string | undefined; user?: string | undefined },
+): void {
+  if (p.args.length === 0) throw new MmError("MM_USAGE", "no command to run");
+  if (p.args.length > MAX_ARGS) throw new MmError("MM_USAGE", `more than ${MAX_ARGS} arguments`);
+  if (p.env.length > MAX_ENV) throw new MmError("MM_USAGE", `more than ${MAX_ENV} environment variables`);
+  for (const a of p.args) w.add(ConfigTag.ARG, checkString("argument", a));
+  for (const e of p.env) {
     if (!/^[^=]+=/.test(e)) throw new MmError("MM_USAGE", `environment entry "${e}" is not KEY=VALUE`);
-    record(ConfigTag.ENV, checkString("environment entry", e));
+    w.add(ConfigTag.ENV, checkString("environment entry", e));
   }
-  if (cfg.cwd !== undefined) {
-    if (!cfg.cwd.startsWith("/")) throw new MmError("MM_USAGE", `working directory "${cfg.cwd}" is not absolute`);
-    record(ConfigTag.CWD, checkString("working directory", cfg.cwd));
+  if (p.cwd !== undefined) {
+    if (!p.cwd.startsWith("/")) throw new MmError("MM_USAGE", `working directory "${p.cwd}" is not absolute`);
+    w.add(ConfigTag.CWD, checkString("working directory", p.cwd));
   }
-  if (cfg.user !== undefined) record(ConfigTag.USER, checkString("user", cfg.user));
-  if (cfg.hostname !== undefined) record(ConfigTag.HOSTNAME, checkString("hostname", cfg.hostname, MAX_HOSTNAME));
+  if (p.user !== undefined) w.add(ConfigTag.USER, checkString("user", p.user));
+}
+
+/**
+ * Encodes a CONFIG payload for the negotiated `version`; rejects what the guest would
+ * reject, so errors surface on the host. v1 guests get no v2 records.
+ */
+export function encodeConfig(cfg: WorkloadConfig, version: number = PROTOCOL_VERSION): Buffer {
+  const w = new RecordWriter(version);
+  addProcessRecords(w, cfg);
+  if (cfg.hostname !== undefined) w.add(ConfigTag.HOSTNAME, checkString("hostname", cfg.hostname, MAX_HOSTNAME));
   const flags = Buffer.alloc(4);
   flags.writeUInt32BE(cfg.stayUp ? ConfigFlag.STAY_UP : 0);
-  record(ConfigTag.FLAGS, flags);
-  const payload = Buffer.concat(parts);
-  if (payload.length > MAX_PAYLOAD) throw new MmError("MM_USAGE", "command line and environment exceed 64 KiB");
-  return payload;
+  w.add(ConfigTag.FLAGS, flags);
+  if (cfg.network && version >= 2) {
+    const n = cfg.network;
+    if ((n.dns?.length ?? 0) > MAX_DNS) throw new MmError("MM_USAGE", `more than ${MAX_DNS} DNS servers`);
+    if ((n.hosts?.length ?? 0) > MAX_HOSTS) throw new MmError("MM_USAGE", `more than ${MAX_HOSTS} hosts entries`);
+    w.add(ConfigTag.NET_ADDR, checkString("address", n.address));
+    if (n.gateway) w.add(ConfigTag.NET_GATEWAY, checkString("gateway", n.gateway));
+    for (const d of n.dns ?? []) w.add(ConfigTag.DNS, checkString("DNS server", d));
+    for (const h of n.hosts ?? []) w.add(ConfigTag.HOSTS, checkString("hosts line", h));
+  }
+  return w.finish();
+}
+
+/** Encodes an EXEC payload (protocol v2). */
+export function encodeExec(cfg: ExecConfig): Buffer {
+  const w = new RecordWriter(2);
+  addProcessRecords(w, cfg);
+  if (cfg.tty) w.add(ConfigTag.TTY, encodeWinsize(cfg.tty.rows, cfg.tty.cols));
+  if (cfg.stdin) w.add(ConfigTag.STDIN, Buffer.alloc(0));
+  return w.finish();
+}
+
+export function encodeWinsize(rows: number, cols: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt16BE(Math.max(0, Math.min(0xffff, Math.floor(rows))), 0);
+  b.writeUInt16BE(Math.max(0, Math.min(0xffff, Math.floor(cols))), 2);
+  return b;
+}
+
+export function decodeU32(p: Buffer, what: string): number {
+  if (p.length !== 4) throw new MmError("MM_AGENT_PROTOCOL", `${what} of ${p.length} bytes`);
+  return p.readUInt32BE(0);
 }
 
 /** Decodes a CONFIG payload (used by tests and by any host-side agent double). */
-export function decodeConfig(payload: Buffer): WorkloadConfig & { version: number } {
+export function decodeConfig(payload: Buffer): WorkloadConfig & ExecConfig & { version: number } {
   if (payload.length < 2) throw new MmError("MM_AGENT_PROTOCOL", "CONFIG too short");
   const version = payload.readUInt16BE(0);
   const args: string[] = [];
@@ -143,6 +236,12 @@ export function decodeConfig(payload: Buffer): WorkloadConfig & { version: numbe
   let user: string | undefined;
   let hostname: string | undefined;
   let stayUp = false;
+  let address: string | undefined;
+  let gateway: string | undefined;
+  const dns: string[] = [];
+  const hosts: string[] = [];
+  let tty: { rows: number; cols: number } | undefined;
+  let stdin = false;
   let off = 2;
   while (off < payload.length) {
     if (off + 3 > payload.length) throw new MmError("MM_AGENT_PROTOCOL", "truncated CONFIG record");
@@ -173,6 +272,25 @@ export function decodeConfig(payload: Buffer): WorkloadConfig & { version: numbe
         if (len !== 4) throw new MmError("MM_AGENT_PROTOCOL", "FLAGS record must be 4 bytes");
         stayUp = (value.readUInt32BE(0) & ConfigFlag.STAY_UP) !== 0;
         break;
+      case ConfigTag.TTY:
+        if (len !== 4) throw new MmError("MM_AGENT_PROTOCOL", "TTY record must be 4 bytes");
+        tty = { rows: value.readUInt16BE(0), cols: value.readUInt16BE(2) };
+        break;
+      case ConfigTag.STDIN:
+        stdin = true;
+        break;
+      case ConfigTag.NET_ADDR:
+        address = text;
+        break;
+      case ConfigTag.NET_GATEWAY:
+        gateway = text;
+        break;
+      case ConfigTag.DNS:
+        dns.push(text);
+        break;
+      case ConfigTag.HOSTS:
+        hosts.push(text);
+        break;
       default:
         break; // unknown tags are ignored (forward compatibility)
     }
@@ -182,9 +300,12 @@ export function decodeConfig(payload: Buffer): WorkloadConfig & { version: numbe
     args,
     env,
     stayUp,
+    stdin,
     ...(cwd !== undefined && { cwd }),
     ...(user !== undefined && { user }),
     ...(hostname !== undefined && { hostname }),
+    ...(tty && { tty }),
+    ...(address !== undefined && { network: { address, ...(gateway !== undefined && { gateway }), dns, hosts } }),
   };
 }
 

@@ -5,18 +5,27 @@
 import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
 import {
+  decodeConfig,
   decodeExit,
   decodeGuestError,
   decodeHello,
   decodeReady,
+  decodeU32,
+  type ExecConfig,
   type ExitStatus,
   encodeConfig,
+  encodeExec,
   encodeFrame,
   encodeU32,
+  encodeWinsize,
   FrameDecoder,
   FrameType,
   type GuestError,
   type Hello,
+  INITIAL_WINDOW,
+  MAX_PAYLOAD,
+  MAX_SESSIONS,
+  MIN_PROTOCOL_VERSION,
   MmError,
   PROTOCOL_VERSION,
   type WorkloadConfig,
@@ -33,10 +42,70 @@ export interface AgentSessionEvents {
   close: [];
 }
 
+export interface GuestExecEvents {
+  ready: [{ pid: number }];
+  stdout: [Buffer];
+  stderr: [Buffer];
+  exit: [ExitStatus];
+  guestError: [GuestError];
+  /** The guest granted this many more bytes of stdin. */
+  window: [number];
+  /** The channel closed before the session's EXIT. */
+  lost: [];
+}
+
+/** One exec session (a stream ≥ 1) on the agent channel. */
+export class GuestExec extends EventEmitter<GuestExecEvents> {
+  /** Output bytes the guest may still send before the host grants more. */
+  outputCredit = INITIAL_WINDOW;
+  /** Stdin bytes the host may still send. */
+  stdinCredit = INITIAL_WINDOW;
+  ended = false;
+
+  constructor(
+    private readonly session: AgentSession,
+    readonly stream: number,
+  ) {
+    super();
+  }
+
+  /** Sends stdin; the caller keeps within `stdinCredit` (the guest ends the channel otherwise). */
+  write(data: Buffer): void {
+    for (let off = 0; off < data.length; off += MAX_PAYLOAD) {
+      const chunk = data.subarray(off, off + MAX_PAYLOAD);
+      this.stdinCredit -= chunk.length;
+      this.session.sendOn(this.stream, FrameType.STDIN, chunk);
+    }
+  }
+
+  endInput(): void {
+    this.session.sendOn(this.stream, FrameType.STDIN, Buffer.alloc(0));
+  }
+
+  resize(rows: number, cols: number): void {
+    this.session.sendOn(this.stream, FrameType.RESIZE, encodeWinsize(rows, cols));
+  }
+
+  signal(sig: number): void {
+    this.session.sendOn(this.stream, FrameType.SIGNAL, encodeU32(sig));
+  }
+
+  /** Lets the guest send `n` more bytes of output (after the host consumed them). */
+  grant(n: number): void {
+    if (n <= 0 || this.ended) return;
+    this.outputCredit += n;
+    this.session.sendOn(this.stream, FrameType.WINDOW, encodeU32(n));
+  }
+}
+
 export class AgentSession extends EventEmitter<AgentSessionEvents> {
   private readonly decoder = new FrameDecoder();
   private phase: "hello" | "config" | "started" | "exited" = "hello";
   private closed = false;
+  /** The protocol version agreed with the guest (after HELLO). */
+  version = MIN_PROTOCOL_VERSION;
+  private readonly execs = new Map<number, GuestExec>();
+  private nextStream = 1;
 
   constructor(private readonly socket: Socket) {
     super();
@@ -51,8 +120,42 @@ export class AgentSession extends EventEmitter<AgentSessionEvents> {
 
   sendConfig(cfg: WorkloadConfig): void {
     if (this.phase !== "config") throw new MmError("MM_INTERNAL", `CONFIG sent in phase ${this.phase}`);
-    this.send(FrameType.CONFIG, encodeConfig(cfg));
+    this.send(FrameType.CONFIG, encodeConfig(cfg, this.version));
     this.phase = "started";
+  }
+
+  /** Opens an exec session (protocol v2). */
+  openExec(cfg: ExecConfig): GuestExec {
+    if (this.version < 2) {
+      throw new MmError("MM_AGENT_PROTOCOL", "the guest's mm-init is too old for exec (protocol v1)", {
+        hint: "rebuild the image's root filesystem with a current mm-init (`mm image prune`, then run again)",
+      });
+    }
+    if (this.closed) throw new MmError("MM_ENGINE_IO", "the agent channel is closed");
+    if (this.execs.size >= MAX_SESSIONS) throw new MmError("MM_USAGE", `more than ${MAX_SESSIONS} exec sessions`);
+    while (this.execs.has(this.nextStream) || this.nextStream === 0)
+      this.nextStream = (this.nextStream % 0x7fffffff) + 1;
+    const exec = new GuestExec(this, this.nextStream++);
+    this.execs.set(exec.stream, exec);
+    this.sendOn(exec.stream, FrameType.EXEC, encodeExec(cfg));
+    return exec;
+  }
+
+  /** Re-encodes a client's EXEC payload after checking it parses (the relay path). */
+  openExecRaw(payload: Buffer): GuestExec {
+    const cfg = decodeConfig(payload);
+    return this.openExec({
+      args: cfg.args,
+      env: cfg.env,
+      ...(cfg.cwd !== undefined && { cwd: cfg.cwd }),
+      ...(cfg.user !== undefined && { user: cfg.user }),
+      ...(cfg.tty && { tty: cfg.tty }),
+      ...(cfg.stdin && { stdin: true }),
+    });
+  }
+
+  sendOn(stream: number, type: number, payload?: Buffer): void {
+    if (!this.closed) this.socket.write(encodeFrame(type, payload, stream));
   }
 
   signal(sig: number): void {
@@ -89,17 +192,19 @@ export class AgentSession extends EventEmitter<AgentSessionEvents> {
   }
 
   private onFrame(type: number, stream: number, payload: Buffer): void {
-    if (stream !== 0) throw new MmError("MM_AGENT_PROTOCOL", `frame on stream ${stream} in protocol v1`);
+    if (stream !== 0) return this.onSessionFrame(type, stream, payload);
     switch (type) {
       case FrameType.HELLO: {
         if (this.phase !== "hello") throw new MmError("MM_AGENT_PROTOCOL", "second HELLO");
         const hello = decodeHello(payload);
-        if (hello.minVersion > PROTOCOL_VERSION || hello.maxVersion < PROTOCOL_VERSION) {
+        const version = Math.min(hello.maxVersion, PROTOCOL_VERSION);
+        if (version < Math.max(hello.minVersion, MIN_PROTOCOL_VERSION)) {
           throw new MmError(
             "MM_AGENT_PROTOCOL",
-            `guest speaks versions ${hello.minVersion}-${hello.maxVersion}, host ${PROTOCOL_VERSION}`,
+            `guest speaks versions ${hello.minVersion}-${hello.maxVersion}, host ${MIN_PROTOCOL_VERSION}-${PROTOCOL_VERSION}`,
           );
         }
+        this.version = version;
         this.phase = "config";
         this.emit("hello", hello);
         return;
@@ -137,6 +242,49 @@ export class AgentSession extends EventEmitter<AgentSessionEvents> {
     }
   }
 
+  private onSessionFrame(type: number, stream: number, payload: Buffer): void {
+    const exec = this.execs.get(stream);
+    if (!exec) {
+      // A session the host ended (e.g. after a late WINDOW) may still see stray frames.
+      if (stream < this.nextStream && type !== FrameType.EXEC) return;
+      throw new MmError("MM_AGENT_PROTOCOL", `frame type ${type} on unknown stream ${stream}`);
+    }
+    switch (type) {
+      case FrameType.READY:
+        exec.emit("ready", decodeReady(payload));
+        return;
+      case FrameType.STDOUT:
+      case FrameType.STDERR:
+        exec.outputCredit -= payload.length;
+        if (exec.outputCredit < 0) throw new MmError("MM_AGENT_PROTOCOL", `stream ${stream} sent beyond its window`);
+        exec.emit(type === FrameType.STDOUT ? "stdout" : "stderr", payload);
+        return;
+      case FrameType.WINDOW:
+        exec.stdinCredit += decodeU32(payload, "WINDOW");
+        exec.emit("window", payload.readUInt32BE(0));
+        return;
+      case FrameType.ERROR:
+        exec.emit("guestError", decodeGuestError(payload));
+        return;
+      case FrameType.EXIT: {
+        const status = decodeExit(payload);
+        exec.ended = true;
+        this.execs.delete(stream);
+        exec.emit("exit", status);
+        return;
+      }
+      case FrameType.CONFIG:
+      case FrameType.EXEC:
+      case FrameType.STDIN:
+      case FrameType.SIGNAL:
+      case FrameType.POWEROFF:
+      case FrameType.RESIZE:
+        throw new MmError("MM_AGENT_PROTOCOL", `host-only frame type ${type} sent by the guest`);
+      default:
+        return;
+    }
+  }
+
   private expect(phase: typeof this.phase, what: string): void {
     if (this.phase !== phase) throw new MmError("MM_AGENT_PROTOCOL", `${what} while ${this.phase}`);
   }
@@ -150,6 +298,8 @@ export class AgentSession extends EventEmitter<AgentSessionEvents> {
   private onClose(): void {
     if (this.closed) return;
     this.closed = true;
+    for (const exec of this.execs.values()) exec.emit("lost");
+    this.execs.clear();
     this.emit("close");
   }
 }

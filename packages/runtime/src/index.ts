@@ -1,6 +1,7 @@
 export * from "./agent-session.js";
 export * from "./default-image.js";
 export * from "./doctor.js";
+export * from "./exec-client.js";
 export * from "./images.js";
 export * from "./logs.js";
 export * from "./paths.js";

@@ -20,6 +20,8 @@ export function defaultPaths(env: NodeJS.ProcessEnv = process.env): Paths {
 export const machineDir = (p: Paths, id: string) => join(p.state, "machines", id);
 export const runDir = (p: Paths, id: string) => join(p.state, "run", id);
 export const databasePath = (p: Paths) => join(p.state, "mm.db");
+/** The running machine's exec endpoint (unix socket, 0600). */
+export const execSocket = (p: Paths, id: string) => join(runDir(p, id), "exec.sock");
 
 /** The checkout (or install) root: the directory holding guest/. */
 export function installRoot(): string {

@@ -20,10 +20,11 @@ import {
 import type { PulledImage } from "@mm/image";
 import { type Engine, hostTscKhz, QemuEngine } from "@mm/vmm";
 import { DEFAULT_IMAGE_CONFIG } from "./default-image.js";
+import { ExecClient } from "./exec-client.js";
 import { mapFsError } from "./fs-errors.js";
 import { Images, runConfigOf } from "./images.js";
 import { type LogEntry, logFile, readLog } from "./logs.js";
-import { defaultPaths, machineDir, type Paths, runDir } from "./paths.js";
+import { defaultPaths, execSocket, machineDir, type Paths, runDir } from "./paths.js";
 import { commandLine, isSameProcess } from "./proc.js";
 import { type MachineRecord, Store } from "./store.js";
 import { type RunIo, type RunOutcome, Supervisor } from "./supervisor.js";
@@ -223,6 +224,13 @@ export class Runtime {
     await rm(runDir(this.paths, rec.id), { recursive: true, force: true });
     this.store.remove(rec.id);
     return rec;
+  }
+
+  /** Opens an exec session on a running machine (`mm exec`). */
+  async exec(ref: string): Promise<ExecClient> {
+    const rec = this.find(ref);
+    if (rec.state !== "running") throw new MmError("MM_MACHINE_NOT_RUNNING", `${rec.spec.name} is ${rec.state}`);
+    return ExecClient.connect(execSocket(this.paths, rec.id));
   }
 
   logs(ref: string): LogEntry[] {

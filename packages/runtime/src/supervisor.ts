@@ -4,17 +4,19 @@
 // The same code runs inside a foreground `mm run` and in the detached supervisor.
 
 import { existsSync } from "node:fs";
-import { access } from "node:fs/promises";
+import { access, rm } from "node:fs/promises";
+import type { Server } from "node:net";
 import { constants as osc } from "node:os";
 import { join } from "node:path";
 import { type ExitStatus, type GuestError, MmError, parseSignal, type WorkloadConfig, workloadArgv } from "@mm/core";
 import { chooseAccel, describeExit, type Engine, type RunningVm, TCG_WARNING, type VmExit } from "@mm/vmm";
 import { AgentSession } from "./agent-session.js";
 import { createOverlay, defaultImageRootfs } from "./default-image.js";
+import { serveExecRelay } from "./exec-relay.js";
 import { mapFsError } from "./fs-errors.js";
 import { Images } from "./images.js";
 import { LogWriter, logFile, TextTail } from "./logs.js";
-import { initPath, kernelPath, machineDir, type Paths, runDir } from "./paths.js";
+import { execSocket, initPath, kernelPath, machineDir, type Paths, runDir } from "./paths.js";
 import { processStartTime } from "./proc.js";
 import type { MachineRecord, Store } from "./store.js";
 
@@ -240,10 +242,17 @@ export class Supervisor {
         void vm.kill();
       }
     });
+    let relay: Server | null = null;
     session.on("ready", () => {
       clearTimeout(bootTimer);
       trace("ready");
       this.ready = true;
+      serveExecRelay(execSocket(paths, this.id), () => (session.isClosed ? null : session)).then(
+        (server) => {
+          relay = server;
+        },
+        (e) => io.onWarning?.(`exec endpoint: ${(e as Error).message}`),
+      );
       try {
         rec = store.transition(this.id, "ready");
         io.onReady?.(rec);
@@ -270,6 +279,8 @@ export class Supervisor {
 
     const vmExit: VmExit = await vm.exited;
     trace("vmm exited");
+    (relay as Server | null)?.close();
+    await rm(execSocket(paths, this.id), { force: true });
     clearTimeout(bootTimer);
     session.close();
     const finishedAt = new Date().toISOString();
