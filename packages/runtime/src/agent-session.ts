@@ -192,7 +192,10 @@ export class AgentSession extends EventEmitter<AgentSessionEvents> {
   }
 
   private onFrame(type: number, stream: number, payload: Buffer): void {
-    if (stream !== 0) return this.onSessionFrame(type, stream, payload);
+    if (stream !== 0) {
+      this.onSessionFrame(type, stream, payload);
+      return;
+    }
     switch (type) {
       case FrameType.HELLO: {
         if (this.phase !== "hello") throw new MmError("MM_AGENT_PROTOCOL", "second HELLO");
