@@ -33,7 +33,8 @@ type Fixture = {
 };
 
 const fixtures = resolve(import.meta.dirname, "../../../test/fixtures");
-const h = harness();
+// The registries listen on the host's loopback, so this suite runs mm there, without networking.
+const h = harness("mm-cli-", { netns: false });
 const work = mkdtempSync(join(tmpdir(), "mm-images-"));
 let regs: { plain: string; auth: string; user: string; password: string; stop(): Promise<void> };
 let images: Record<string, Fixture>;

@@ -1,7 +1,8 @@
 // Test harness for the CLI: runs the real `mm` binary against a private state root.
 
-import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -17,6 +18,8 @@ export interface CliResult {
 
 export interface Harness {
   readonly state: string;
+  /** The network namespace every mm command of this harness runs in. */
+  readonly netns: string;
   readonly env: NodeJS.ProcessEnv;
   /** Runs mm with `args` (or, given `argv`, that command line instead, e.g. under `script`). */
   mm(args: string[], extraEnv?: NodeJS.ProcessEnv, input?: string, argv?: string[]): Promise<CliResult>;
@@ -24,11 +27,33 @@ export interface Harness {
   cleanup(): Promise<void>;
 }
 
-export function harness(prefix = "mm-cli-"): Harness {
+/**
+ * Every mm command of a harness runs inside a network namespace the harness creates
+ * (and removes in cleanup): bridges, TAPs, nftables rules and guest traffic never touch
+ * the host's own network. Its resolv.conf names no outside resolver.
+ */
+export function harness(prefix = "mm-cli-", options: { netns?: boolean } = {}): Harness {
   const state = mkdtempSync(join(tmpdir(), prefix));
-  const env = { ...process.env, MM_STATE: state };
+  const useNetns = options.netns ?? true;
+  const netns = useNetns ? `mm-test-${randomBytes(4).toString("hex")}` : "";
+  if (useNetns) {
+    execFileSync("ip", ["netns", "add", netns]);
+    execFileSync("ip", ["-n", netns, "link", "set", "lo", "up"]);
+    mkdirSync(`/etc/netns/${netns}`, { recursive: true });
+    writeFileSync(
+      `/etc/netns/${netns}/resolv.conf`,
+      "# mm test namespace: no outside resolver\nnameserver 127.0.0.1\n",
+    );
+  }
+  // Without a namespace of its own, a suite's machines get no network at all.
+  const env = { ...process.env, MM_STATE: state, ...(useNetns ? {} : { MM_NETWORK: "none" }) };
   const spawnMm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}, stdin: "ignore" | "pipe" = "ignore") =>
-    spawn(process.execPath, [CLI, ...args], { env: { ...env, ...extraEnv }, stdio: [stdin, "pipe", "pipe"] });
+    useNetns
+      ? spawn("ip", ["netns", "exec", netns, process.execPath, CLI, ...args], {
+          env: { ...env, ...extraEnv },
+          stdio: [stdin, "pipe", "pipe"],
+        })
+      : spawn(process.execPath, [CLI, ...args], { env: { ...env, ...extraEnv }, stdio: [stdin, "pipe", "pipe"] });
   const mm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}, input?: string, argv?: string[]) =>
     new Promise<CliResult>((resolvePromise) => {
       const stdin = input === undefined ? "ignore" : "pipe";
@@ -49,12 +74,17 @@ export function harness(prefix = "mm-cli-"): Harness {
   return {
     state,
     env,
+    netns,
     mm,
     spawnMm,
     async cleanup() {
       const ids = (await mm(["ps", "-a", "-q"])).stdout.split("\n").filter(Boolean);
       if (ids.length > 0) await mm(["rm", "-f", ...ids]);
       rmSync(state, { recursive: true, force: true });
+      if (useNetns) {
+        execFileSync("ip", ["netns", "del", netns]);
+        rmSync(`/etc/netns/${netns}`, { recursive: true, force: true });
+      }
     },
   };
 }
