@@ -11,7 +11,8 @@ const ALLOWED = {
   "packages/core": [],
   "packages/vmm": ["@mm/core"],
   "packages/image": ["@mm/core"],
-  "packages/runtime": ["@mm/core", "@mm/vmm", "@mm/image"],
+  "packages/net": ["@mm/core"],
+  "packages/runtime": ["@mm/core", "@mm/vmm", "@mm/image", "@mm/net"],
   "apps/cli": ["@mm/core", "@mm/runtime"],
 };
 const IO_MODULES =

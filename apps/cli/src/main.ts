@@ -9,10 +9,13 @@ import { Command, CommanderError } from "@commander-js/extra-typings";
 import { DEFAULT_IMAGE, isActive, MmError, parseCpus, parseDiskSize, parseMemory, validateEnv } from "@mm/core";
 import {
   doctor,
+  formatPublishedList,
   imagesInUse,
   type LogEntry,
   type MachineRecord,
+  parseEgress,
   parseLogLines,
+  parsePublish,
   type RunOutcome,
   Runtime,
   type Supervisor,
@@ -137,6 +140,16 @@ export function buildProgram(): Command {
       [] as string[],
     )
     .option("-q, --quiet", "no pull progress", false)
+    .option("--network <mode>", "bridge (address, NAT out) or none", undefined)
+    .option(
+      "-p, --publish <[ip:]host:guest[/proto]>",
+      "publish a guest port on the host (repeatable)",
+      collect,
+      [] as string[],
+    )
+    .option("--network-group <name>", "machines in the same group can reach each other")
+    .option("--egress <policy>", "allow | deny | CIDR[:port[/proto]],... the machine may connect to")
+    .option("--dns <ip>", "resolver for the guest (repeatable; default: the host's)", collect, [] as string[])
     .option("--json", "machine-readable output", false)
     .passThroughOptions()
     .action(async (image, command, opts) => {
@@ -162,6 +175,13 @@ export function buildProgram(): Command {
           ...(opts.user !== undefined && { user: opts.user }),
           autoRemove: opts.rm,
           ...(diskSizeMib !== undefined && { diskSizeMib }),
+          network: {
+            ...(opts.network !== undefined && { mode: networkMode(opts.network) }),
+            publish: opts.publish.map(parsePublish),
+            ...(opts.networkGroup !== undefined && { group: opts.networkGroup }),
+            ...(opts.egress !== undefined && { egress: parseEgress(opts.egress) }),
+            ...(opts.dns.length > 0 && { dns: opts.dns }),
+          },
         });
         if (opts.detach) {
           const r = await rt.startDetached(rec.id);
@@ -197,7 +217,14 @@ export function buildProgram(): Command {
         const all = rt
           .list()
           .filter((r) => opts.all || r.state === "running" || r.state === "starting" || r.state === "stopping");
-        if (opts.json) process.stdout.write(`${JSON.stringify(all.map(publicRecord), null, 2)}\n`);
+        if (opts.json)
+          process.stdout.write(
+            `${JSON.stringify(
+              all.map((r) => publicRecord(r, rt.store.lease(r.id)?.ip)),
+              null,
+              2,
+            )}\n`,
+          );
         else if (opts.quiet) process.stdout.write(all.map((r) => `${r.id}\n`).join(""));
         else
           process.stdout.write(
@@ -208,7 +235,7 @@ export function buildProgram(): Command {
                 imageText(r.spec.image),
                 commandText(r),
                 statusText(r),
-                r.spec.imageConfig.exposedPorts.join(", "),
+                portsText(r),
                 r.accel ?? "",
                 r.spec.name,
               ]),
@@ -486,6 +513,22 @@ export function buildProgram(): Command {
     });
 
   program
+    .command("port")
+    .description("list a machine's published ports")
+    .argument("<machine>")
+    .action((ref) => {
+      const rt = runtime();
+      try {
+        const r = rt.find(ref);
+        for (const p of r.spec.network?.publish ?? []) {
+          process.stdout.write(`${p.guestPort}/${p.proto} -> ${p.hostIp ?? "0.0.0.0"}:${p.hostPort}\n`);
+        }
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
     .command("wait")
     .description("wait until machines stop, then print their exit codes")
     .argument("<machines...>")
@@ -510,7 +553,10 @@ export function buildProgram(): Command {
       try {
         process.stdout.write(
           `${JSON.stringify(
-            refs.map((r) => publicRecord(rt.find(r))),
+            refs.map((ref) => {
+              const r = rt.find(ref);
+              return publicRecord(r, rt.store.lease(r.id)?.ip);
+            }),
             null,
             2,
           )}\n`,
@@ -593,16 +639,31 @@ async function ensureImage(
   }
 }
 
+function networkMode(m: string): "bridge" | "none" {
+  if (m === "bridge" || m === "none") return m;
+  throw new MmError("MM_USAGE", `--network "${m}": use bridge or none`);
+}
+
+/** Published ports first (Docker's 0.0.0.0:8080->80/tcp), then ports the image only exposes. */
+function portsText(r: MachineRecord): string {
+  const published = r.spec.network?.publish ?? [];
+  const exposedOnly = r.spec.imageConfig.exposedPorts.filter(
+    (e) => !published.some((p) => `${p.guestPort}/${p.proto}` === e),
+  );
+  return [formatPublishedList(published), ...exposedOnly].filter(Boolean).join(", ");
+}
+
 function imageText(image: string): string {
   return image.replace(/^docker\.io\/(library\/)?/, "");
 }
 
-function publicRecord(r: MachineRecord) {
+function publicRecord(r: MachineRecord, ip?: string) {
   return {
     id: r.id,
     name: r.spec.name,
     image: r.spec.image,
     state: r.state,
+    ip: ip ?? null,
     accel: r.accel,
     exitCode: r.exitCode,
     error: r.error,

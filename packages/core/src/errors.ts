@@ -196,6 +196,41 @@ export const ERRORS = {
     hint: "the VMM was stopped with it; `mm rm NAME` cleans up, `mm start NAME` boots it again",
     exit: 125,
   },
+  MM_INVALID_NETWORK: {
+    summary: "invalid network setting",
+    hint: "the message names the bad value; subnets are IPv4 a.b.c.d/N (N 8-30) overlapping no host route",
+    exit: 125,
+  },
+  MM_ADDRESS_EXHAUSTED: {
+    summary: "no free IP address left in the machines' subnet",
+    hint: "remove machines you no longer need (`mm ps -a`, `mm rm`), or configure a larger subnet",
+    exit: 125,
+  },
+  MM_ADDRESS_IN_USE: {
+    summary: "the requested IP address is already in use",
+    hint: "choose another address, or leave it out to get the next free one",
+    exit: 125,
+  },
+  MM_INVALID_PORT: {
+    summary: "invalid port mapping",
+    hint: "write -p [hostIP:]hostPort:guestPort[/tcp|udp] with ports 1-65535, e.g. -p 8080:80 or -p 127.0.0.1:53:53/udp",
+    exit: 125,
+  },
+  MM_PORT_IN_USE: {
+    summary: "the host port is already taken",
+    hint: "pick another host port; `mm ps` shows the ports machines publish",
+    exit: 125,
+  },
+  MM_NET_PERMISSION: {
+    summary: "not allowed to set up the host network",
+    hint: "run as root, or with CAP_NET_ADMIN (bridges, TAP devices, nftables, IP forwarding)",
+    exit: 125,
+  },
+  MM_NET_SETUP: {
+    summary: "setting up the host network failed",
+    hint: "the message has the failing command; `mm doctor` checks and repairs the host network",
+    exit: 125,
+  },
   MM_INTERNAL: { summary: "internal error", hint: "please report it with the output of `mm doctor`", exit: 125 },
 } as const satisfies Record<string, ErrorDefinition>;
 

@@ -22,6 +22,21 @@ export interface ImageRunConfig {
   readonly exposedPorts: readonly string[];
 }
 
+/** How a machine is networked (`--network`, `-p`, `--network-group`, `--egress`, `--dns`). */
+export interface NetworkSpec {
+  /** bridge: a TAP on mm's bridge with NAT out; none: no NIC at all. */
+  readonly mode: "bridge" | "none";
+  /** Machines sharing a group reach each other; without one a machine reaches no other guest. */
+  readonly group?: string;
+  readonly egress:
+    | "allow"
+    | "deny"
+    | { readonly allow: readonly { cidr: string; proto?: "tcp" | "udp"; ports?: readonly number[] }[] };
+  readonly publish: readonly { hostIp?: string; hostPort: number; guestPort: number; proto: "tcp" | "udp" }[];
+  /** Resolvers for the guest; the host's (non-loopback) ones when absent. */
+  readonly dns?: readonly string[];
+}
+
 export interface MachineSpec {
   readonly name: string;
   /** Normalised image reference (or DEFAULT_IMAGE). */
@@ -42,6 +57,8 @@ export interface MachineSpec {
   readonly autoRemove: boolean;
   /** Size of the machine's root disk in MiB (`--disk-size`); the image's size when absent. */
   readonly diskSizeMib?: number;
+  /** Absent in records from before networking: treated as mode "none". */
+  readonly network?: NetworkSpec;
 }
 
 const UNITS: Record<string, number> = { "": 1, m: 1, mb: 1, mi: 1, mib: 1, g: 1024, gb: 1024, gi: 1024, gib: 1024 };

@@ -4,6 +4,7 @@ export * from "./doctor.js";
 export * from "./exec-client.js";
 export * from "./images.js";
 export * from "./logs.js";
+export * from "./network.js";
 export * from "./paths.js";
 export * from "./runtime.js";
 export * from "./store.js";

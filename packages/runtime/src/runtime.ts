@@ -14,6 +14,7 @@ import {
   type MachineSpec,
   MmError,
   machineId,
+  type NetworkSpec,
   validateEnv,
   validateName,
 } from "@mm/core";
@@ -24,6 +25,7 @@ import { ExecClient } from "./exec-client.js";
 import { mapFsError } from "./fs-errors.js";
 import { Images, runConfigOf } from "./images.js";
 import { type LogEntry, logFile, readLog } from "./logs.js";
+import { checkPortConflicts } from "./network.js";
 import { defaultPaths, execSocket, machineDir, type Paths, runDir } from "./paths.js";
 import { commandLine, isSameProcess } from "./proc.js";
 import { type MachineRecord, Store } from "./store.js";
@@ -43,6 +45,8 @@ export interface CreateInput {
   readonly user?: string;
   readonly autoRemove?: boolean;
   readonly diskSizeMib?: number;
+  /** Default: bridge (MM_NETWORK overrides the default). */
+  readonly network?: Partial<NetworkSpec>;
 }
 
 export interface RuntimeOptions {
@@ -97,7 +101,24 @@ export class Runtime {
       ...(input.workdir !== undefined && { workdir: input.workdir }),
       ...(input.user !== undefined && { user: input.user }),
       ...(input.diskSizeMib !== undefined && { diskSizeMib: input.diskSizeMib }),
+      network: {
+        mode: input.network?.mode ?? (this.env.MM_NETWORK === "none" ? "none" : "bridge"),
+        egress: input.network?.egress ?? "allow",
+        publish: input.network?.publish ?? [],
+        ...(input.network?.group !== undefined && { group: input.network.group }),
+        ...(input.network?.dns !== undefined && { dns: input.network.dns }),
+      },
     };
+    if (spec.network?.mode === "none" && (spec.network.publish.length > 0 || spec.network.group)) {
+      throw new MmError("MM_USAGE", "-p and --network-group need a network (not --network none)");
+    }
+    if (spec.network && spec.network.publish.length > 0) {
+      // Ports stay reserved by machines that exist and may start again, as in Docker.
+      const taken = this.list()
+        .filter((r) => r.state !== "failed")
+        .flatMap((r) => r.spec.network?.publish ?? []);
+      checkPortConflicts(spec.network.publish, taken);
+    }
     if (spec.workdir !== undefined && !spec.workdir.startsWith("/")) {
       throw new MmError("MM_USAGE", `working directory "${spec.workdir}" must be absolute`);
     }

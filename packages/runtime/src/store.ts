@@ -61,7 +61,26 @@ CREATE TABLE IF NOT EXISTS machines (
   started_at TEXT,
   finished_at TEXT
 ) STRICT;
+CREATE TABLE IF NOT EXISTS leases (
+  machine_id TEXT PRIMARY KEY,
+  ip TEXT NOT NULL UNIQUE,
+  mac TEXT NOT NULL,
+  tap TEXT NOT NULL,
+  subnet TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS settings (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+) STRICT;
 `;
+
+export interface Lease {
+  readonly machineId: string;
+  readonly ip: string;
+  readonly mac: string;
+  readonly tap: string;
+  readonly subnet: string;
+}
 
 function toRecord(r: Row): MachineRecord {
   return {
@@ -200,6 +219,56 @@ export class Store {
 
   remove(id: string): void {
     this.db.prepare("DELETE FROM machines WHERE id = ?").run(id);
+    this.db.prepare("DELETE FROM leases WHERE machine_id = ?").run(id);
+  }
+
+  /** Runs `fn` holding the database's write lock: concurrent mm processes queue here. */
+  exclusive<T>(fn: () => T): T {
+    this.db.exec("BEGIN IMMEDIATE");
+    try {
+      const r = fn();
+      this.db.exec("COMMIT");
+      return r;
+    } catch (e) {
+      this.db.exec("ROLLBACK");
+      throw e;
+    }
+  }
+
+  setting(key: string): string | undefined {
+    return (this.db.prepare("SELECT value FROM settings WHERE key = ?").get(key) as { value: string } | undefined)
+      ?.value;
+  }
+
+  setSetting(key: string, value: string): void {
+    this.db
+      .prepare("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+      .run(key, value);
+  }
+
+  lease(machineId: string): Lease | undefined {
+    const r = this.db.prepare("SELECT * FROM leases WHERE machine_id = ?").get(machineId) as
+      | { machine_id: string; ip: string; mac: string; tap: string; subnet: string }
+      | undefined;
+    return r && { machineId: r.machine_id, ip: r.ip, mac: r.mac, tap: r.tap, subnet: r.subnet };
+  }
+
+  leases(): Lease[] {
+    return (
+      this.db.prepare("SELECT * FROM leases").all() as {
+        machine_id: string;
+        ip: string;
+        mac: string;
+        tap: string;
+        subnet: string;
+      }[]
+    ).map((r) => ({ machineId: r.machine_id, ip: r.ip, mac: r.mac, tap: r.tap, subnet: r.subnet }));
+  }
+
+  addLease(l: Lease): void {
+    this.db
+      .prepare("INSERT INTO leases (machine_id, ip, mac, tap, subnet) VALUES (?, ?, ?, ?, ?)")
+      .run(l.machineId, l.ip, l.mac, l.tap, l.subnet);
   }
 
   private write(id: string, state: MachineState | undefined, fields: TransitionFields): void {

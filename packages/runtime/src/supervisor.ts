@@ -8,7 +8,15 @@ import { access, rm } from "node:fs/promises";
 import type { Server } from "node:net";
 import { constants as osc } from "node:os";
 import { join } from "node:path";
-import { type ExitStatus, type GuestError, MmError, parseSignal, type WorkloadConfig, workloadArgv } from "@mm/core";
+import {
+  type ExitStatus,
+  type GuestError,
+  MmError,
+  type NetworkIdentity,
+  parseSignal,
+  type WorkloadConfig,
+  workloadArgv,
+} from "@mm/core";
 import { chooseAccel, describeExit, type Engine, type RunningVm, TCG_WARNING, type VmExit } from "@mm/vmm";
 import { AgentSession } from "./agent-session.js";
 import { createOverlay, defaultImageRootfs } from "./default-image.js";
@@ -16,6 +24,7 @@ import { serveExecRelay } from "./exec-relay.js";
 import { mapFsError } from "./fs-errors.js";
 import { Images } from "./images.js";
 import { LogWriter, logFile, TextTail } from "./logs.js";
+import { HostNetwork, networkOf } from "./network.js";
 import { execSocket, initPath, kernelPath, machineDir, type Paths, runDir } from "./paths.js";
 import { processStartTime } from "./proc.js";
 import type { MachineRecord, Store } from "./store.js";
@@ -99,6 +108,7 @@ export class Supervisor {
   }
 
   private ready = false;
+  private attached = false;
   private stopSignal: number = osc.signals.SIGTERM;
 
   /** Graceful stop: signal the workload, then power off after `timeoutS`, then kill. */
@@ -124,6 +134,7 @@ export class Supervisor {
 
   async run(io: RunIo = {}): Promise<RunOutcome> {
     const { store, paths } = this.ctx;
+    const { env } = this.ctx;
     let rec = store.transition(this.id, "boot", {
       supervisorPid: process.pid,
       supervisorStart: processStartTime(process.pid),
@@ -151,6 +162,7 @@ export class Supervisor {
     } finally {
       for (const t of this.stopTimers) clearTimeout(t);
       log?.close();
+      if (this.attached) await new HostNetwork(store, env).detach(rec).catch(() => undefined);
     }
   }
 
@@ -192,6 +204,15 @@ export class Supervisor {
     store.update(this.id, { accel: accel.accel });
     trace(`accel ${accel.accel}`);
 
+    let nic: { tap: string; mac: string } | undefined;
+    let identity: NetworkIdentity | undefined;
+    if (networkOf(rec).mode === "bridge") {
+      this.attached = true;
+      const a = await new HostNetwork(store, env).attach(rec, hostnameFor(rec.spec.name));
+      nic = { tap: a.lease.tap, mac: a.lease.mac };
+      identity = a.identity;
+      trace(`network ${a.identity.address}`);
+    }
     const consoleTail = new TextTail();
     const vm = await engine.boot({
       id: this.id,
@@ -206,6 +227,7 @@ export class Supervisor {
       memoryMib: rec.spec.memoryMib,
       accel: accel.accel,
       agentChannel: true,
+      ...(nic && { nic }),
       onConsole: (d) => {
         log.write("console", d);
         consoleTail.push(d);
@@ -236,7 +258,7 @@ export class Supervisor {
     session.on("hello", () => {
       trace("hello");
       try {
-        session.sendConfig(config);
+        session.sendConfig(identity ? { ...config, network: identity } : config);
       } catch (e) {
         protocolError = e instanceof MmError ? e : new MmError("MM_INTERNAL", String(e));
         void vm.kill();

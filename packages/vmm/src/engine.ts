@@ -28,6 +28,8 @@ export interface BootSpec {
   readonly onConsole?: (chunk: Buffer) => void;
   /** Whether the guest carries an agent channel (the probe boots without one). */
   readonly agentChannel: boolean;
+  /** A virtio-net NIC on an existing TAP device (created by the host network code). */
+  readonly nic?: { readonly tap: string; readonly mac: string };
 }
 
 export interface VmExit {

@@ -83,6 +83,20 @@ describe("buildQemuArgs", () => {
     assert.ok(!values(none, "-chardev").some((d) => d.includes("agent")));
   });
 
+  test("a NIC joins its TAP with the machine's MAC; none without one", () => {
+    const a = build(spec({ nic: { tap: "mmtabc123", mac: "02:aa:bb:cc:dd:ee" } }));
+    assert.deepEqual(values(a, "-netdev"), ["tap,id=net0,ifname=mmtabc123,script=no,downscript=no"]);
+    assert.ok(values(a, "-device").includes("virtio-net-device,netdev=net0,mac=02:aa:bb:cc:dd:ee"));
+    assert.deepEqual(values(build(spec()), "-netdev"), []);
+    for (const nic of [
+      { tap: "a,b", mac: "02:aa:bb:cc:dd:ee" },
+      { tap: "x".repeat(16), mac: "02:aa:bb:cc:dd:ee" },
+      { tap: "t", mac: "zz" },
+    ]) {
+      assert.throws(() => build(spec({ nic })), RangeError);
+    }
+  });
+
   test("console on stdio, pidfile, process name", () => {
     const a = build(spec());
     assert.deepEqual(values(a, "-serial"), ["chardev:console"]);

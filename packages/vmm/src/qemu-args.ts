@@ -92,6 +92,16 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     "-pidfile",
     input.pidFile,
   ];
+  if (spec.nic) {
+    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(spec.nic.tap)) throw new RangeError(`bad TAP name "${spec.nic.tap}"`);
+    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(spec.nic.mac)) throw new RangeError(`bad MAC "${spec.nic.mac}"`);
+    args.push(
+      "-netdev",
+      `tap,id=net0,ifname=${spec.nic.tap},script=no,downscript=no`,
+      "-device",
+      `virtio-net-device,netdev=net0,mac=${spec.nic.mac}`,
+    );
+  }
   if (spec.agentChannel) {
     args.push(
       "-device",

@@ -1,0 +1,148 @@
+// Networking end to end, inside the test's own network namespace: addresses from IPAM,
+// groups, anti-spoofing, NAT and egress policy towards an "outside" namespace, and
+// published ports reached from the namespace (the host's view) with curl.
+
+import assert from "node:assert/strict";
+import { execFile, execFileSync } from "node:child_process";
+import { after, before, describe, test } from "node:test";
+import { harness } from "./test-helpers.js";
+
+const h = harness("mm-net-");
+const outside = `${h.netns}-out`;
+const OUTSIDE_IP = "198.51.100.2"; // TEST-NET-2, only inside this test's namespaces
+
+type M = { name: string; ip: string | null; state: string };
+const inspect = async (name: string): Promise<M> => (JSON.parse((await h.mm(["inspect", name])).stdout) as M[])[0] as M;
+const inNs = (ns: string, cmd: string[]) =>
+  new Promise<{ code: number; out: string }>((resolve) =>
+    execFile("ip", ["netns", "exec", ns, ...cmd], { timeout: 20_000 }, (e, out) =>
+      resolve({ code: e ? ((e as { code?: number }).code ?? 1) : 0, out: String(out) }),
+    ),
+  );
+
+before(() => {
+  // An "outside world" namespace, linked to the test namespace by a veth pair.
+  execFileSync("ip", ["netns", "add", outside]);
+  execFileSync("ip", [
+    "-n",
+    h.netns,
+    "link",
+    "add",
+    "mmveth0",
+    "type",
+    "veth",
+    "peer",
+    "name",
+    "mmveth1",
+    "netns",
+    outside,
+  ]);
+  execFileSync("ip", ["-n", h.netns, "addr", "add", "198.51.100.1/24", "dev", "mmveth0"]);
+  execFileSync("ip", ["-n", h.netns, "link", "set", "mmveth0", "up"]);
+  execFileSync("ip", ["-n", outside, "addr", "add", `${OUTSIDE_IP}/24`, "dev", "mmveth1"]);
+  execFileSync("ip", ["-n", outside, "link", "set", "mmveth1", "up"]);
+  execFileSync("ip", ["-n", outside, "link", "set", "lo", "up"]);
+});
+after(async () => {
+  await h.cleanup();
+  execFileSync("ip", ["netns", "del", outside]);
+});
+
+describe("addresses and groups", () => {
+  test("machines get distinct addresses from the subnet, shown by inspect", async () => {
+    for (const [name, group] of [
+      ["a", "g1"],
+      ["b", "g1"],
+      ["loner", ""],
+    ]) {
+      const args = [
+        "run",
+        "-d",
+        "--name",
+        name as string,
+        ...(group ? ["--network-group", group as string] : []),
+        "--",
+        "sleep",
+        "600",
+      ];
+      const r = await h.mm(args);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const ips = await Promise.all(["a", "b", "loner"].map(async (n) => (await inspect(n)).ip));
+    assert.equal(new Set(ips).size, 3);
+    for (const ip of ips) assert.match(ip ?? "", /^\d+\.\d+\.\d+\.\d+$/);
+  });
+
+  test("machines in one group reach each other; others do not", async () => {
+    const a = (await inspect("a")).ip as string;
+    const same = await h.mm(["run", "--rm", "--network-group", "g1", "--", "ping", "-c1", "-W3", a]);
+    assert.equal(same.code, 0, `same group: ${same.stdout}${same.stderr}`);
+    const other = await h.mm(["run", "--rm", "--", "ping", "-c1", "-W2", a]);
+    assert.notEqual(other.code, 0, "a machine outside the group got through");
+  });
+
+  test("a guest spoofing another source address gets nothing through", async () => {
+    const a = (await inspect("a")).ip as string;
+    const spoof = await h.mm([
+      "run",
+      "--rm",
+      "--network-group",
+      "g1",
+      "--",
+      "sh",
+      "-c",
+      `ip addr add 10.88.250.250/16 dev eth0 && ping -c1 -W2 -I 10.88.250.250 ${a}`,
+    ]);
+    assert.notEqual(spoof.code, 0, `spoofed ping answered: ${spoof.stdout}`);
+  });
+});
+
+describe("outside world", () => {
+  test("by default a guest reaches outside through NAT", async () => {
+    const r = await h.mm(["run", "--rm", "--", "ping", "-c1", "-W3", OUTSIDE_IP]);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+  });
+
+  test("--egress deny blocks it; an allow-list admits only what it names", async () => {
+    const denied = await h.mm(["run", "--rm", "--egress", "deny", "--", "ping", "-c1", "-W2", OUTSIDE_IP]);
+    assert.notEqual(denied.code, 0, "deny-all egress let a packet out");
+    const listed = await h.mm(["run", "--rm", "--egress", `${OUTSIDE_IP}/32`, "--", "ping", "-c1", "-W3", OUTSIDE_IP]);
+    assert.equal(listed.code, 0, listed.stdout + listed.stderr);
+    const other = await h.mm(["run", "--rm", "--egress", "203.0.113.0/24", "--", "ping", "-c1", "-W2", OUTSIDE_IP]);
+    assert.notEqual(other.code, 0);
+  });
+});
+
+describe("published ports", () => {
+  test("-p publishes a guest port on the host: curl from the namespace reaches it", async () => {
+    const r = await h.mm([
+      "run",
+      "-d",
+      "--name",
+      "web",
+      "-p",
+      "8080:80",
+      "--",
+      "sh",
+      "-c",
+      "mkdir -p /www && echo hello from the guest > /www/index.html && httpd -f -p 80 -h /www",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await h.mm(["port", "web"])).stdout, "80/tcp -> 0.0.0.0:8080\n");
+    assert.match((await h.mm(["ps"])).stdout, /0\.0\.0\.0:8080->80\/tcp/);
+    let body = "";
+    for (let i = 0; i < 50 && !body; i++) {
+      body = (await inNs(h.netns, ["curl", "-s", "--max-time", "2", "http://127.0.0.1:8080/"])).out;
+      if (!body) await new Promise((res) => setTimeout(res, 200));
+    }
+    assert.equal(body, "hello from the guest\n");
+    const viaOutside = await inNs(outside, ["curl", "-s", "--max-time", "3", "http://198.51.100.1:8080/"]);
+    assert.equal(viaOutside.out, "hello from the guest\n", "from another host on the network");
+  });
+
+  test("a taken host port is MM_PORT_IN_USE", async () => {
+    const r = await h.mm(["run", "--rm", "-p", "8080:81", "--", "true"]);
+    assert.equal(r.code, 125);
+    assert.match(r.stderr, /MM_PORT_IN_USE/);
+  });
+});

@@ -1,0 +1,4 @@
+export * from "./host-net.js";
+export * from "./ipam.js";
+export * from "./nft-plan.js";
+export * from "./ports.js";
