@@ -1,0 +1,117 @@
+// The host end of the channel against a hostile guest: well-formed conversations work,
+// and random or oversized bytes from the guest close that channel and nothing else.
+
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { connect, createServer, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import { encodeExit, encodeFrame, encodeHello, encodeU32, FrameType, INITIAL_WINDOW, MAX_PAYLOAD } from "@mm/core";
+import fc from "fast-check";
+import { AgentSession } from "./agent-session.js";
+
+const dir = mkdtempSync(join(tmpdir(), "mm-agent-"));
+after(() => rmSync(dir, { recursive: true, force: true }));
+let n = 0;
+
+/** A connected pair: the host's AgentSession and the raw socket a fake guest writes to. */
+async function pair(): Promise<{ session: AgentSession; guest: Socket }> {
+  const path = join(dir, `s${n++}.sock`);
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(path, r));
+  const accepted = new Promise<Socket>((r) => server.once("connection", r));
+  const guest = connect(path);
+  const host = await accepted;
+  server.close();
+  return { session: new AgentSession(host), guest };
+}
+
+const hello = (max = 2) => encodeFrame(FrameType.HELLO, encodeHello({ minVersion: 1, maxVersion: max, agent: "fake" }));
+
+test("HELLO negotiates the highest common version", async () => {
+  for (const [max, want] of [
+    [1, 1],
+    [2, 2],
+    [9, 2],
+  ] as const) {
+    const { session, guest } = await pair();
+    const got = new Promise<number>((r) => session.once("hello", () => r(session.version)));
+    guest.write(hello(max));
+    assert.equal(await got, want);
+    guest.destroy();
+  }
+});
+
+test("an exec session's output beyond its window ends the channel", async () => {
+  const { session, guest } = await pair();
+  await new Promise<void>((r) => {
+    session.once("hello", () => r());
+    guest.write(hello());
+  });
+  session.sendConfig({ args: ["sleep", "1"], env: [] });
+  const exec = session.openExec({ args: ["cat"], env: [] });
+  const err = new Promise<string>((r) => session.once("protocolError", (e) => r(e.code)));
+  const big = Buffer.alloc(MAX_PAYLOAD);
+  for (let sent = 0; sent <= INITIAL_WINDOW; sent += big.length)
+    guest.write(encodeFrame(FrameType.STDOUT, big, exec.stream));
+  assert.equal(await err, "MM_AGENT_PROTOCOL");
+  guest.destroy();
+});
+
+test("within the window, output, WINDOW and EXIT flow to the session", async () => {
+  const { session, guest } = await pair();
+  await new Promise<void>((r) => {
+    session.once("hello", () => r());
+    guest.write(hello());
+  });
+  session.sendConfig({ args: ["sleep", "1"], env: [] });
+  const exec = session.openExec({ args: ["cat"], env: [], stdin: true });
+  const seen: string[] = [];
+  exec.on("stdout", (d) => seen.push(`out:${d}`));
+  exec.on("window", (w) => seen.push(`window:${w}`));
+  const exit = new Promise<number>((r) => exec.on("exit", (s) => r(s.status)));
+  guest.write(encodeFrame(FrameType.STDOUT, Buffer.from("hi"), exec.stream));
+  guest.write(encodeFrame(FrameType.WINDOW, encodeU32(10), exec.stream));
+  guest.write(encodeFrame(FrameType.EXIT, encodeExit({ status: 3, signal: 0 }), exec.stream));
+  assert.equal(await exit, 3);
+  assert.deepEqual(seen, ["out:hi", "window:10"]);
+  assert.equal(exec.stdinCredit, INITIAL_WINDOW + 10);
+  guest.destroy();
+});
+
+test("fuzz: random bytes after HELLO never throw on the host; the channel closes or carries on", async () => {
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(fc.uint8Array({ maxLength: 200 }), { maxLength: 8 }),
+      fc.boolean(),
+      async (chunks, oversized) => {
+        const { session, guest } = await pair();
+        const errors: unknown[] = [];
+        session.on("protocolError", () => undefined);
+        session.on("hello", () => {
+          try {
+            session.sendConfig({ args: ["x"], env: [] });
+          } catch (e) {
+            errors.push(e);
+          }
+        });
+        guest.on("error", () => undefined);
+        guest.write(hello());
+        for (const c of chunks) guest.write(c);
+        if (oversized) {
+          const h = Buffer.alloc(4);
+          h.writeUInt32BE(5 + MAX_PAYLOAD + 1);
+          guest.write(h);
+        }
+        await new Promise((r) => setTimeout(r, 5));
+        if (oversized) {
+          await new Promise<void>((r) => (session.isClosed ? r() : session.once("close", () => r())));
+        }
+        guest.destroy();
+        assert.deepEqual(errors, []);
+      },
+    ),
+    { numRuns: 60 },
+  );
+});
