@@ -19,6 +19,8 @@ const work = mkdtempSync(join(tmpdir(), "mm-bench-pull-"));
 const regs = await startRegistries({ dir: join(work, "registry") });
 const pushed = await pushFixtureImages(regs, await buildFixtureImages({ log: () => undefined }));
 const init = initPath(process.env);
+const { guestTools } = await import(join(root, "packages/runtime/dist/index.js"));
+const tools = (await guestTools(defaultPaths({ MM_STATE: work }))).files;
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
@@ -30,7 +32,7 @@ async function mmCold(ref, i) {
   const images = new Images(defaultPaths({ MM_STATE: state, MM_CACHE: join(work, "cache") }), {});
   const t = process.hrtime.bigint();
   const img = await images.pull(ref, { insecureRegistries: [regs.plain] });
-  await images.rootfs(img, init);
+  await images.rootfs(img, init, tools);
   const took = ms(t);
   rmSync(state, { recursive: true, force: true });
   return took;
@@ -71,11 +73,11 @@ try {
   const state = join(work, "warm");
   const images = new Images(defaultPaths({ MM_STATE: state, MM_CACHE: join(work, "cache") }), {});
   const ref = pushed.images.web.ref;
-  await images.rootfs(await images.pull(ref, { insecureRegistries: [regs.plain] }), init);
+  await images.rootfs(await images.pull(ref, { insecureRegistries: [regs.plain] }), init, tools);
   const warm = [];
   for (let i = 0; i < 20; i++) {
     const t = process.hrtime.bigint();
-    await images.rootfs(await images.ensure(ref, { insecureRegistries: [regs.plain] }), init);
+    await images.rootfs(await images.ensure(ref, { insecureRegistries: [regs.plain] }), init, tools);
     warm.push(ms(t));
   }
   rows.push({ name: "warm resolution", warm: median(warm), all: warm });

@@ -3,21 +3,28 @@
 // `mm`: the command line. It parses flags, calls the runtime, and renders results;
 // it holds no lifecycle logic of its own.
 
+import { spawn } from "node:child_process";
 import { closeSync, openSync, readFileSync, readSync, statSync } from "node:fs";
+import { constants as osConstants } from "node:os";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError } from "@commander-js/extra-typings";
 import { DEFAULT_IMAGE, isActive, MmError, parseCpus, parseDiskSize, parseMemory, validateEnv } from "@mm/core";
 import {
+  defaultPublicKey,
   doctor,
   formatPublishedList,
+  hostKeyAlias,
   imagesInUse,
+  knownHostsPath,
   type LogEntry,
   type MachineRecord,
+  machineDir as machineDirOf0,
   parseEgress,
   parseLogLines,
   parsePublish,
   type RunOutcome,
   Runtime,
+  readPublicKey,
   type Supervisor,
 } from "@mm/runtime";
 import Table from "cli-table3";
@@ -150,6 +157,9 @@ export function buildProgram(): Command {
     .option("--network-group <name>", "machines in the same group can reach each other")
     .option("--egress <policy>", "allow | deny | CIDR[:port[/proto]],... the machine may connect to")
     .option("--dns <ip>", "resolver for the guest (repeatable; default: the host's)", collect, [] as string[])
+    .option("--ssh", "start an SSH server in the guest for your public key (`mm ssh NAME`)", false)
+    .option("--ssh-key <file.pub>", "public key to authorize (default: yours, ~/.ssh/id_*.pub)")
+    .option("--ssh-user <user>", "user to log in as", "root")
     .option("--json", "machine-readable output", false)
     .passThroughOptions()
     .action(async (image, command, opts) => {
@@ -163,8 +173,17 @@ export function buildProgram(): Command {
           image === undefined || image === DEFAULT_IMAGE
             ? undefined
             : await ensureImage(rt, image, { ...opts, pull: pullPolicy(opts.pull) });
+        const sshKey =
+          opts.ssh || opts.sshKey ? await (opts.sshKey ? readPublicKey(opts.sshKey) : defaultPublicKey()) : undefined;
         const rec = rt.create({
           ...(opts.name !== undefined && { name: opts.name }),
+          ...(sshKey && {
+            ssh: {
+              authorizedKeys: [sshKey.key],
+              user: opts.sshUser,
+              ...(sshKey.identityFile && { identityFile: sshKey.identityFile }),
+            },
+          }),
           ...(pulled && { image: pulled }),
           ...(opts.entrypoint !== undefined && { entrypoint: opts.entrypoint === "" ? [] : [opts.entrypoint] }),
           cpus,
@@ -354,6 +373,29 @@ export function buildProgram(): Command {
       } finally {
         rt.close();
       }
+    });
+
+  program
+    .command("ssh")
+    .description("log in to a machine started with --ssh, with the real OpenSSH client (host key verified)")
+    .argument("<machine>")
+    .argument("[command...]", "command to run instead of a login shell (or after --)")
+    .option("-i, --identity <file>", "private key (default: the one beside the key given at run, or ssh's own)")
+    .passThroughOptions()
+    .action(async (machine, command, opts) => {
+      const afterDashes = (program as unknown as { _mmAfterDashes?: string[] })._mmAfterDashes;
+      const rt = runtime();
+      let argv: string[];
+      try {
+        argv = sshArgv(rt, machine, opts.identity, afterDashes ?? command);
+      } finally {
+        rt.close();
+      }
+      process.exitCode = await new Promise<number>((resolve, reject) => {
+        const child = spawn("ssh", argv, { stdio: "inherit" });
+        child.on("error", (e) => reject(new MmError("MM_TOOL_MISSING", `ssh (openssh-client): ${e.message}`)));
+        child.on("close", (code, signal) => resolve(code ?? 128 + (signal ? osConstants.signals[signal] : 0)));
+      });
     });
 
   program
@@ -609,6 +651,8 @@ export function buildProgram(): Command {
   return program;
 }
 
+const machineDirOf = (rt: Runtime, id: string) => machineDirOf0(rt.paths, id);
+
 function pullPolicy(p: string): "missing" | "always" | "never" {
   if (p === "missing" || p === "always" || p === "never") return p;
   throw new MmError("MM_USAGE", `--pull "${p}": use missing, always or never`);
@@ -637,6 +681,32 @@ async function ensureImage(
   } finally {
     renderer.end();
   }
+}
+
+/** The OpenSSH command line for `mm ssh`: the machine's own known_hosts, no prompt, no TOFU. */
+function sshArgv(rt: Runtime, ref: string, identity: string | undefined, command: readonly string[]): string[] {
+  const r = rt.find(ref);
+  if (r.state !== "running") throw new MmError("MM_MACHINE_NOT_RUNNING", `${r.spec.name} is ${r.state}`);
+  if (!r.spec.ssh)
+    throw new MmError("MM_USAGE", `${r.spec.name} was not started with --ssh`, { hint: "mm run --ssh …" });
+  const ip = rt.store.lease(r.id)?.ip;
+  if (!ip) throw new MmError("MM_USAGE", `${r.spec.name} has no network address`);
+  const key = identity ?? r.spec.ssh.identityFile;
+  return [
+    "-o",
+    `UserKnownHostsFile=${knownHostsPath(machineDirOf(rt, r.id))}`,
+    "-o",
+    "GlobalKnownHostsFile=/dev/null",
+    "-o",
+    `HostKeyAlias=${hostKeyAlias(r.id)}`,
+    "-o",
+    "StrictHostKeyChecking=yes",
+    "-o",
+    "LogLevel=ERROR",
+    ...(key ? ["-i", key, "-o", "IdentitiesOnly=yes"] : []),
+    `${r.spec.ssh.user}@${ip}`,
+    ...command,
+  ];
 }
 
 function networkMode(m: string): "bridge" | "none" {
@@ -715,7 +785,7 @@ export async function main(argv: string[]): Promise<number> {
   // `mm run [IMAGE] -- CMD...`: everything after the first `--` is the workload's argv.
   const args = argv.slice(2);
   const dashes = args.indexOf("--");
-  if ((args[0] === "run" || args[0] === "exec") && dashes >= 0) {
+  if ((args[0] === "run" || args[0] === "exec" || args[0] === "ssh") && dashes >= 0) {
     (program as unknown as { _mmAfterDashes?: string[] })._mmAfterDashes = args.slice(dashes + 1);
     args.splice(dashes);
   }

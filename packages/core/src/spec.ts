@@ -59,6 +59,8 @@ export interface MachineSpec {
   readonly diskSizeMib?: number;
   /** Absent in records from before networking: treated as mode "none". */
   readonly network?: NetworkSpec;
+  /** `--ssh`: an SSH server in the guest, for these public keys, logging in as `user`. */
+  readonly ssh?: { readonly authorizedKeys: readonly string[]; readonly user: string; readonly identityFile?: string };
 }
 
 const UNITS: Record<string, number> = { "": 1, m: 1, mb: 1, mi: 1, mib: 1, g: 1024, gb: 1024, gi: 1024, gib: 1024 };

@@ -6,6 +6,7 @@ import { access, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { chooseAccel, findExecutable, kvmDeviceUsable } from "@mm/vmm";
 import { defaultImageRootfs, elfNeedsInterpreter } from "./default-image.js";
+import { guestTools } from "./guest-tools.js";
 import { initPath, kernelPath, runDir } from "./paths.js";
 import type { Runtime } from "./runtime.js";
 
@@ -97,7 +98,7 @@ export async function doctor(rt: Runtime): Promise<Check[]> {
   const kvm = await kvmDeviceUsable();
   if (kernelOk && initOk && bb && !elfNeedsInterpreter(bb)) {
     try {
-      const base = await defaultImageRootfs(rt.paths, init);
+      const base = await defaultImageRootfs(rt.paths, init, (await guestTools(rt.paths)).files);
       const d = await chooseAccel({
         engine: await rt.engine(),
         kernel,

@@ -47,6 +47,7 @@ export interface CreateInput {
   readonly diskSizeMib?: number;
   /** Default: bridge (MM_NETWORK overrides the default). */
   readonly network?: Partial<NetworkSpec>;
+  readonly ssh?: { readonly authorizedKeys: readonly string[]; readonly user: string; readonly identityFile?: string };
 }
 
 export interface RuntimeOptions {
@@ -101,6 +102,7 @@ export class Runtime {
       ...(input.workdir !== undefined && { workdir: input.workdir }),
       ...(input.user !== undefined && { user: input.user }),
       ...(input.diskSizeMib !== undefined && { diskSizeMib: input.diskSizeMib }),
+      ...(input.ssh && { ssh: input.ssh }),
       network: {
         mode: input.network?.mode ?? (this.env.MM_NETWORK === "none" ? "none" : "bridge"),
         egress: input.network?.egress ?? "allow",
@@ -109,8 +111,8 @@ export class Runtime {
         ...(input.network?.dns !== undefined && { dns: input.network.dns }),
       },
     };
-    if (spec.network?.mode === "none" && (spec.network.publish.length > 0 || spec.network.group)) {
-      throw new MmError("MM_USAGE", "-p and --network-group need a network (not --network none)");
+    if (spec.network?.mode === "none" && (spec.network.publish.length > 0 || spec.network.group || spec.ssh)) {
+      throw new MmError("MM_USAGE", "-p, --network-group and --ssh need a network (not --network none)");
     }
     if (spec.network && spec.network.publish.length > 0) {
       // Ports stay reserved by machines that exist and may start again, as in Docker.

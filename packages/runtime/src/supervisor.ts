@@ -22,11 +22,13 @@ import { AgentSession } from "./agent-session.js";
 import { createOverlay, defaultImageRootfs } from "./default-image.js";
 import { serveExecRelay } from "./exec-relay.js";
 import { mapFsError } from "./fs-errors.js";
+import { guestTools } from "./guest-tools.js";
 import { Images } from "./images.js";
 import { LogWriter, logFile, TextTail } from "./logs.js";
 import { HostNetwork, networkOf } from "./network.js";
 import { execSocket, initPath, kernelPath, machineDir, type Paths, runDir } from "./paths.js";
 import { processStartTime } from "./proc.js";
+import { ensureHostKey, startSshServer } from "./ssh.js";
 import type { MachineRecord, Store } from "./store.js";
 
 export interface RunIo {
@@ -178,16 +180,22 @@ export class Supervisor {
       throw new MmError("MM_KERNEL_MISSING", kernel);
     });
     this.stopSignal = parseSignal(rec.spec.imageConfig.stopSignal);
+    const tools = await guestTools(paths);
+    if (rec.spec.ssh && !tools.ssh) {
+      throw new MmError("MM_TOOL_MISSING", "dropbear-bin and patchelf (for --ssh)", {
+        hint: "apt-get install dropbear-bin patchelf (scripts/setup.sh does it)",
+      });
+    }
     const config = workloadConfig(rec);
     const base = rec.spec.imageDigest
       ? await (async () => {
           const images = new Images(paths, env);
           const image = await images.byDigest(rec.spec.image, rec.spec.imageDigest as string);
-          return { path: await images.rootfs(image, initPath(env), io.onWarning) };
+          return { path: await images.rootfs(image, initPath(env), tools.files, io.onWarning) };
         })()
-      : await defaultImageRootfs(paths, initPath(env));
+      : await defaultImageRootfs(paths, initPath(env), tools.files);
     // The KVM probe boots the embedded image: it holds mm-init and nothing else to trust.
-    const probeRoot = rec.spec.imageDigest ? await defaultImageRootfs(paths, initPath(env)) : base;
+    const probeRoot = rec.spec.imageDigest ? await defaultImageRootfs(paths, initPath(env), tools.files) : base;
     trace("rootfs");
     const overlay = join(machineDir(paths, this.id), "root.qcow2");
     if (!existsSync(overlay)) await createOverlay(base.path, overlay, rec.spec.diskSizeMib);
@@ -265,22 +273,32 @@ export class Supervisor {
       }
     });
     let relay: Server | null = null;
+    let setupError: MmError | null = null;
     session.on("ready", () => {
       clearTimeout(bootTimer);
       trace("ready");
       this.ready = true;
-      serveExecRelay(execSocket(paths, this.id), () => (session.isClosed ? null : session)).then(
-        (server) => {
-          relay = server;
-        },
-        (e) => io.onWarning?.(`exec endpoint: ${(e as Error).message}`),
-      );
-      try {
-        rec = store.transition(this.id, "ready");
-        io.onReady?.(rec);
-      } catch {
-        // a stop raced the boot: the record already says stopping
-      }
+      void (async () => {
+        try {
+          // "running" means usable: with --ssh, that includes a listening SSH server.
+          if (rec.spec.ssh) {
+            const hostKey = await ensureHostKey(machineDir(paths, this.id), this.id);
+            await startSshServer(session, hostKey, rec.spec.ssh);
+            trace("ssh");
+          }
+          relay = await serveExecRelay(execSocket(paths, this.id), () => (session.isClosed ? null : session));
+        } catch (e) {
+          setupError = e instanceof MmError ? e : new MmError("MM_EXEC_SETUP", String(e));
+          void vm.kill();
+          return;
+        }
+        try {
+          rec = store.transition(this.id, "ready");
+          io.onReady?.(rec);
+        } catch {
+          // a stop (or the workload's exit) raced the boot: the record already says so
+        }
+      })();
     });
     session.on("stdout", forward("stdout"));
     session.on("stderr", forward("stderr"));
@@ -327,6 +345,7 @@ export class Supervisor {
     const panic = PANIC_RE.exec(consoleTail.toString());
     const error: MmError =
       protocolError ??
+      (setupError as MmError | null) ??
       (bootTimedOut
         ? new MmError("MM_BOOT_TIMEOUT", `no ready signal after ${bootTimeoutS} s`)
         : panic
