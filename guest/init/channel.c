@@ -145,10 +145,10 @@ int channel_open(struct mm_channel *ch, bool host_mode)
 	return host_mode ? open_host_channel(ch) : open_guest_channel(ch);
 }
 
-int channel_send(struct mm_channel *ch, uint8_t type, const void *payload, size_t len)
+int channel_send(struct mm_channel *ch, uint8_t type, uint32_t stream, const void *payload,
+		 size_t len)
 {
-	size_t total = mm_frame_encode(tx_frame, sizeof tx_frame, type, MM_STREAM_CONTROL,
-				       payload, len);
+	size_t total = mm_frame_encode(tx_frame, sizeof tx_frame, type, stream, payload, len);
 	size_t off = 0;
 
 	if (total == 0) {

@@ -1,9 +1,11 @@
 /* mm-init: PID 1 of a MicroMachines guest. It mounts what a container expects, gets
- * its CONFIG over the host channel, runs the workload, relays its output, exit and
- * signals (docs/PROTOCOL.md), and powers the machine off.
+ * its CONFIG over the host channel, sets up the network, runs the workload, relays its
+ * output, exit and signals, serves exec sessions (docs/PROTOCOL.md, v1 and v2), and
+ * powers the machine off.
  *
  * main() reads like a script: options → signals → system → channel → CONFIG →
- * spawn → loop { reap, forward, pump } → EXIT → await POWEROFF → power off.
+ * network → spawn → loop { reap, forward, pump, serve sessions } → EXIT → await
+ * POWEROFF → power off.
  * Setup failures bail with a message; after that nothing exits without shutting down.
  *
  * When not PID 1 (getpid() != 1) it runs as an ordinary process for host tests: the
@@ -29,11 +31,12 @@
 
 #include "channel.h"
 #include "log.h"
+#include "net.h"
 #include "pid1.h"
 #include "protocol.h"
+#include "session.h"
 #include "spawn.h"
 
-#define DRAIN_AFTER_EXIT_MS 500    /* output still read after the workload exits */
 #define POWEROFF_WAIT_MS 2000      /* wait for POWEROFF after EXIT (without STAY_UP) */
 #define TERM_GRACE_MS 1000         /* SIGTERM to SIGKILL when shutting down */
 #define CHANNEL_BACKOFF_MIN_MS 10  /* no host connected: retry reads after this... */
@@ -42,7 +45,10 @@
 #define SIGINFO_BATCH 16
 
 #define CONFIG_ERROR_PREFIX "CONFIG: "
-#define CONFIG_ERROR_PREFIX_LEN (sizeof CONFIG_ERROR_PREFIX - 1)
+#define NET_ERROR_PREFIX "NET: "
+/* signalfd, workload stdout and stderr, channel, then the sessions' fds */
+#define POLL_FIXED 4
+#define POLL_MAX (POLL_FIXED + SESSION_POLL_MAX)
 
 /* Exit statuses in host-test mode (a guest powers off instead). */
 #define HOST_EXIT_OK 0
@@ -54,7 +60,9 @@ struct supervisor {
 	struct mm_channel channel;
 	int64_t channel_resume_at;     /* >0: channel paused after EOF until then */
 	int channel_backoff_ms;
-	struct workload work;
+	struct spawned work;
+	uint16_t version;              /* agreed in CONFIG */
+	bool sessions_allowed;         /* v2 and CONFIG and network accepted: serve EXEC */
 	bool running;                  /* workload started and not yet reaped */
 	bool exited;                   /* workload reaped (or never started) */
 	int wait_status;
@@ -91,7 +99,8 @@ static void sleep_ms(int64_t ms)
 		;
 }
 
-/* Reaps every exited child; remembers the workload's status. */
+/* Reaps every exited child, the one place that does: remembers the workload's
+ * status and tells the sessions about theirs. */
 static void reap(struct supervisor *s)
 {
 	int status;
@@ -104,6 +113,8 @@ static void reap(struct supervisor *s)
 			s->wait_status = status;
 			s->exited_at = now_ms();
 			log_debug("workload %d exited: status 0x%x", (int)pid, status);
+		} else if (!sessions_reaped(pid, status, now_ms())) {
+			log_debug("reaped %d: status 0x%x", (int)pid, status);
 		}
 	}
 }
@@ -116,18 +127,28 @@ static bool all_gone(struct supervisor *s)
 	return waitpid(-1, NULL, WNOHANG) < 0 && errno == ECHILD;
 }
 
-/* Ends every process and powers off; in host-test mode ends the workload's process
- * group and exits with host_status. Never returns. */
+/* In a guest kill(-1) reaches every process but PID 1; a host test must only touch
+ * the process groups of the workload and the sessions (each is a session leader).
+ * True if some process was signalled. */
+static bool signal_all(struct supervisor *s, int sig)
+{
+	bool any;
+
+	if (!s->host_mode)
+		return kill(-1, sig) == 0;
+	any = s->work.pid > 0 && kill(-s->work.pid, sig) == 0;
+	sessions_signal_all(sig);
+	return any || !all_gone(s);
+}
+
+/* Ends every process and powers off; in host-test mode ends the workload's and the
+ * sessions' process groups and exits with host_status. Never returns. */
 __attribute__((noreturn))
 static void shut_down(struct supervisor *s, int host_status)
 {
-	/* In a guest kill(-1) reaches every process but PID 1; a host test must only
-	 * touch the workload's own process group (it is a session leader). */
-	pid_t target = s->host_mode ? -s->work.pid : -1;
-
 	log_debug("shutting down");
 	channel_close(&s->channel);
-	if (target != 0 && kill(target, SIGTERM) == 0) {
+	if (signal_all(s, SIGTERM)) {
 		int64_t deadline = now_ms() + TERM_GRACE_MS, left;
 
 		while (!all_gone(s) && (left = deadline - now_ms()) > 0) {
@@ -138,7 +159,7 @@ static void shut_down(struct supervisor *s, int host_status)
 				while (read(s->sfd, si, sizeof si) > 0)
 					;   /* only SIGCHLD matters now, and all_gone() reaps */
 		}
-		kill(target, SIGKILL);
+		signal_all(s, SIGKILL);
 		reap(s);
 	}
 	if (s->host_mode)
@@ -164,31 +185,51 @@ static void bail(struct supervisor *s, const char *fmt, ...)
 }
 
 /* A frame the host must get; losing the channel here ends the machine. */
-static void send_frame(struct supervisor *s, uint8_t type, const void *payload, size_t len)
+static void send_frame(struct supervisor *s, uint8_t type, uint32_t stream, const void *payload,
+		       size_t len)
 {
-	if (channel_send(&s->channel, type, payload, len) != 0)
+	if (channel_send(&s->channel, type, stream, payload, len) != 0)
 		bail(s, "lost the channel to the host");
 }
 
-static void send_error(struct supervisor *s, const char *message)
+static void send_error(struct supervisor *s, uint32_t stream, const char *message)
 {
 	size_t len = mm_utf8_whole_len(message, strnlen(message, MM_MAX_ERROR));
 
-	log_debug("ERROR %s", message);
-	send_frame(s, MM_ERROR, message, len);
+	log_debug("ERROR on stream %lu: %s", (unsigned long)stream, message);
+	send_frame(s, MM_ERROR, stream, message, len);
 }
 
-static void send_exit(struct supervisor *s, int32_t status, int32_t signal)
+static void send_exit_frame(struct supervisor *s, uint32_t stream, int32_t status, int32_t signal)
 {
 	uint8_t payload[8];
 
 	mm_put_u32(payload, (uint32_t)status);
 	mm_put_u32(payload + 4, (uint32_t)signal);
-	log_debug("EXIT status %d signal %d", (int)status, (int)signal);
-	send_frame(s, MM_EXIT, payload, sizeof payload);
+	log_debug("EXIT status %d signal %d (stream %lu)", (int)status, (int)signal,
+		  (unsigned long)stream);
+	send_frame(s, MM_EXIT, stream, payload, sizeof payload);
+}
+
+/* The workload's EXIT: from here on, without STAY_UP, the machine powers off. */
+static void send_exit(struct supervisor *s, int32_t status, int32_t signal)
+{
+	send_exit_frame(s, MM_STREAM_CONTROL, status, signal);
 	s->exit_sent = true;
 	if (!s->stay_up)
 		s->poweroff_at = now_ms() + POWEROFF_WAIT_MS;
+}
+
+/* EXIT's fields from a wait status: the exit code, or 128+signal as in a shell. */
+static void exit_fields(int wait_status, int32_t *status, int32_t *signal)
+{
+	if (WIFSIGNALED(wait_status)) {
+		*signal = WTERMSIG(wait_status);
+		*status = 128 + *signal;
+	} else {
+		*signal = 0;
+		*status = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : 0;
+	}
 }
 
 static void send_ready(struct supervisor *s)
@@ -196,7 +237,7 @@ static void send_ready(struct supervisor *s)
 	uint8_t payload[4];
 
 	mm_put_u32(payload, (uint32_t)s->work.pid);
-	send_frame(s, MM_READY, payload, sizeof payload);
+	send_frame(s, MM_READY, MM_STREAM_CONTROL, payload, sizeof payload);
 }
 
 static void send_hello(struct supervisor *s)
@@ -205,10 +246,40 @@ static void send_hello(struct supervisor *s)
 	size_t name_len = sizeof MM_AGENT_NAME - 1;
 
 	_Static_assert(sizeof MM_AGENT_NAME - 1 <= MM_MAX_AGENT_NAME, "agent name too long");
-	mm_put_u16(payload, MM_PROTOCOL_VERSION);
-	mm_put_u16(payload + 2, MM_PROTOCOL_VERSION);
+	mm_put_u16(payload, MM_PROTOCOL_MIN);
+	mm_put_u16(payload + 2, MM_PROTOCOL_MAX);
 	memcpy(payload + 4, MM_AGENT_NAME, name_len);
-	send_frame(s, MM_HELLO, payload, 4 + name_len);
+	send_frame(s, MM_HELLO, MM_STREAM_CONTROL, payload, 4 + name_len);
+}
+
+/* The sessions' way to the channel (session.h). */
+void supervisor_send(uint8_t type, uint32_t stream, const void *payload, size_t len)
+{
+	send_frame(&sup, type, stream, payload, len);
+}
+
+void supervisor_send_error(uint32_t stream, const char *message)
+{
+	send_error(&sup, stream, message);
+}
+
+void supervisor_send_exit(uint32_t stream, int wait_status)
+{
+	int32_t status, signal;
+
+	exit_fields(wait_status, &status, &signal);
+	send_exit_frame(&sup, stream, status, signal);
+}
+
+void supervisor_violation(const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	bail(&sup, "%s", msg);
 }
 
 static int setup_signals(struct supervisor *s)
@@ -253,8 +324,9 @@ static int next_frame(struct supervisor *s, struct mm_frame *f)
 }
 
 /* Blocks until CONFIG arrives (handling POWEROFF, skipping anything else) and
- * leaves its payload in config; returns the ERROR text if it breaks a rule. */
-static bool await_config(struct supervisor *s, char *err, size_t errlen)
+ * leaves its payload in config; returns MM_PARSE_OK, or the kind of rule it breaks
+ * with the reason in err. */
+static int await_config(struct supervisor *s, char *err, size_t errlen)
 {
 	for (;;) {
 		struct mm_frame f;
@@ -269,9 +341,7 @@ static bool await_config(struct supervisor *s, char *err, size_t errlen)
 				log_debug("frame type %u before CONFIG: ignored", f.type);
 				continue;
 			}
-			if (mm_config_parse(&config, f.payload, f.payload_len, err, errlen) == 0)
-				return true;
-			return false;
+			return mm_config_parse(&config, f.payload, f.payload_len, err, errlen);
 		}
 		n = channel_fill(&s->channel);
 		if (n > 0) {
@@ -286,6 +356,7 @@ static bool await_config(struct supervisor *s, char *err, size_t errlen)
 	}
 }
 
+/* Signals go to the workload's process only, as `docker kill` does. */
 static void forward_signal(struct supervisor *s, int sig)
 {
 	if (!s->running)
@@ -323,7 +394,7 @@ static void pump_output(struct supervisor *s, int *fd, uint8_t type)
 	ssize_t n = read(*fd, output_buf, sizeof output_buf);
 
 	if (n > 0 && !s->exit_sent) {
-		send_frame(s, type, output_buf, (size_t)n);
+		send_frame(s, type, MM_STREAM_CONTROL, output_buf, (size_t)n);
 	} else if (n > 0) {
 		log_debug("dropped %zd bytes of output written after EXIT", n);
 	} else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
@@ -332,8 +403,35 @@ static void pump_output(struct supervisor *s, int *fd, uint8_t type)
 	}
 }
 
+/* A frame of version 2 (sessions): true if it was one and has been handled. */
+static bool handle_session_frame(struct supervisor *s, const struct mm_frame *f)
+{
+	if (!s->sessions_allowed)
+		return false;   /* v1, or the machine is going down: unknown types */
+	if (f->type == MM_EXEC) {
+		sessions_exec(f->stream, s->version, f->payload, f->payload_len);
+		return true;
+	}
+	if (f->type != MM_STDIN && f->type != MM_SIGNAL && f->type != MM_RESIZE &&
+	    f->type != MM_WINDOW)
+		return false;
+	if (f->stream != MM_STREAM_CONTROL) {
+		sessions_frame(f, now_ms());
+		return true;
+	}
+	if (f->type == MM_SIGNAL)
+		return false;   /* the workload's, as in v1 */
+	/* The workload reads /dev/null and its output has no credit: nothing to do. */
+	if (f->type != MM_STDIN && f->payload_len < 4)
+		bail(s, "protocol error: frame type %u with a payload of %zu bytes", f->type,
+		     f->payload_len);
+	return true;
+}
+
 static void handle_frame(struct supervisor *s, const struct mm_frame *f)
 {
+	if (handle_session_frame(s, f))
+		return;
 	if (f->stream != MM_STREAM_CONTROL) {
 		log_debug("frame type %u on stream %lu: ignored", f->type, (unsigned long)f->stream);
 		return;
@@ -382,12 +480,10 @@ static void read_channel(struct supervisor *s)
 
 static void report_exit(struct supervisor *s)
 {
-	int st = s->wait_status;
+	int32_t status, signal;
 
-	if (WIFSIGNALED(st))
-		send_exit(s, 128 + WTERMSIG(st), WTERMSIG(st));
-	else
-		send_exit(s, WIFEXITED(st) ? WEXITSTATUS(st) : 0, 0);
+	exit_fields(s->wait_status, &status, &signal);
+	send_exit(s, status, signal);
 }
 
 static void consider(int64_t at, int64_t *next)
@@ -396,17 +492,20 @@ static void consider(int64_t at, int64_t *next)
 		*next = at;
 }
 
-/* The main loop: reap, forward signals, pump output, serve the channel, report
- * EXIT, wait for POWEROFF. Never returns. */
+/* The main loop: reap, forward signals, pump output, serve the sessions and the
+ * channel, report EXIT, wait for POWEROFF. Never returns. */
 __attribute__((noreturn))
 static void supervise(struct supervisor *s)
 {
 	for (;;) {
-		struct pollfd pfd[4];
-		nfds_t n = 0;
+		struct pollfd pfd[POLL_MAX];
+		nfds_t n = 0, sess_i;
 		int out_i = -1, err_i = -1, chan_i = -1;
 		int64_t now, next = 0;
 		int timeout = -1;
+
+		/* First, as it frees the slots of sessions that are done. */
+		sessions_tick(now_ms(), &next);
 
 		pfd[n++] = (struct pollfd){ s->sfd, POLLIN, 0 };
 		if (s->work.out_fd >= 0) {
@@ -421,8 +520,10 @@ static void supervise(struct supervisor *s)
 			chan_i = (int)n;
 			pfd[n++] = (struct pollfd){ s->channel.fd, POLLIN, 0 };
 		}
+		sess_i = n;
+		n += sessions_poll_add(pfd + n, POLL_MAX - n);
 		if (s->exited && !s->exit_sent)
-			consider(s->exited_at + DRAIN_AFTER_EXIT_MS, &next);
+			consider(s->exited_at + MM_DRAIN_AFTER_EXIT_MS, &next);
 		consider(s->poweroff_at, &next);
 		consider(s->channel_resume_at, &next);
 		if (next > 0) {
@@ -439,6 +540,7 @@ static void supervise(struct supervisor *s)
 			pump_output(s, &s->work.out_fd, MM_STDOUT);
 		if (err_i >= 0 && pfd[err_i].revents != 0)
 			pump_output(s, &s->work.err_fd, MM_STDERR);
+		sessions_poll_handle(pfd + sess_i);
 		if (chan_i >= 0 && pfd[chan_i].revents != 0)
 			read_channel(s);
 
@@ -447,13 +549,24 @@ static void supervise(struct supervisor *s)
 			s->channel_resume_at = 0;
 		if (s->exited && !s->exit_sent &&
 		    ((s->work.out_fd < 0 && s->work.err_fd < 0) ||
-		     now >= s->exited_at + DRAIN_AFTER_EXIT_MS))
+		     now >= s->exited_at + MM_DRAIN_AFTER_EXIT_MS))
 			report_exit(s);
 		if (s->poweroff_at > 0 && now >= s->poweroff_at) {
 			log_debug("no POWEROFF within %d ms of EXIT", POWEROFF_WAIT_MS);
 			shut_down(s, HOST_EXIT_OK);
 		}
 	}
+}
+
+/* The workload could not start: ERROR and EXIT with status, then serve the channel
+ * until power-off. STAY_UP counts only once CONFIG and the network were accepted. */
+__attribute__((noreturn))
+static void fail_start(struct supervisor *s, const char *message, int status)
+{
+	send_error(s, MM_STREAM_CONTROL, message);
+	s->exited = true;
+	send_exit(s, status, 0);
+	supervise(s);
 }
 
 /* Host-test mode may start with 0-2 closed; the workload's pipes must not land there. */
@@ -468,14 +581,15 @@ int main(void)
 {
 	struct supervisor *s = &sup;
 	struct boot_options opts;
-	char err[MM_MAX_ERROR + 1];
+	/* send_error() cuts at MM_MAX_ERROR bytes, on a UTF-8 boundary */
+	static char err[sizeof CONFIG_ERROR_PREFIX + MM_MAX_ERROR], reason[MM_MAX_ERROR + 1];
 	int status;
 
 	s->host_mode = getpid() != 1;
 	s->sfd = -1;
 	s->channel.fd = -1;
 	s->channel_backoff_ms = CHANNEL_BACKOFF_MIN_MS;
-	s->work.out_fd = s->work.err_fd = -1;
+	s->work.out_fd = s->work.err_fd = s->work.in_fd = -1;
 
 	if (s->host_mode) {
 		keep_stdio_open();
@@ -508,24 +622,27 @@ int main(void)
 		bail(s, "no channel to the host");
 	send_hello(s);
 
-	if (!await_config(s, err + CONFIG_ERROR_PREFIX_LEN, sizeof err - CONFIG_ERROR_PREFIX_LEN)) {
-		memcpy(err, CONFIG_ERROR_PREFIX, CONFIG_ERROR_PREFIX_LEN);
-		send_error(s, err);
-		s->exited = true;
-		send_exit(s, MM_STATUS_NOT_FOUND, 0);
-		supervise(s);
+	/* CONFIG: a record breaking a rule is ERROR CONFIG (or NET) and EXIT 127. */
+	status = await_config(s, reason, sizeof reason);
+	if (status != MM_PARSE_OK) {
+		snprintf(err, sizeof err, "%s%s",
+			 status == MM_PARSE_NET ? NET_ERROR_PREFIX : CONFIG_ERROR_PREFIX, reason);
+		fail_start(s, err, MM_STATUS_NOT_FOUND);
 	}
-	s->stay_up = (config.flags & MM_FLAG_STAY_UP) != 0;
+	s->version = config.version;
 	if (config.hostname != NULL && !s->host_mode)
 		pid1_set_hostname(config.hostname);
+	/* The network comes up before the workload, which may need it at once. A host
+	 * test only validates (above): it must not touch the host's eth0 or /etc. */
+	if (!s->host_mode && net_apply(&config.net, err, sizeof err) != 0)
+		fail_start(s, err, MM_STATUS_NOT_FOUND);
 
-	status = spawn_workload(&config, &s->work, err, sizeof err);
-	if (status != 0) {
-		send_error(s, err);
-		s->exited = true;
-		send_exit(s, status, 0);
-		supervise(s);
-	}
+	s->stay_up = (config.flags & MM_FLAG_STAY_UP) != 0;
+	s->sessions_allowed = s->version >= 2;
+	status = spawn_process(&config.proc, &s->work, err, sizeof err);
+	if (status != 0)
+		fail_start(s, err, status);
+	log_debug("workload %s: pid %d", config.proc.argv[0], (int)s->work.pid);
 	s->running = true;
 	send_ready(s);
 	supervise(s);

@@ -2,9 +2,11 @@
  * is checked against a named limit before it is used; nothing here does I/O. */
 #include "protocol.h"
 
+#include <arpa/inet.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 static void rx_drop_consumed(struct mm_rx *rx)
 {
@@ -93,6 +95,18 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
 	return -1;
 }
 
+/* The same, for a NET record: the guest answers ERROR "NET: ...". */
+__attribute__((format(printf, 3, 4)))
+static int fail_net(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return MM_PARSE_NET;
+}
+
 static const char *tag_name(uint8_t tag)
 {
 	switch (tag) {
@@ -102,12 +116,25 @@ static const char *tag_name(uint8_t tag)
 	case MM_TAG_USER: return "USER";
 	case MM_TAG_HOSTNAME: return "HOSTNAME";
 	case MM_TAG_FLAGS: return "FLAGS";
+	case MM_TAG_TTY: return "TTY";
+	case MM_TAG_STDIN: return "STDIN";
+	case MM_TAG_NET_ADDR: return "NET_ADDR";
+	case MM_TAG_NET_GATEWAY: return "NET_GATEWAY";
+	case MM_TAG_DNS: return "DNS";
+	case MM_TAG_HOSTS: return "HOSTS";
 	default: return "?";
 	}
 }
 
-/* Copies a string record into cfg->strings; NULL with err set if it breaks a rule. */
-static char *copy_string(struct mm_config *cfg, uint8_t tag, const uint8_t *value,
+/* Where a payload's strings are copied to (mm_config.strings or mm_exec.strings). */
+struct string_store {
+	char *buf;
+	size_t cap;
+	size_t *used;
+};
+
+/* Copies a string record into the store; NULL with err set if it breaks a rule. */
+static char *copy_string(struct string_store *st, uint8_t tag, const uint8_t *value,
 			 size_t len, char *err, size_t errlen)
 {
 	char *s;
@@ -121,14 +148,14 @@ static char *copy_string(struct mm_config *cfg, uint8_t tag, const uint8_t *valu
 		fail(err, errlen, "%s record contains a NUL byte", tag_name(tag));
 		return NULL;
 	}
-	if (len + 1 > sizeof cfg->strings - cfg->strings_used) {
-		fail(err, errlen, "strings exceed %zu bytes", sizeof cfg->strings);
+	if (len + 1 > st->cap - *st->used) {
+		fail(err, errlen, "strings exceed %zu bytes", st->cap);
 		return NULL;
 	}
-	s = cfg->strings + cfg->strings_used;
+	s = st->buf + *st->used;
 	memcpy(s, value, len);
 	s[len] = '\0';
-	cfg->strings_used += len + 1;
+	*st->used += len + 1;
 	return s;
 }
 
@@ -141,20 +168,175 @@ static int set_once(char **slot, char *value, uint8_t tag, char *err, size_t err
 	return 0;
 }
 
-int mm_config_parse(struct mm_config *cfg, const uint8_t *payload, size_t len,
-		    char *err, size_t errlen)
+bool mm_parse_ipv4(const char *s, uint32_t *out)
 {
-	size_t off = 2;
-	bool has_flags = false;
+	uint32_t addr = 0;
 
-	memset(cfg, 0, offsetof(struct mm_config, strings));
-	cfg->strings_used = 0;
-	if (len < 2)
-		return fail(err, errlen, "payload of %zu bytes has no version", len);
-	cfg->version = mm_get_u16(payload);
-	if (cfg->version != MM_PROTOCOL_VERSION)
-		return fail(err, errlen, "version %u is not supported (this agent speaks %d..%d)",
-			    cfg->version, MM_PROTOCOL_VERSION, MM_PROTOCOL_VERSION);
+	for (int part = 0; part < 4; part++) {
+		unsigned v = 0;
+		int digits = 0;
+
+		if (part > 0 && *s++ != '.')
+			return false;
+		while (*s >= '0' && *s <= '9' && digits < 4) {
+			v = v * 10 + (unsigned)(*s++ - '0');
+			digits++;
+		}
+		if (digits == 0 || digits > 3 || v > 255 || (digits > 1 && s[-digits] == '0'))
+			return false;
+		addr = addr << 8 | v;
+	}
+	if (*s != '\0')
+		return false;
+	*out = addr;
+	return true;
+}
+
+bool mm_is_ip_address(const char *s)
+{
+	uint32_t v4;
+	uint8_t v6[16];
+
+	if (mm_parse_ipv4(s, &v4))
+		return true;
+	return strlen(s) < MM_IPV6_TEXT_MAX && strchr(s, ':') != NULL &&
+	       inet_pton(AF_INET6, s, v6) == 1;
+}
+
+/* An address a machine can have or route through: not 0/8, loopback, multicast or
+ * reserved (224.0.0.0 and up). */
+static bool ipv4_unicast(uint32_t a)
+{
+	unsigned first = a >> 24;
+
+	return first != 0 && first != 127 && first < 224;
+}
+
+static uint32_t prefix_mask(unsigned prefix)
+{
+	return prefix == 0 ? 0 : UINT32_MAX << (32 - prefix);
+}
+
+/* NET_ADDR: "a.b.c.d/len", len 1-32, a unicast address that (for len <= 30) is
+ * neither its subnet's network nor its broadcast address. */
+static int parse_net_addr(struct mm_net *net, const char *s, char *err, size_t errlen)
+{
+	char addr[sizeof "255.255.255.255"];
+	const char *slash = strchr(s, '/');
+	unsigned prefix = 0;
+	const char *p;
+	uint32_t a, mask;
+
+	if (net->has_addr)
+		return fail(err, errlen, "more than one NET_ADDR record");
+	if (slash == NULL || (size_t)(slash - s) >= sizeof addr || slash[1] == '\0' ||
+	    strlen(slash + 1) > 2)
+		return fail(err, errlen, "NET_ADDR \"%.64s\" is not a.b.c.d/len", s);
+	memcpy(addr, s, (size_t)(slash - s));
+	addr[slash - s] = '\0';
+	for (p = slash + 1; *p != '\0'; p++) {
+		if (*p < '0' || *p > '9')
+			return fail(err, errlen, "NET_ADDR \"%.64s\" is not a.b.c.d/len", s);
+		prefix = prefix * 10 + (unsigned)(*p - '0');
+	}
+	if (!mm_parse_ipv4(addr, &a))
+		return fail(err, errlen, "NET_ADDR \"%.64s\": \"%s\" is not an IPv4 address", s, addr);
+	if (prefix < 1 || prefix > 32 || (slash[1] == '0' && slash[2] != '\0'))
+		return fail(err, errlen, "NET_ADDR \"%.64s\": prefix length must be 1-32", s);
+	mask = prefix_mask(prefix);
+	if (!ipv4_unicast(a) ||
+	    (prefix <= 30 && ((a & ~mask) == 0 || (a & ~mask) == ~mask)))
+		return fail(err, errlen, "NET_ADDR \"%.64s\" is not a host address", s);
+	net->has_addr = true;
+	net->addr = a;
+	net->prefix = prefix;
+	return 0;
+}
+
+/* A name in a HOSTS line: letters, digits, '.', '-', '_'. */
+static bool host_name_ok(const char *s, size_t len)
+{
+	if (len == 0 || len > MM_MAX_HOST_NAME)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+		      c == '.' || c == '-' || c == '_'))
+			return false;
+	}
+	return true;
+}
+
+/* HOSTS: "address name..." separated by spaces or tabs, so that one record is always
+ * exactly one /etc/hosts line. */
+static int check_hosts_line(const char *s, char *err, size_t errlen)
+{
+	char addr[MM_IPV6_TEXT_MAX];
+	size_t names = 0;
+	bool first = true;
+
+	for (const char *p = s; *p != '\0';) {
+		size_t n;
+
+		p += strspn(p, " \t");
+		if (*p == '\0')
+			break;
+		n = strcspn(p, " \t");
+		if (first) {
+			if (n >= sizeof addr)
+				return fail(err, errlen, "HOSTS \"%.64s\" does not start with an address", s);
+			memcpy(addr, p, n);
+			addr[n] = '\0';
+			if (!mm_is_ip_address(addr))
+				return fail(err, errlen, "HOSTS \"%.64s\": \"%s\" is not an IP address", s, addr);
+			first = false;
+		} else if (!host_name_ok(p, n)) {
+			return fail(err, errlen, "HOSTS \"%.64s\": bad host name", s);
+		} else {
+			names++;
+		}
+		p += n;
+	}
+	if (first || names == 0)
+		return fail(err, errlen, "HOSTS \"%.64s\" is not \"address name...\"", s);
+	return 0;
+}
+
+/* A record that is not in the set the payload's kind and version define. */
+enum record_set { RECORDS_CONFIG_V1, RECORDS_CONFIG_V2, RECORDS_EXEC };
+
+static bool record_known(enum record_set set, uint8_t tag)
+{
+	switch (tag) {
+	case MM_TAG_ARG:
+	case MM_TAG_ENV:
+	case MM_TAG_CWD:
+	case MM_TAG_USER:
+		return true;
+	case MM_TAG_HOSTNAME:
+	case MM_TAG_FLAGS:
+		return set != RECORDS_EXEC;
+	case MM_TAG_TTY:
+	case MM_TAG_STDIN:
+		return set == RECORDS_EXEC;
+	case MM_TAG_NET_ADDR:
+	case MM_TAG_NET_GATEWAY:
+	case MM_TAG_DNS:
+	case MM_TAG_HOSTS:
+		return set == RECORDS_CONFIG_V2;
+	default:
+		return false;
+	}
+}
+
+/* The records of a CONFIG (cfg set) or EXEC (cfg NULL) payload from byte off on. */
+static int parse_records(enum record_set set, const uint8_t *payload, size_t len, size_t off,
+			 struct mm_process *proc, struct mm_config *cfg, struct string_store *st,
+			 char *err, size_t errlen)
+{
+	bool has_flags = false, has_tty = false;
+	struct mm_net *net = cfg != NULL ? &cfg->net : NULL;
 
 	while (off < len) {
 		uint8_t tag;
@@ -172,34 +354,36 @@ int mm_config_parse(struct mm_config *cfg, const uint8_t *payload, size_t len,
 				    tag, off - MM_CONFIG_RECORD_HEADER);
 		value = payload + off;
 		off += rlen;
+		if (!record_known(set, tag))
+			continue;   /* unknown here: the host may be newer */
 
 		switch (tag) {
 		case MM_TAG_ARG:
-			if (cfg->argc == MM_MAX_ARGS)
+			if (proc->argc == MM_MAX_ARGS)
 				return fail(err, errlen, "more than %d ARG records", MM_MAX_ARGS);
-			if ((s = copy_string(cfg, tag, value, rlen, err, errlen)) == NULL)
+			if ((s = copy_string(st, tag, value, rlen, err, errlen)) == NULL)
 				return -1;
-			cfg->argv[cfg->argc++] = s;
+			proc->argv[proc->argc++] = s;
 			break;
 		case MM_TAG_ENV:
-			if (cfg->envc == MM_MAX_ENV)
+			if (proc->envc == MM_MAX_ENV)
 				return fail(err, errlen, "more than %d ENV records", MM_MAX_ENV);
-			if ((s = copy_string(cfg, tag, value, rlen, err, errlen)) == NULL)
+			if ((s = copy_string(st, tag, value, rlen, err, errlen)) == NULL)
 				return -1;
 			if (s[0] == '=' || strchr(s, '=') == NULL)
-				return fail(err, errlen, "ENV record %zu is not KEY=VALUE", cfg->envc + 1);
-			cfg->envp[cfg->envc++] = s;
+				return fail(err, errlen, "ENV record %zu is not KEY=VALUE", proc->envc + 1);
+			proc->envp[proc->envc++] = s;
 			break;
 		case MM_TAG_CWD:
-			if ((s = copy_string(cfg, tag, value, rlen, err, errlen)) == NULL ||
-			    set_once(&cfg->cwd, s, tag, err, errlen) != 0)
+			if ((s = copy_string(st, tag, value, rlen, err, errlen)) == NULL ||
+			    set_once(&proc->cwd, s, tag, err, errlen) != 0)
 				return -1;
 			if (s[0] != '/')
 				return fail(err, errlen, "CWD \"%.64s\" is not absolute", s);
 			break;
 		case MM_TAG_USER:
-			if ((s = copy_string(cfg, tag, value, rlen, err, errlen)) == NULL ||
-			    set_once(&cfg->user, s, tag, err, errlen) != 0)
+			if ((s = copy_string(st, tag, value, rlen, err, errlen)) == NULL ||
+			    set_once(&proc->user, s, tag, err, errlen) != 0)
 				return -1;
 			if (s[0] == '\0')
 				return fail(err, errlen, "USER is empty");
@@ -208,7 +392,7 @@ int mm_config_parse(struct mm_config *cfg, const uint8_t *payload, size_t len,
 			if (rlen > MM_MAX_HOSTNAME)
 				return fail(err, errlen, "HOSTNAME is %zu bytes (max %d)", rlen,
 					    MM_MAX_HOSTNAME);
-			if ((s = copy_string(cfg, tag, value, rlen, err, errlen)) == NULL ||
+			if ((s = copy_string(st, tag, value, rlen, err, errlen)) == NULL ||
 			    set_once(&cfg->hostname, s, tag, err, errlen) != 0)
 				return -1;
 			if (s[0] == '\0')
@@ -222,13 +406,116 @@ int mm_config_parse(struct mm_config *cfg, const uint8_t *payload, size_t len,
 			cfg->flags = mm_get_u32(value);
 			has_flags = true;
 			break;
+		case MM_TAG_TTY:
+			if (has_tty)
+				return fail(err, errlen, "more than one TTY record");
+			if (rlen != 4)
+				return fail(err, errlen, "TTY record is %zu bytes (must be 4)", rlen);
+			proc->tty = has_tty = true;
+			proc->winsize.rows = mm_get_u16(value);
+			proc->winsize.cols = mm_get_u16(value + 2);
+			break;
+		case MM_TAG_STDIN:
+			if (proc->stdin_open)
+				return fail(err, errlen, "more than one STDIN record");
+			if (rlen != 0)
+				return fail(err, errlen, "STDIN record is %zu bytes (must be empty)", rlen);
+			proc->stdin_open = true;
+			break;
+		case MM_TAG_NET_ADDR:
+			if ((s = copy_string(st, tag, value, rlen, err, errlen)) == NULL)
+				return MM_PARSE_NET;
+			if (parse_net_addr(net, s, err, errlen) != 0)
+				return MM_PARSE_NET;
+			break;
+		case MM_TAG_NET_GATEWAY:
+			if ((s = copy_string(st, tag, value, rlen, err, errlen)) == NULL)
+				return MM_PARSE_NET;
+			if (net->has_gateway)
+				return fail_net(err, errlen, "more than one NET_GATEWAY record");
+			if (!mm_parse_ipv4(s, &net->gateway) || !ipv4_unicast(net->gateway))
+				return fail_net(err, errlen, "NET_GATEWAY \"%.64s\" is not an IPv4 host address",
+					    s);
+			net->has_gateway = true;
+			break;
+		case MM_TAG_DNS:
+			if (net->dns_count == MM_MAX_DNS)
+				return fail_net(err, errlen, "more than %d DNS records", MM_MAX_DNS);
+			if ((s = copy_string(st, tag, value, rlen, err, errlen)) == NULL)
+				return MM_PARSE_NET;
+			if (!mm_is_ip_address(s))
+				return fail_net(err, errlen, "DNS \"%.64s\" is not an IP address", s);
+			net->dns[net->dns_count++] = s;
+			break;
+		case MM_TAG_HOSTS:
+			if (net->hosts_count == MM_MAX_HOSTS)
+				return fail_net(err, errlen, "more than %d HOSTS records", MM_MAX_HOSTS);
+			if ((s = copy_string(st, tag, value, rlen, err, errlen)) == NULL)
+				return MM_PARSE_NET;
+			if (check_hosts_line(s, err, errlen) != 0)
+				return MM_PARSE_NET;
+			net->hosts[net->hosts_count++] = s;
+			break;
 		default:
-			break;  /* unknown tags are ignored: the host may be newer */
+			break;
 		}
 	}
-	if (cfg->argc == 0)
+	if (proc->argc == 0)
 		return fail(err, errlen, "no ARG record (argv[0] is required)");
-	cfg->argv[cfg->argc] = NULL;
-	cfg->envp[cfg->envc] = NULL;
+	proc->argv[proc->argc] = NULL;
+	proc->envp[proc->envc] = NULL;
 	return 0;
+}
+
+/* The gateway must be reachable on eth0's subnet. */
+static int check_net(const struct mm_net *net, char *err, size_t errlen)
+{
+	uint32_t mask;
+
+	if (!net->has_gateway)
+		return 0;
+	if (!net->has_addr)
+		return fail(err, errlen, "NET_GATEWAY without NET_ADDR");
+	mask = prefix_mask(net->prefix);
+	if ((net->gateway & mask) != (net->addr & mask) || net->gateway == net->addr)
+		return fail(err, errlen, "NET_GATEWAY is not another address in NET_ADDR's /%u subnet",
+			    net->prefix);
+	return 0;
+}
+
+int mm_config_parse(struct mm_config *cfg, const uint8_t *payload, size_t len,
+		    char *err, size_t errlen)
+{
+	struct string_store st = { cfg->strings, sizeof cfg->strings, &cfg->strings_used };
+	int r;
+
+	memset(cfg, 0, offsetof(struct mm_config, strings));
+	cfg->strings_used = 0;
+	if (len < 2)
+		return fail(err, errlen, "payload of %zu bytes has no version", len);
+	cfg->version = mm_get_u16(payload);
+	if (cfg->version < MM_PROTOCOL_MIN || cfg->version > MM_PROTOCOL_MAX)
+		return fail(err, errlen, "version %u is not supported (this agent speaks %d..%d)",
+			    cfg->version, MM_PROTOCOL_MIN, MM_PROTOCOL_MAX);
+	r = parse_records(cfg->version >= 2 ? RECORDS_CONFIG_V2 : RECORDS_CONFIG_V1, payload, len,
+			  2, &cfg->proc, cfg, &st, err, errlen);
+	if (r != 0)
+		return r;
+	return check_net(&cfg->net, err, errlen) != 0 ? MM_PARSE_NET : MM_PARSE_OK;
+}
+
+int mm_exec_parse(struct mm_exec *ex, uint16_t version, const uint8_t *payload, size_t len,
+		  char *err, size_t errlen)
+{
+	struct string_store st = { ex->strings, sizeof ex->strings, &ex->strings_used };
+	uint16_t v;
+
+	memset(ex, 0, offsetof(struct mm_exec, strings));
+	ex->strings_used = 0;
+	if (len < 2)
+		return fail(err, errlen, "EXEC payload of %zu bytes has no version", len);
+	v = mm_get_u16(payload);
+	if (v != version)
+		return fail(err, errlen, "EXEC version %u is not the agreed version %u", v, version);
+	return parse_records(RECORDS_EXEC, payload, len, 2, &ex->proc, NULL, &st, err, errlen);
 }

@@ -1,5 +1,5 @@
-/* The host<->guest channel protocol (docs/PROTOCOL.md): frame and CONFIG limits,
- * a bounded frame receiver and the CONFIG parser. Pure: no I/O, no allocation. */
+/* The host<->guest channel protocol (docs/PROTOCOL.md): frame, record and session
+ * limits, a bounded frame receiver and the CONFIG and EXEC parsers. Pure: no I/O. */
 #ifndef MM_PROTOCOL_H
 #define MM_PROTOCOL_H
 
@@ -7,8 +7,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MM_PROTOCOL_VERSION 1
-#define MM_AGENT_NAME "mm-init/0.1"
+#define MM_PROTOCOL_MIN 1                        /* offered in HELLO */
+#define MM_PROTOCOL_MAX 2
+#define MM_AGENT_NAME "mm-init/0.2"
 #define MM_MAX_AGENT_NAME 64
 
 #define MM_LEN_FIELD 4                          /* the u32 `len` */
@@ -25,6 +26,15 @@
 #define MM_MAX_ERROR 1024
 #define MM_CONFIG_RECORD_HEADER 3               /* u8 tag + u16 length */
 
+/* Version 2 */
+#define MM_MAX_SESSIONS 64                      /* exec sessions alive at once */
+#define MM_INITIAL_WINDOW (256 * 1024)          /* credit per session and direction */
+#define MM_MAX_DNS 3
+#define MM_MAX_HOSTS 16
+#define MM_MAX_HOST_NAME 253                    /* one name in a HOSTS line */
+#define MM_IPV6_TEXT_MAX 46                     /* INET6_ADDRSTRLEN */
+#define MM_DRAIN_AFTER_EXIT_MS 500              /* output still read after a process exits */
+
 #define MM_STREAM_CONTROL 0
 
 enum mm_frame_type {
@@ -38,6 +48,9 @@ enum mm_frame_type {
 	MM_SIGNAL = 0x08,
 	MM_POWEROFF = 0x09,
 	MM_ERROR = 0x0A,
+	MM_EXEC = 0x0B,       /* v2 */
+	MM_RESIZE = 0x0C,
+	MM_WINDOW = 0x0D,
 };
 
 enum mm_config_tag {
@@ -47,6 +60,19 @@ enum mm_config_tag {
 	MM_TAG_USER = 4,
 	MM_TAG_HOSTNAME = 5,
 	MM_TAG_FLAGS = 6,
+	MM_TAG_TTY = 7,          /* v2, EXEC only */
+	MM_TAG_STDIN = 8,
+	MM_TAG_NET_ADDR = 9,     /* v2, CONFIG only */
+	MM_TAG_NET_GATEWAY = 10,
+	MM_TAG_DNS = 11,
+	MM_TAG_HOSTS = 12,
+};
+
+/* What a parser reports; the ERROR code the guest answers with follows from it. */
+enum mm_parse_result {
+	MM_PARSE_OK = 0,
+	MM_PARSE_CONFIG = -1,   /* ERROR "CONFIG: ..." */
+	MM_PARSE_NET = -2,      /* ERROR "NET: ..." */
 };
 
 #define MM_FLAG_STAY_UP 0x1u
@@ -76,19 +102,52 @@ int mm_rx_next(struct mm_rx *rx, struct mm_frame *out, uint32_t *bad_len);
 size_t mm_frame_encode(uint8_t *out, size_t cap, uint8_t type, uint32_t stream,
 		       const void *payload, size_t payload_len);
 
-struct mm_config {
-	uint16_t version;
+struct mm_winsize {
+	uint16_t rows;
+	uint16_t cols;
+};
+
+/* A process to start: the workload (CONFIG) or an exec session (EXEC). */
+struct mm_process {
 	size_t argc;
 	char *argv[MM_MAX_ARGS + 1];    /* NULL-terminated */
 	size_t envc;
 	char *envp[MM_MAX_ENV + 1];     /* NULL-terminated */
 	char *cwd;                      /* NULL if absent */
 	char *user;
+	bool tty;                       /* EXEC's TTY record: run on a new pty */
+	struct mm_winsize winsize;
+	bool stdin_open;                /* EXEC's STDIN record: the host sends STDIN */
+};
+
+/* The machine's network identity (CONFIG v2), already validated. */
+struct mm_net {
+	bool has_addr;
+	uint32_t addr;                  /* host byte order */
+	unsigned prefix;                /* 1..32 */
+	bool has_gateway;
+	uint32_t gateway;
+	size_t dns_count;
+	char *dns[MM_MAX_DNS];          /* IPv4 or IPv6 addresses */
+	size_t hosts_count;
+	char *hosts[MM_MAX_HOSTS];      /* "address name..." */
+};
+
+struct mm_config {
+	uint16_t version;
+	struct mm_process proc;
 	char *hostname;
 	uint32_t flags;
+	struct mm_net net;
 	/* Every string, NUL-terminated. A record costs 3 header bytes and its copy one
 	 * NUL, so the copies of one payload always fit in MM_MAX_PAYLOAD bytes. */
 	char strings[MM_MAX_PAYLOAD];
+	size_t strings_used;
+};
+
+struct mm_exec {
+	struct mm_process proc;
+	char strings[MM_MAX_PAYLOAD];   /* as in mm_config */
 	size_t strings_used;
 };
 
@@ -96,9 +155,20 @@ struct mm_config {
  * message truncated to fit a frame is still UTF-8 if it was before. */
 size_t mm_utf8_whole_len(const char *s, size_t len);
 
-/* Parses and validates a CONFIG payload. 0 on success; -1 with a reason in err. */
+/* Parses and validates a CONFIG payload: MM_PARSE_OK, or MM_PARSE_CONFIG or
+ * MM_PARSE_NET with a reason in err. Only the records of cfg->version count. */
 int mm_config_parse(struct mm_config *cfg, const uint8_t *payload, size_t len,
 		    char *err, size_t errlen);
+
+/* Parses and validates an EXEC payload (CONFIG's shape: u16 version, records) under
+ * the version agreed in CONFIG: MM_PARSE_OK, or MM_PARSE_CONFIG with a reason. */
+int mm_exec_parse(struct mm_exec *ex, uint16_t version, const uint8_t *payload, size_t len,
+		  char *err, size_t errlen);
+
+/* Strict dotted quad ("10.0.0.1": four decimal parts 0-255, no leading zeros). */
+bool mm_parse_ipv4(const char *s, uint32_t *out);
+/* An IPv4 or IPv6 address in text form. */
+bool mm_is_ip_address(const char *s);
 
 static inline uint16_t mm_get_u16(const uint8_t *p)
 {

@@ -1,5 +1,6 @@
-/* Workload start-up. Names in USER are resolved from the rootfs's /etc/passwd and
- * /etc/group by hand, with Docker's (runc's) rules, so any image libc works. */
+/* Process start-up for the workload and exec sessions. Names in USER are resolved
+ * from the rootfs's /etc/passwd and /etc/group by hand, with Docker's (runc's) rules,
+ * so any image libc works. */
 #include "spawn.h"
 
 #include <errno.h>
@@ -13,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -23,6 +26,8 @@
 #define DB_FIELDS_MAX 7       /* passwd has 7 fields, group 4 */
 #define MAX_GROUPS 64         /* supplementary groups beyond this are dropped */
 #define HOME_ENV_MAX (sizeof "HOME=" + DB_LINE_MAX)
+#define PTS_PATH_MAX 64       /* "/dev/pts/N" */
+#define ENV_DEFAULTS 3        /* PATH, HOME, TERM */
 
 enum spawn_stage { STAGE_SETUP = 1, STAGE_USER, STAGE_CWD, STAGE_EXEC };
 
@@ -56,13 +61,22 @@ struct spawn_plan {
 	char *const *argv;
 	const char *path;            /* the workload's PATH, for the argv[0] lookup */
 	char home_env[HOME_ENV_MAX];
-	char *envp[MM_MAX_ENV + 3];  /* ENV records, PATH and HOME defaults, NULL */
+	char *envp[MM_MAX_ENV + ENV_DEFAULTS + 1];  /* ENV records, defaults, NULL */
+};
+
+/* The child's stdio, set up by the parent: fds the child dups to 0-2. */
+struct child_stdio {
+	int in;       /* -1: /dev/null */
+	int out;
+	int err;
+	int ctty;     /* the pty slave to make the controlling terminal, or -1 */
 };
 
 static struct spawn_plan plan;          /* kept off PID 1's stack */
 static struct passwd_entry passwd_found;
 static char db_line[DB_LINE_MAX];
 static char default_path_env[] = "PATH=" MM_DEFAULT_PATH;
+static char default_term_env[] = "TERM=" MM_DEFAULT_TERM;
 
 /* Formats an ERROR payload ("CODE: message") and returns status. */
 __attribute__((format(printf, 4, 5)))
@@ -269,20 +283,22 @@ static bool has_prefix(const char *s, const char *prefix)
 	return strncmp(s, prefix, strlen(prefix)) == 0;
 }
 
-/* The workload's environment is exactly the ENV records, plus PATH and HOME when
- * they are missing (as Docker adds them). */
-static void build_env(const struct mm_config *cfg)
+/* The environment is exactly the ENV records, plus PATH and HOME when they are
+ * missing, and TERM on a TTY (as Docker adds them). */
+static void build_env(const struct mm_process *proc)
 {
 	size_t n = 0;
-	bool has_home = false;
+	bool has_home = false, has_term = false;
 
 	plan.path = NULL;
-	for (size_t i = 0; i < cfg->envc; i++) {
-		plan.envp[n++] = cfg->envp[i];
-		if (plan.path == NULL && has_prefix(cfg->envp[i], "PATH="))
-			plan.path = cfg->envp[i] + sizeof "PATH=" - 1;
-		if (has_prefix(cfg->envp[i], "HOME="))
+	for (size_t i = 0; i < proc->envc; i++) {
+		plan.envp[n++] = proc->envp[i];
+		if (plan.path == NULL && has_prefix(proc->envp[i], "PATH="))
+			plan.path = proc->envp[i] + sizeof "PATH=" - 1;
+		if (has_prefix(proc->envp[i], "HOME="))
 			has_home = true;
+		if (has_prefix(proc->envp[i], "TERM="))
+			has_term = true;
 	}
 	if (plan.path == NULL) {
 		plan.envp[n++] = default_path_env;
@@ -292,14 +308,16 @@ static void build_env(const struct mm_config *cfg)
 		snprintf(plan.home_env, sizeof plan.home_env, "HOME=%s", plan.cred.home);
 		plan.envp[n++] = plan.home_env;
 	}
+	if (proc->tty && !has_term)
+		plan.envp[n++] = default_term_env;
 	plan.envp[n] = NULL;
 }
 
-static int prepare_plan(const struct mm_config *cfg, char *err, size_t errlen)
+static int prepare_plan(const struct mm_process *proc, char *err, size_t errlen)
 {
 	memset(&plan.cred, 0, sizeof plan.cred);
-	if (cfg->user != NULL) {
-		int status = resolve_user(cfg->user, &plan.cred, err, errlen);
+	if (proc->user != NULL) {
+		int status = resolve_user(proc->user, &plan.cred, err, errlen);
 
 		if (status != 0)
 			return status;
@@ -309,9 +327,9 @@ static int prepare_plan(const struct mm_config *cfg, char *err, size_t errlen)
 		snprintf(plan.cred.home, sizeof plan.cred.home, "%s",
 			 known && passwd_found.home[0] != '\0' ? passwd_found.home : "/");
 	}
-	plan.cwd = cfg->cwd != NULL ? cfg->cwd : "/";
-	plan.argv = cfg->argv;
-	build_env(cfg);
+	plan.cwd = proc->cwd != NULL ? proc->cwd : "/";
+	plan.argv = proc->argv;
+	build_env(proc);
 	return 0;
 }
 
@@ -395,22 +413,24 @@ static int exec_in_path(const char *file, char *const argv[], char *const envp[]
 	return seen_eacces ? EACCES : ENOENT;
 }
 
-/* In the child: stdio, session, credentials, cwd, signals, exec. Every fd except
- * 0-2 is close-on-exec, and main() keeps 0-2 open, so the pipes here are >= 3. */
+/* In the child: session, stdio, credentials, cwd, signals, exec. Every fd except
+ * 0-2 is close-on-exec, and main() keeps 0-2 open, so the fds here are >= 3. */
 __attribute__((noreturn))
-static void run_child(int out_w, int err_w, int report_fd)
+static void run_child(const struct child_stdio *io, int report_fd)
 {
-	int null_fd;
+	int in = io->in;
 
 	if (setsid() < 0)
 		child_fail(report_fd, STAGE_SETUP, "setsid", errno);
-	if ((null_fd = open("/dev/null", O_RDONLY)) < 0)
+	/* A new session has no controlling terminal: make the pty slave ours, so that
+	 * the line discipline sends SIGINT, SIGWINCH, SIGHUP to our process group. */
+	if (io->ctty >= 0 && ioctl(io->ctty, TIOCSCTTY, 0) != 0)
+		child_fail(report_fd, STAGE_SETUP, "TIOCSCTTY", errno);
+	if (in < 0 && (in = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0)
 		child_fail(report_fd, STAGE_SETUP, "open /dev/null", errno);
-	if (dup2(null_fd, STDIN_FILENO) < 0 || dup2(out_w, STDOUT_FILENO) < 0 ||
-	    dup2(err_w, STDERR_FILENO) < 0)
+	if (dup2(in, STDIN_FILENO) < 0 || dup2(io->out, STDOUT_FILENO) < 0 ||
+	    dup2(io->err, STDERR_FILENO) < 0)
 		child_fail(report_fd, STAGE_SETUP, "dup2", errno);
-	if (null_fd > STDERR_FILENO)
-		close(null_fd);
 	if (plan.cred.change) {
 		/* Groups and gid first: after setuid() we may no longer change them. */
 		if (setgroups(plan.cred.ngroups, plan.cred.groups) != 0)
@@ -427,10 +447,10 @@ static void run_child(int out_w, int err_w, int report_fd)
 		   exec_in_path(plan.argv[0], plan.argv, plan.envp, plan.path));
 }
 
-static int describe_failure(const struct spawn_failure *f, const struct mm_config *cfg,
+static int describe_failure(const struct spawn_failure *f, const struct mm_process *proc,
 			    char *err, size_t errlen)
 {
-	const char *argv0 = cfg->argv[0];
+	const char *argv0 = proc->argv[0];
 	int denied = f->err == EACCES || f->err == EPERM ? MM_STATUS_DENIED : MM_STATUS_NOT_FOUND;
 
 	switch (f->stage) {
@@ -446,7 +466,7 @@ static int describe_failure(const struct spawn_failure *f, const struct mm_confi
 	case STAGE_CWD:
 		return say(denied, err, errlen, "CWD: %s: %s", plan.cwd, strerror(f->err));
 	case STAGE_USER:
-		return say(denied, err, errlen, "USER: %s: %s: %s", cfg->user, f->what,
+		return say(denied, err, errlen, "USER: %s: %s: %s", proc->user, f->what,
 			   strerror(f->err));
 	default:
 		return say(MM_STATUS_NOT_FOUND, err, errlen, "SPAWN: %s: %s", f->what,
@@ -461,20 +481,55 @@ static void close_fd(int *fd)
 	*fd = -1;
 }
 
-int spawn_workload(const struct mm_config *cfg, struct workload *w, char *err, size_t errlen)
+/* A new pseudo-terminal of the requested size: master and slave, both close-on-exec.
+ * The slave belongs to the session's user, so that it may reopen its terminal. */
+static int open_pty(const struct mm_process *proc, int *master, int *slave)
 {
-	int out[2] = { -1, -1 }, errp[2] = { -1, -1 }, report[2] = { -1, -1 };
+	struct winsize ws = { .ws_row = proc->winsize.rows, .ws_col = proc->winsize.cols };
+	char name[PTS_PATH_MAX];
+
+	*master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+	if (*master < 0 || grantpt(*master) != 0 || unlockpt(*master) != 0 ||
+	    ptsname_r(*master, name, sizeof name) != 0)
+		return -1;
+	if ((*slave = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC)) < 0)
+		return -1;
+	if (ioctl(*master, TIOCSWINSZ, &ws) != 0)
+		return -1;
+	if (plan.cred.change && fchown(*slave, plan.cred.uid, (gid_t)-1) != 0)
+		log_debug("chown %s to uid %u: %s", name, (unsigned)plan.cred.uid, strerror(errno));
+	return 0;
+}
+
+int spawn_process(const struct mm_process *proc, struct spawned *sp, char *err, size_t errlen)
+{
+	/* [0] read end, [1] write end; for a TTY, out[0] is the master, out[1] the slave. */
+	int in[2] = { -1, -1 }, out[2] = { -1, -1 }, errp[2] = { -1, -1 }, report[2] = { -1, -1 };
+	struct child_stdio io;
 	struct spawn_failure failure;
 	ssize_t n;
 	pid_t pid;
 	int status;
 
-	w->pid = 0;
-	w->out_fd = w->err_fd = -1;
-	if ((status = prepare_plan(cfg, err, errlen)) != 0)
+	sp->pid = 0;
+	sp->out_fd = sp->err_fd = sp->in_fd = -1;
+	if ((status = prepare_plan(proc, err, errlen)) != 0)
 		return status;
-	if (pipe2(out, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0 ||
-	    pipe2(report, O_CLOEXEC) != 0) {
+	if (proc->tty) {
+		if (open_pty(proc, &out[0], &out[1]) != 0) {
+			status = say(MM_STATUS_NOT_FOUND, err, errlen, "SPAWN: pty: %s", strerror(errno));
+			goto fail;
+		}
+		io = (struct child_stdio){ out[1], out[1], out[1], out[1] };
+	} else {
+		if (pipe2(out, O_CLOEXEC) != 0 || pipe2(errp, O_CLOEXEC) != 0 ||
+		    (proc->stdin_open && pipe2(in, O_CLOEXEC) != 0)) {
+			status = say(MM_STATUS_NOT_FOUND, err, errlen, "SPAWN: pipe: %s", strerror(errno));
+			goto fail;
+		}
+		io = (struct child_stdio){ in[0], out[1], errp[1], -1 };
+	}
+	if (pipe2(report, O_CLOEXEC) != 0) {
 		status = say(MM_STATUS_NOT_FOUND, err, errlen, "SPAWN: pipe: %s", strerror(errno));
 		goto fail;
 	}
@@ -483,7 +538,8 @@ int spawn_workload(const struct mm_config *cfg, struct workload *w, char *err, s
 		goto fail;
 	}
 	if (pid == 0)
-		run_child(out[1], errp[1], report[1]);
+		run_child(&io, report[1]);
+	close_fd(&in[0]);
 	close_fd(&out[1]);
 	close_fd(&errp[1]);
 	close_fd(&report[1]);
@@ -494,19 +550,24 @@ int spawn_workload(const struct mm_config *cfg, struct workload *w, char *err, s
 	while (n < 0 && errno == EINTR);
 	if (n == (ssize_t)sizeof failure) {
 		failure.what[sizeof failure.what - 1] = '\0';
-		status = describe_failure(&failure, cfg, err, errlen);
+		status = describe_failure(&failure, proc, err, errlen);
 		goto fail;
 	}
 	close_fd(&report[0]);
-	fcntl(out[0], F_SETFL, O_NONBLOCK);
-	fcntl(errp[0], F_SETFL, O_NONBLOCK);
-	w->pid = pid;
-	w->out_fd = out[0];
-	w->err_fd = errp[0];
-	log_debug("workload %s: pid %d", cfg->argv[0], (int)pid);
+	sp->pid = pid;
+	sp->out_fd = out[0];
+	sp->err_fd = errp[0];
+	sp->in_fd = in[1];
+	fcntl(sp->out_fd, F_SETFL, O_NONBLOCK);
+	if (sp->err_fd >= 0)
+		fcntl(sp->err_fd, F_SETFL, O_NONBLOCK);
+	if (sp->in_fd >= 0)
+		fcntl(sp->in_fd, F_SETFL, O_NONBLOCK);
+	log_debug("spawned %s%s: pid %d", proc->argv[0], proc->tty ? " on a pty" : "", (int)pid);
 	return 0;
 fail:
 	for (int i = 0; i < 2; i++) {
+		close_fd(&in[i]);
 		close_fd(&out[i]);
 		close_fd(&errp[i]);
 		close_fd(&report[i]);

@@ -140,7 +140,20 @@ describe("published ports", () => {
     assert.equal(viaOutside.out, "hello from the guest\n", "from another host on the network");
   });
 
+  test("rm -f of a running machine removes its TAP and rules", async () => {
+    const taps = () =>
+      execFileSync("ip", ["-n", h.netns, "-o", "link", "show"], { encoding: "utf8" }).match(/mmt[0-9a-f]+/g) ?? [];
+    const before = taps().length;
+    assert.equal((await h.mm(["rm", "-f", "web"])).code, 0);
+    assert.equal(taps().length, before - 1);
+    const rules = execFileSync("ip", ["netns", "exec", h.netns, "nft", "list", "table", "inet", "mm"], {
+      encoding: "utf8",
+    });
+    assert.doesNotMatch(rules, /8080/, "the published port's DNAT is gone");
+  });
+
   test("a taken host port is MM_PORT_IN_USE", async () => {
+    assert.equal((await h.mm(["run", "-d", "--name", "web2", "-p", "8080:80", "--", "sleep", "600"])).code, 0);
     const r = await h.mm(["run", "--rm", "-p", "8080:81", "--", "true"]);
     assert.equal(r.code, 125);
     assert.match(r.stderr, /MM_PORT_IN_USE/);

@@ -5,219 +5,36 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
-import { fileURLToPath } from "node:url";
-
-const BIN = process.env.MM_INIT || path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../build/mm-init");
-if (!fs.existsSync(BIN)) {
-  throw new Error(`${BIN} does not exist: build it first with \`make -C guest/init\``);
-}
-
-const T = {
-  HELLO: 1,
-  CONFIG: 2,
-  READY: 3,
-  STDOUT: 4,
-  STDERR: 5,
-  EXIT: 6,
-  STDIN: 7,
-  SIGNAL: 8,
-  POWEROFF: 9,
-  ERROR: 10,
-};
-const TAG = { ARG: 1, ENV: 2, CWD: 3, USER: 4, HOSTNAME: 5, FLAGS: 6 };
-const MAX_PAYLOAD = 65536;
-const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-const WAIT_MS = 10_000;
-const IS_ROOT = process.getuid?.() === 0;
-
-// ---- frame codec (the TypeScript one lives in packages/; this one is for tests) ----
-
-function encodeFrame(type, payload = Buffer.alloc(0), stream = 0) {
-  const frame = Buffer.alloc(9 + payload.length);
-  frame.writeUInt32BE(5 + payload.length, 0);
-  frame.writeUInt8(type, 4);
-  frame.writeUInt32BE(stream, 5);
-  payload.copy(frame, 9);
-  return frame;
-}
-
-class FrameDecoder {
-  #buf = Buffer.alloc(0);
-  push(chunk) {
-    this.#buf = Buffer.concat([this.#buf, chunk]);
-    const frames = [];
-    while (this.#buf.length >= 4) {
-      const len = this.#buf.readUInt32BE(0);
-      if (len < 5 || len > 5 + MAX_PAYLOAD) throw new Error(`guest sent a frame with len ${len}`);
-      if (this.#buf.length < 4 + len) break;
-      frames.push({
-        type: this.#buf.readUInt8(4),
-        stream: this.#buf.readUInt32BE(5),
-        payload: Buffer.from(this.#buf.subarray(9, 4 + len)),
-      });
-      this.#buf = this.#buf.subarray(4 + len);
-    }
-    return frames;
-  }
-}
-
-function record(tag, value) {
-  const bytes = typeof value === "string" ? Buffer.from(value) : value;
-  const head = Buffer.alloc(3);
-  head.writeUInt8(tag, 0);
-  head.writeUInt16BE(bytes.length, 1);
-  return Buffer.concat([head, bytes]);
-}
-
-function encodeConfig({ args, env = [], cwd, user, hostname, flags, version = 1 }) {
-  const version16 = Buffer.alloc(2);
-  version16.writeUInt16BE(version);
-  const parts = [version16, ...args.map((a) => record(TAG.ARG, a)), ...env.map((e) => record(TAG.ENV, e))];
-  if (cwd !== undefined) parts.push(record(TAG.CWD, cwd));
-  if (user !== undefined) parts.push(record(TAG.USER, user));
-  if (hostname !== undefined) parts.push(record(TAG.HOSTNAME, hostname));
-  if (flags !== undefined) {
-    const f = Buffer.alloc(4);
-    f.writeUInt32BE(flags);
-    parts.push(record(TAG.FLAGS, f));
-  }
-  return encodeFrame(T.CONFIG, Buffer.concat(parts));
-}
-
-const u32 = (n) => {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n);
-  return b;
-};
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// ---- a session: one mm-init process and the host end of its channel ----
-
-async function startSession({ env = {}, args = [] } = {}) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "mm-init-test-"));
-  const sock = path.join(dir, "agent.sock");
-  const server = net.createServer();
-  await new Promise((resolve, reject) => server.once("error", reject).listen(sock, resolve));
-
-  const child = spawn(BIN, args, {
-    env: { MM_INIT_CHANNEL: sock, MM_TEST_SHOULD_NOT_LEAK: "1", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let log = "";
-  child.stdout.on("data", (d) => {
-    log += d;
-  });
-  child.stderr.on("data", (d) => {
-    log += d;
-  });
-  const exited = new Promise((resolve) => child.on("exit", (code, signal) => resolve({ code, signal })));
-
-  const conn = await Promise.race([
-    new Promise((resolve) => server.once("connection", resolve)),
-    exited.then(({ code }) => {
-      throw new Error(`mm-init exited (${code}) before connecting: ${log}`);
-    }),
-  ]);
-  const decoder = new FrameDecoder();
-  const queue = [];
-  const waiters = [];
-  let closed = false;
-  const settle = () => {
-    while (waiters.length > 0 && (queue.length > 0 || closed)) waiters.shift()(queue.shift() ?? null);
-  };
-  conn.on("data", (chunk) => {
-    queue.push(...decoder.push(chunk));
-    settle();
-  });
-  conn.on("close", () => {
-    closed = true;
-    settle();
-  });
-  conn.on("error", () => {});
-
-  return {
-    child,
-    exited,
-    conn,
-    log: () => log,
-    send: (buf) => conn.write(buf),
-    /** The next frame, or null once the guest closed the channel. */
-    next(timeoutMs = WAIT_MS) {
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`no frame within ${timeoutMs} ms; log: ${log}`)), timeoutMs);
-        waiters.push((frame) => {
-          clearTimeout(timer);
-          resolve(frame);
-        });
-        settle();
-      });
-    },
-    async close() {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-      conn.destroy();
-      await new Promise((resolve) => server.close(resolve));
-      fs.rmSync(dir, { recursive: true, force: true });
-    },
-  };
-}
-
-/** Frames up to and including EXIT, with stdout/stderr joined. */
-async function collectUntilExit(s) {
-  const frames = [];
-  for (;;) {
-    const frame = await s.next();
-    assert.ok(frame, `channel closed before EXIT; log: ${s.log()}`);
-    frames.push(frame);
-    if (frame.type === T.EXIT) break;
-  }
-  const join = (type) => Buffer.concat(frames.filter((f) => f.type === type).map((f) => f.payload)).toString();
-  const exit = frames.at(-1).payload;
-  return {
-    frames,
-    types: frames.map((f) => f.type),
-    stdout: join(T.STDOUT),
-    stderr: join(T.STDERR),
-    errors: frames.filter((f) => f.type === T.ERROR).map((f) => f.payload.toString()),
-    ready: frames.find((f) => f.type === T.READY)?.payload.readUInt32BE(0),
-    status: exit.readInt32BE(0),
-    signal: exit.readInt32BE(4),
-  };
-}
-
-/** Runs one CONFIG to EXIT, then POWEROFF; checks that mm-init exits 0. */
-async function run(config, options) {
-  const s = await startSession(options);
-  try {
-    const hello = await s.next();
-    assert.equal(hello.type, T.HELLO);
-    s.send(encodeConfig(config));
-    const result = await collectUntilExit(s);
-    s.send(encodeFrame(T.POWEROFF));
-    const { code } = await s.exited;
-    assert.equal(code, 0, `mm-init exit code; log: ${s.log()}`);
-    return result;
-  } finally {
-    await s.close();
-  }
-}
-
-const sh = (script, extra = {}) => ({ args: ["/bin/sh", "-c", script], ...extra });
+import {
+  BIN,
+  collectUntilExit,
+  DEFAULT_PATH,
+  encodeConfig,
+  encodeFrame,
+  IS_ROOT,
+  MAX_PAYLOAD,
+  run,
+  sh,
+  sleep,
+  startSession,
+  T,
+  u32,
+} from "./harness.mjs";
 
 // ---- tests ----
 
-test("HELLO announces versions 1..1 and the agent name", async () => {
+test("HELLO announces versions 1..2 and the agent name", async () => {
   const s = await startSession();
   try {
     const hello = await s.next();
     assert.equal(hello.type, T.HELLO);
     assert.equal(hello.stream, 0);
     assert.equal(hello.payload.readUInt16BE(0), 1);
-    assert.equal(hello.payload.readUInt16BE(2), 1);
-    assert.equal(hello.payload.subarray(4).toString(), "mm-init/0.1");
+    assert.equal(hello.payload.readUInt16BE(2), 2);
+    assert.equal(hello.payload.subarray(4).toString(), "mm-init/0.2");
   } finally {
     await s.close();
   }
@@ -363,8 +180,8 @@ test("CONFIG limits: NUL in a string, a relative CWD, an unknown version", async
   assert.equal(nul.status, 127);
   const rel = await run({ args: ["/bin/true"], cwd: "tmp" });
   assert.match(rel.errors[0], /^CONFIG: .*not absolute/);
-  const v2 = await run({ args: ["/bin/true"], version: 2 });
-  assert.match(v2.errors[0], /^CONFIG: version 2/);
+  const v3 = await run({ args: ["/bin/true"], version: 3 });
+  assert.match(v3.errors[0], /^CONFIG: version 3 is not supported \(this agent speaks 1\.\.2\)/);
   const long = await run({ args: ["/bin/echo", "x".repeat(4097)] });
   assert.match(long.errors[0], /^CONFIG: ARG record is 4097 bytes/);
 });

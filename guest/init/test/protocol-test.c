@@ -1,5 +1,5 @@
-/* Unit tests for protocol.c: frame receiver and CONFIG validation, limit by limit.
- * Built and run by `make check`; prints one line per failure, exits non-zero. */
+/* Unit tests for protocol.c: frame receiver, CONFIG and EXEC validation, limit by
+ * limit. Built and run by `make check`; prints one line per failure, exits non-zero. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +10,7 @@
 
 static int failures;
 static struct mm_config cfg;
+static struct mm_exec ex;
 static uint8_t payload[BUF_MAX];
 static size_t plen;
 static char err[MM_MAX_ERROR + 1];
@@ -59,23 +60,26 @@ static void test_config(void)
 	record(MM_TAG_FLAGS, flags, 4);
 	str(99, "from the future");
 	CHECK(parse() == 0);
-	CHECK(cfg.argc == 2 && strcmp(cfg.argv[1], "-c") == 0 && cfg.argv[2] == NULL);
-	CHECK(cfg.envc == 1 && strcmp(cfg.envp[0], "A=1") == 0 && cfg.envp[1] == NULL);
-	CHECK(strcmp(cfg.cwd, "/srv") == 0 && strcmp(cfg.user, "1000:1000") == 0);
+	CHECK(cfg.proc.argc == 2 && strcmp(cfg.proc.argv[1], "-c") == 0 && cfg.proc.argv[2] == NULL);
+	CHECK(cfg.proc.envc == 1 && strcmp(cfg.proc.envp[0], "A=1") == 0 && cfg.proc.envp[1] == NULL);
+	CHECK(strcmp(cfg.proc.cwd, "/srv") == 0 && strcmp(cfg.proc.user, "1000:1000") == 0);
 	CHECK(strcmp(cfg.hostname, "box") == 0 && cfg.flags == MM_FLAG_STAY_UP);
 
 	begin(1);
 	CHECK(parse() != 0 && strstr(err, "no ARG") != NULL);
-	begin(2);
+	begin(3);
 	str(MM_TAG_ARG, "sh");
-	CHECK(parse() != 0 && strstr(err, "version") != NULL);
+	CHECK(parse() != 0 && strstr(err, "version 3") != NULL);
+	begin(0);
+	str(MM_TAG_ARG, "sh");
+	CHECK(parse() != 0 && strstr(err, "version 0") != NULL);
 	plen = 1;
 	CHECK(parse() != 0);
 
 	begin(1);
 	for (int i = 0; i < MM_MAX_ARGS; i++)
 		str(MM_TAG_ARG, "a");
-	CHECK(parse() == 0 && cfg.argc == MM_MAX_ARGS);
+	CHECK(parse() == 0 && cfg.proc.argc == MM_MAX_ARGS);
 	str(MM_TAG_ARG, "a");
 	CHECK(parse() != 0 && strstr(err, "ARG") != NULL);
 
@@ -83,14 +87,14 @@ static void test_config(void)
 	str(MM_TAG_ARG, "x");
 	for (int i = 0; i < MM_MAX_ENV; i++)
 		str(MM_TAG_ENV, "K=v");
-	CHECK(parse() == 0 && cfg.envc == MM_MAX_ENV);
+	CHECK(parse() == 0 && cfg.proc.envc == MM_MAX_ENV);
 	str(MM_TAG_ENV, "K=v");
 	CHECK(parse() != 0);
 
 	memset(big, 'x', MM_MAX_STRING);
 	begin(1);
 	record(MM_TAG_ARG, big, MM_MAX_STRING);
-	CHECK(parse() == 0 && strlen(cfg.argv[0]) == MM_MAX_STRING);
+	CHECK(parse() == 0 && strlen(cfg.proc.argv[0]) == MM_MAX_STRING);
 	begin(1);
 	record(MM_TAG_ARG, big, MM_MAX_STRING + 1);
 	CHECK(parse() != 0 && strstr(err, "4096") != NULL);
@@ -159,6 +163,253 @@ static void test_config(void)
 	record(MM_TAG_ARG, big, MM_MAX_PAYLOAD - plen - 3);
 	CHECK(plen == MM_MAX_PAYLOAD);
 	CHECK(parse() == 0 && cfg.strings_used <= sizeof cfg.strings);
+}
+
+static uint8_t winsize[4] = { 0, 24, 0, 80 };
+
+static int parse_exec(uint16_t version)
+{
+	return mm_exec_parse(&ex, version, payload, plen, err, sizeof err);
+}
+
+static void test_config_v2(void)
+{
+	/* v1 ignores the v2 records; TTY and STDIN mean nothing in CONFIG. */
+	begin(1);
+	str(MM_TAG_ARG, "x");
+	str(MM_TAG_NET_ADDR, "not an address");
+	str(MM_TAG_DNS, "nope");
+	record(MM_TAG_TTY, winsize, 4);
+	CHECK(parse() == MM_PARSE_OK && !cfg.net.has_addr && cfg.net.dns_count == 0 && !cfg.proc.tty);
+
+	begin(2);
+	str(MM_TAG_ARG, "x");
+	str(MM_TAG_NET_ADDR, "10.88.0.5/16");
+	str(MM_TAG_NET_GATEWAY, "10.88.0.1");
+	str(MM_TAG_DNS, "10.88.0.1");
+	str(MM_TAG_DNS, "2001:db8::53");
+	str(MM_TAG_HOSTS, "10.88.0.5 web web.local");
+	str(MM_TAG_HOSTS, "::1\tip6-host");
+	record(MM_TAG_TTY, winsize, 4);
+	record(MM_TAG_STDIN, "", 0);
+	CHECK(parse() == MM_PARSE_OK);
+	CHECK(cfg.version == 2 && cfg.net.has_addr && cfg.net.addr == 0x0a580005 &&
+	      cfg.net.prefix == 16 && cfg.net.has_gateway && cfg.net.gateway == 0x0a580001);
+	CHECK(cfg.net.dns_count == 2 && strcmp(cfg.net.dns[1], "2001:db8::53") == 0);
+	CHECK(cfg.net.hosts_count == 2 && strcmp(cfg.net.hosts[0], "10.88.0.5 web web.local") == 0);
+	CHECK(!cfg.proc.tty && !cfg.proc.stdin_open);
+
+	/* NET_ADDR: a.b.c.d/len, len 1-32, a host address. */
+	static const char *const bad_addr[] = {
+		"10.88.0.5", "10.88.0.5/", "10.88.0.5/0", "10.88.0.5/33", "10.88.0.5/016",
+		"10.88.0/16", "10.88.0.256/16", "10.088.0.5/16", "10.88.0.5/16 ", " 10.88.0.5/16",
+		"10.88.0.0/16", "10.88.255.255/16", "127.0.0.1/8", "224.0.0.1/4", "0.1.2.3/8",
+		"10.88.0.5/1x", "10.88.0.5/16/2", "",
+	};
+	for (size_t i = 0; i < sizeof bad_addr / sizeof bad_addr[0]; i++) {
+		begin(2);
+		str(MM_TAG_ARG, "x");
+		str(MM_TAG_NET_ADDR, bad_addr[i]);
+		CHECK(parse() == MM_PARSE_NET && strstr(err, "NET_ADDR") != NULL);
+	}
+	static const char *const good_addr[] = { "10.88.0.5/16", "192.168.1.1/32", "10.0.0.0/31",
+						 "1.2.3.4/1", "223.255.255.254/24" };
+	for (size_t i = 0; i < sizeof good_addr / sizeof good_addr[0]; i++) {
+		begin(2);
+		str(MM_TAG_ARG, "x");
+		str(MM_TAG_NET_ADDR, good_addr[i]);
+		CHECK(parse() == MM_PARSE_OK);
+	}
+	begin(2);
+	str(MM_TAG_ARG, "x");
+	str(MM_TAG_NET_ADDR, "10.0.0.2/8");
+	str(MM_TAG_NET_ADDR, "10.0.0.3/8");
+	CHECK(parse() == MM_PARSE_NET && strstr(err, "more than one NET_ADDR") != NULL);
+	begin(2);
+	str(MM_TAG_ARG, "x");
+	record(MM_TAG_NET_ADDR, "10.0.0.2/8\0", 11);
+	CHECK(parse() == MM_PARSE_NET && strstr(err, "NUL") != NULL);
+
+	/* NET_GATEWAY: needs NET_ADDR, and lies in its subnet. */
+	begin(2);
+	str(MM_TAG_ARG, "x");
+	str(MM_TAG_NET_GATEWAY, "10.0.0.1");
+	CHECK(parse() == MM_PARSE_NET && strstr(err, "without NET_ADDR") != NULL);
+	begin(2);
+	str(MM_TAG_ARG, "x");
+	str(MM_TAG_NET_ADDR, "10.88.0.5/16");
+	str(MM_TAG_NET_GATEWAY, "10.89.0.1");
+	CHECK(parse() == MM_PARSE_NET && strstr(err, "subnet") != NULL);
+	begin(2);
+	str(MM_TAG_ARG, "x");
+	str(MM_TAG_NET_ADDR, "10.88.0.5/16");
+	str(MM_TAG_NET_GATEWAY, "10.88.0.5");
+	CHECK(parse() == MM_PARSE_NET);
+	begin(2);
+	str(MM_TAG_ARG, "x");
+	str(MM_TAG_NET_ADDR, "10.88.0.5/16");
+	str(MM_TAG_NET_GATEWAY, "10.88.0.1/16");
+	CHECK(parse() == MM_PARSE_NET && strstr(err, "NET_GATEWAY") != NULL);
+	begin(2);
+	str(MM_TAG_ARG, "x");
+	str(MM_TAG_NET_ADDR, "10.88.0.5/16");
+	str(MM_TAG_NET_GATEWAY, "10.88.0.1");
+	str(MM_TAG_NET_GATEWAY, "10.88.0.2");
+	CHECK(parse() == MM_PARSE_NET && strstr(err, "more than one NET_GATEWAY") != NULL);
+
+	/* DNS: at most MM_MAX_DNS addresses. */
+	begin(2);
+	str(MM_TAG_ARG, "x");
+	for (int i = 0; i < MM_MAX_DNS; i++)
+		str(MM_TAG_DNS, "1.1.1.1");
+	CHECK(parse() == MM_PARSE_OK && cfg.net.dns_count == MM_MAX_DNS);
+	str(MM_TAG_DNS, "1.1.1.1");
+	CHECK(parse() == MM_PARSE_NET && strstr(err, "more than 3 DNS") != NULL);
+	static const char *const bad_dns[] = { "resolver", "1.1.1", "fe80::1%eth0", "1.1.1.1 ",
+						"nameserver 1.1.1.1", "" };
+	for (size_t i = 0; i < sizeof bad_dns / sizeof bad_dns[0]; i++) {
+		begin(2);
+		str(MM_TAG_ARG, "x");
+		str(MM_TAG_DNS, bad_dns[i]);
+		CHECK(parse() == MM_PARSE_NET && strstr(err, "DNS") != NULL);
+	}
+
+	/* HOSTS: "address name..." on one line, at most MM_MAX_HOSTS. */
+	begin(2);
+	str(MM_TAG_ARG, "x");
+	for (int i = 0; i < MM_MAX_HOSTS; i++)
+		str(MM_TAG_HOSTS, "10.0.0.1 a");
+	CHECK(parse() == MM_PARSE_OK && cfg.net.hosts_count == MM_MAX_HOSTS);
+	str(MM_TAG_HOSTS, "10.0.0.1 a");
+	CHECK(parse() == MM_PARSE_NET && strstr(err, "more than 16 HOSTS") != NULL);
+	static const char *const bad_hosts[] = {
+		"10.0.0.1", "web", "10.0.0.1 web\n10.0.0.2 evil", "10.0.0.1 web # comment",
+		"10.0.0.1 we/b", "10.0.0.1 web\r", "300.0.0.1 web", "", "   ",
+	};
+	for (size_t i = 0; i < sizeof bad_hosts / sizeof bad_hosts[0]; i++) {
+		begin(2);
+		str(MM_TAG_ARG, "x");
+		str(MM_TAG_HOSTS, bad_hosts[i]);
+		CHECK(parse() == MM_PARSE_NET && strstr(err, "HOSTS") != NULL);
+	}
+	{
+		static char name[MM_MAX_HOST_NAME + 16];
+
+		memcpy(name, "10.0.0.1 ", 9);
+		memset(name + 9, 'n', MM_MAX_HOST_NAME);
+		begin(2);
+		str(MM_TAG_ARG, "x");
+		str(MM_TAG_HOSTS, name);
+		CHECK(parse() == MM_PARSE_OK);
+		name[9 + MM_MAX_HOST_NAME] = 'n';
+		begin(2);
+		str(MM_TAG_ARG, "x");
+		str(MM_TAG_HOSTS, name);
+		CHECK(parse() == MM_PARSE_NET);
+	}
+
+	/* A non-NET rule broken in a v2 CONFIG is still CONFIG. */
+	begin(2);
+	str(MM_TAG_ARG, "x");
+	str(MM_TAG_ENV, "NOEQUALS");
+	str(MM_TAG_NET_ADDR, "10.88.0.5/16");
+	CHECK(parse() == MM_PARSE_CONFIG);
+}
+
+static void test_exec(void)
+{
+	uint8_t flags[4] = { 0, 0, 0, 1 };
+
+	begin(2);
+	str(MM_TAG_ARG, "sh");
+	str(MM_TAG_ENV, "A=1");
+	str(MM_TAG_CWD, "/srv");
+	str(MM_TAG_USER, "nobody");
+	record(MM_TAG_TTY, winsize, 4);
+	record(MM_TAG_STDIN, "", 0);
+	str(MM_TAG_HOSTNAME, "ignored");           /* CONFIG-only records mean nothing here */
+	record(MM_TAG_FLAGS, flags, 2);
+	str(MM_TAG_NET_ADDR, "bad");
+	str(99, "from the future");
+	CHECK(parse_exec(2) == MM_PARSE_OK);
+	CHECK(ex.proc.argc == 1 && strcmp(ex.proc.argv[0], "sh") == 0 && ex.proc.argv[1] == NULL);
+	CHECK(ex.proc.envc == 1 && strcmp(ex.proc.cwd, "/srv") == 0 &&
+	      strcmp(ex.proc.user, "nobody") == 0);
+	CHECK(ex.proc.tty && ex.proc.winsize.rows == 24 && ex.proc.winsize.cols == 80);
+	CHECK(ex.proc.stdin_open);
+
+	begin(2);
+	str(MM_TAG_ARG, "sh");
+	CHECK(parse_exec(2) == MM_PARSE_OK && !ex.proc.tty && !ex.proc.stdin_open);
+	CHECK(parse_exec(1) == MM_PARSE_CONFIG && strstr(err, "agreed version") != NULL);
+	begin(2);
+	CHECK(parse_exec(2) == MM_PARSE_CONFIG && strstr(err, "no ARG") != NULL);
+	plen = 1;
+	CHECK(parse_exec(2) == MM_PARSE_CONFIG);
+	plen = 0;
+	CHECK(parse_exec(2) == MM_PARSE_CONFIG);
+
+	begin(2);
+	str(MM_TAG_ARG, "sh");
+	record(MM_TAG_TTY, winsize, 3);
+	CHECK(parse_exec(2) == MM_PARSE_CONFIG && strstr(err, "TTY record is 3 bytes") != NULL);
+	begin(2);
+	str(MM_TAG_ARG, "sh");
+	record(MM_TAG_TTY, winsize, 4);
+	record(MM_TAG_TTY, winsize, 4);
+	CHECK(parse_exec(2) == MM_PARSE_CONFIG && strstr(err, "more than one TTY") != NULL);
+	begin(2);
+	str(MM_TAG_ARG, "sh");
+	record(MM_TAG_STDIN, "x", 1);
+	CHECK(parse_exec(2) == MM_PARSE_CONFIG && strstr(err, "STDIN record is 1 bytes") != NULL);
+	begin(2);
+	str(MM_TAG_ARG, "sh");
+	record(MM_TAG_STDIN, "", 0);
+	record(MM_TAG_STDIN, "", 0);
+	CHECK(parse_exec(2) == MM_PARSE_CONFIG && strstr(err, "more than one STDIN") != NULL);
+	begin(2);
+	for (int i = 0; i <= MM_MAX_ARGS; i++)
+		str(MM_TAG_ARG, "a");
+	CHECK(parse_exec(2) == MM_PARSE_CONFIG && strstr(err, "more than 256 ARG") != NULL);
+	begin(2);
+	str(MM_TAG_ARG, "sh");
+	str(MM_TAG_CWD, "relative");
+	CHECK(parse_exec(2) == MM_PARSE_CONFIG && strstr(err, "absolute") != NULL);
+	begin(2);
+	str(MM_TAG_ARG, "sh");
+	payload[plen++] = MM_TAG_TTY;
+	CHECK(parse_exec(2) == MM_PARSE_CONFIG && strstr(err, "truncated") != NULL);
+
+	/* A full payload of strings fits the EXEC string store too. */
+	{
+		static char big[MM_MAX_STRING];
+
+		memset(big, 'x', sizeof big);
+		begin(2);
+		while (plen + 3 + MM_MAX_STRING <= MM_MAX_PAYLOAD)
+			record(MM_TAG_ARG, big, MM_MAX_STRING);
+		record(MM_TAG_ENV, "K=", 2);
+		CHECK(parse_exec(2) == MM_PARSE_OK && ex.strings_used <= sizeof ex.strings);
+	}
+}
+
+static void test_ipv4(void)
+{
+	uint32_t a = 0;
+
+	CHECK(mm_parse_ipv4("0.0.0.0", &a) && a == 0);
+	CHECK(mm_parse_ipv4("255.255.255.255", &a) && a == UINT32_MAX);
+	CHECK(mm_parse_ipv4("10.88.0.5", &a) && a == 0x0a580005);
+	CHECK(!mm_parse_ipv4("01.2.3.4", &a));
+	CHECK(!mm_parse_ipv4("1.2.3.4.5", &a));
+	CHECK(!mm_parse_ipv4("1.2.3", &a));
+	CHECK(!mm_parse_ipv4("1..3.4", &a));
+	CHECK(!mm_parse_ipv4("1.2.3.1000", &a));
+	CHECK(!mm_parse_ipv4("1.2.3.-4", &a));
+	CHECK(!mm_parse_ipv4("0x1.2.3.4", &a));
+	CHECK(mm_is_ip_address("::1") && mm_is_ip_address("2001:db8::1") &&
+	      mm_is_ip_address("::ffff:10.0.0.1"));
+	CHECK(!mm_is_ip_address("2001:db8:::1") && !mm_is_ip_address("localhost"));
 }
 
 static void test_rx(void)
@@ -231,6 +482,9 @@ static void test_utf8(void)
 int main(void)
 {
 	test_config();
+	test_config_v2();
+	test_exec();
+	test_ipv4();
 	test_utf8();
 	test_rx();
 	if (failures != 0) {

@@ -1,4 +1,5 @@
-// Builds and runs mm-init's C unit tests (test/protocol-test.c) under node's runner.
+// Builds and runs mm-init's C unit tests (test/protocol-test.c, test/net-test.c) under
+// node's runner.
 
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -7,9 +8,14 @@ import { test } from "node:test";
 
 const dir = join(import.meta.dirname, "..");
 
-test("mm-init's C protocol unit tests pass", () => {
-  const build = spawnSync("make", ["-s", "-C", dir, "build/protocol-test"], { encoding: "utf8" });
-  assert.equal(build.status, 0, build.stderr);
-  const run = spawnSync(join(dir, "build/protocol-test"), { encoding: "utf8" });
-  assert.equal(run.status, 0, `${run.stdout}${run.stderr}`);
-});
+for (const [name, what] of [
+  ["protocol-test", "protocol unit tests (frames, CONFIG and EXEC records)"],
+  ["net-test", "network file tests (/etc/resolv.conf, /etc/hosts, symlinks)"],
+]) {
+  test(`mm-init's C ${what} pass`, () => {
+    const build = spawnSync("make", ["-s", "-C", dir, `build/${name}`], { encoding: "utf8" });
+    assert.equal(build.status, 0, build.stderr);
+    const run = spawnSync(join(dir, `build/${name}`), { encoding: "utf8" });
+    assert.equal(run.status, 0, `${run.stdout}${run.stderr}`);
+  });
+}

@@ -25,7 +25,7 @@ import { ExecClient } from "./exec-client.js";
 import { mapFsError } from "./fs-errors.js";
 import { Images, runConfigOf } from "./images.js";
 import { type LogEntry, logFile, readLog } from "./logs.js";
-import { checkPortConflicts } from "./network.js";
+import { checkPortConflicts, HostNetwork } from "./network.js";
 import { defaultPaths, execSocket, machineDir, type Paths, runDir } from "./paths.js";
 import { commandLine, isSameProcess } from "./proc.js";
 import { type MachineRecord, Store } from "./store.js";
@@ -243,6 +243,8 @@ export class Runtime {
         rec = await this.waitFor(rec.id, (r) => !isActive(r.state), 5000).catch(() => rec);
       }
     }
+    // A supervisor killed by -f (or lost) could not remove its TAP and rules: do it here.
+    if (this.store.lease(rec.id)) await new HostNetwork(this.store, this.env).detach(rec).catch(() => undefined);
     await rm(machineDir(this.paths, rec.id), { recursive: true, force: true });
     await rm(runDir(this.paths, rec.id), { recursive: true, force: true });
     this.store.remove(rec.id);
