@@ -6,7 +6,7 @@
 
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 
@@ -15,10 +15,12 @@ const N = Number(process.argv[2] ?? 10);
 const work = mkdtempSync(join(tmpdir(), "mm-bench-exec-"));
 const ns = `mm-bench-${randomBytes(3).toString("hex")}`;
 const env = { ...process.env, MM_STATE: join(work, "state") };
-const mm = (args, input) =>
+// Stdin comes from a file, as `mm exec -i … < file` would have it.
+const stdinOf = (file) => (file ? [openSync(file, "r"), "pipe", "pipe"] : ["ignore", "pipe", "pipe"]);
+const mm = (args, file) =>
   spawnSync("ip", ["netns", "exec", ns, process.execPath, join(root, "apps/cli/dist/mm.mjs"), ...args], {
     env,
-    input,
+    stdio: stdinOf(file),
     maxBuffer: 1 << 30,
   });
 const median = (xs) => {
@@ -42,18 +44,32 @@ try {
   const id = String(run.stdout).trim();
   const ip = JSON.parse(String(mm(["inspect", "bench"]).stdout))[0].ip;
   const sshArgs = [
-    "-o", `UserKnownHostsFile=${join(env.MM_STATE, "machines", id, "known_hosts")}`,
-    "-o", "GlobalKnownHostsFile=/dev/null", "-o", `HostKeyAlias=mm-${id}`, "-o", "StrictHostKeyChecking=yes",
-    "-o", "LogLevel=ERROR", "-i", join(work, "id"), "-o", "IdentitiesOnly=yes", `root@${ip}`,
+    "-o",
+    `UserKnownHostsFile=${join(env.MM_STATE, "machines", id, "known_hosts")}`,
+    "-o",
+    "GlobalKnownHostsFile=/dev/null",
+    "-o",
+    `HostKeyAlias=mm-${id}`,
+    "-o",
+    "StrictHostKeyChecking=yes",
+    "-o",
+    "LogLevel=ERROR",
+    "-i",
+    join(work, "id"),
+    "-o",
+    "IdentitiesOnly=yes",
+    `root@${ip}`,
   ];
-  const ssh = (cmd, input) => spawnSync("ip", ["netns", "exec", ns, "ssh", ...sshArgs, cmd], { input, maxBuffer: 1 << 30 });
+  const ssh = (cmd, file) =>
+    spawnSync("ip", ["netns", "exec", ns, "ssh", ...sshArgs, cmd], { stdio: stdinOf(file), maxBuffer: 1 << 30 });
   const execT = [];
   const sshT = [];
   for (let i = 0; i < N; i++) {
     execT.push(timed(() => mm(["exec", "bench", "--", "true"])));
     sshT.push(timed(() => ssh("true")));
   }
-  const data = randomBytes(64 * 1024 * 1024);
+  const data = join(work, "data");
+  writeFileSync(data, randomBytes(64 * 1024 * 1024));
   const execTp = [];
   const sshTp = [];
   for (let i = 0; i < 3; i++) {
