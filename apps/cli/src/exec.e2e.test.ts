@@ -114,6 +114,47 @@ describe("mm exec", () => {
     assert.match(out, /^24 80\r?\n\/dev\/pts\/\d+\r?\n[\s\S]*40 100\r?\n$/);
   });
 
+  test("mm cp copies a directory in and a large file out, byte for byte", async () => {
+    const { mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync } = await import("node:fs");
+    const { tmpdir } = await import("node:os");
+    const dir = mkdtempSync(join(tmpdir(), "mm-cp-"));
+    try {
+      mkdirSync(join(dir, "tree/sub"), { recursive: true });
+      writeFileSync(join(dir, "tree/a.txt"), "alpha\n");
+      writeFileSync(join(dir, "tree/sub/b.txt"), "beta\n");
+      assert.equal((await h.mm(["cp", join(dir, "tree"), "box:/tmp"])).code, 0);
+      assert.equal((await h.mm(["cp", join(dir, "tree"), "box:/tmp/renamed"])).code, 0);
+      const seen = await h.mm([
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "cat /tmp/tree/a.txt /tmp/tree/sub/b.txt /tmp/renamed/sub/b.txt",
+      ]);
+      assert.equal(seen.stdout, "alpha\nbeta\nbeta\n", seen.stderr);
+      assert.equal((await h.mm(["exec", "box", "--", "sh", "-c", "head -c 5000000 /dev/urandom > /tmp/big"])).code, 0);
+      const sum = (await h.mm(["exec", "box", "--", "md5sum", "/tmp/big"])).stdout.split(" ")[0];
+      const out = await h.mm(["cp", "box:/tmp/big", join(dir, "big")]);
+      assert.equal(out.code, 0, out.stderr);
+      const { createHash } = await import("node:crypto");
+      assert.equal(
+        createHash("md5")
+          .update(readFileSync(join(dir, "big")))
+          .digest("hex"),
+        sum,
+      );
+      const tree = await h.mm(["cp", "box:/tmp/tree", join(dir, "back")]);
+      assert.equal(tree.code, 0, tree.stderr);
+      assert.equal(readFileSync(join(dir, "back/sub/b.txt"), "utf8"), "beta\n");
+      const missing = await h.mm(["cp", "box:/nope", dir]);
+      assert.equal(missing.code, 125);
+      assert.match(missing.stderr, /no such file or directory: \/nope/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("exec into a machine that is not running is MM_MACHINE_NOT_RUNNING", async () => {
     assert.equal((await h.mm(["run", "--name", "done", "--network", "none", "--", "true"])).code, 0);
     const r = await h.mm(["exec", "done", "--", "true"]);

@@ -10,6 +10,8 @@ import { fileURLToPath } from "node:url";
 import { Command, CommanderError } from "@commander-js/extra-typings";
 import { DEFAULT_IMAGE, isActive, MmError, parseCpus, parseDiskSize, parseMemory, validateEnv } from "@mm/core";
 import {
+  copyIn,
+  copyOut,
   defaultPublicKey,
   doctor,
   formatPublishedList,
@@ -19,6 +21,7 @@ import {
   type LogEntry,
   type MachineRecord,
   machineDir as machineDirOf0,
+  parseCopyTarget,
   parseEgress,
   parseLogLines,
   parsePublish,
@@ -370,6 +373,28 @@ export function buildProgram(): Command {
         if (status === undefined) throw e;
         printError(e, false);
         process.exitCode = status;
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("cp")
+    .description("copy files or directories between the host and a running machine (NAME:/path on one side)")
+    .argument("<src>", "host path or NAME:/path")
+    .argument("<dst>", "host path or NAME:/path")
+    .action(async (src, dst) => {
+      const from = parseCopyTarget(src);
+      const to = parseCopyTarget(dst);
+      if (Boolean(from.machine) === Boolean(to.machine)) {
+        throw new MmError("MM_USAGE", "exactly one side must be NAME:/path", {
+          hint: "mm cp ./file web:/tmp/ or mm cp web:/etc/hosts .",
+        });
+      }
+      const rt = runtime();
+      try {
+        if (to.machine) await copyIn(rt, to.machine, from.path, to.path);
+        else await copyOut(rt, from.machine as string, from.path, to.path);
       } finally {
         rt.close();
       }

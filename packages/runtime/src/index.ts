@@ -1,4 +1,5 @@
 export * from "./agent-session.js";
+export * from "./copy.js";
 export * from "./default-image.js";
 export * from "./doctor.js";
 export * from "./exec-client.js";
