@@ -635,12 +635,13 @@ export function buildProgram(): Command {
 
   program
     .command("doctor")
-    .description("check this host: KVM, QEMU, tools, guest kernel and init")
+    .description("check this host: KVM, QEMU, tools, guest kernel and init, network leftovers")
     .option("--json", "print JSON", false)
+    .option("--fix", "remove leftovers (TAPs without a running machine) and rebuild the firewall", false)
     .action(async (opts) => {
       const rt = runtime();
       try {
-        const checks = await doctor(rt);
+        const checks = await doctor(rt, { fix: opts.fix });
         if (opts.json) process.stdout.write(`${JSON.stringify(checks, null, 2)}\n`);
         else
           for (const c of checks) {

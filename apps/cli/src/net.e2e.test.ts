@@ -152,6 +152,21 @@ describe("published ports", () => {
     assert.doesNotMatch(rules, /8080/, "the published port's DNAT is gone");
   });
 
+  test("mm doctor finds a leftover TAP and --fix removes it", async () => {
+    execFileSync("ip", ["-n", h.netns, "tuntap", "add", "dev", "mmt0123456789ab", "mode", "tap"]);
+    type Check = { name: string; ok: boolean; detail: string };
+    const net = async (args: string[]) =>
+      (JSON.parse((await h.mm(["doctor", "--json", ...args])).stdout) as Check[]).find(
+        (c) => c.name === "host network",
+      );
+    const found = await net([]);
+    assert.equal(found?.ok, false);
+    assert.match(found?.detail ?? "", /mmt0123456789ab/);
+    assert.match((await net(["--fix"]))?.detail ?? "", /removed tap mmt0123456789ab/);
+    assert.doesNotMatch(execFileSync("ip", ["-n", h.netns, "link"], { encoding: "utf8" }), /mmt0123456789ab/);
+    assert.equal((await net([]))?.ok, true);
+  });
+
   test("a taken host port is MM_PORT_IN_USE", async () => {
     assert.equal((await h.mm(["run", "-d", "--name", "web2", "-p", "8080:80", "--", "sleep", "600"])).code, 0);
     const r = await h.mm(["run", "--rm", "-p", "8080:81", "--", "true"]);

@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { chooseAccel, findExecutable, kvmDeviceUsable } from "@mm/vmm";
 import { defaultImageRootfs, elfNeedsInterpreter } from "./default-image.js";
 import { guestTools } from "./guest-tools.js";
+import { HostNetwork } from "./network.js";
 import { initPath, kernelPath, runDir } from "./paths.js";
 import type { Runtime } from "./runtime.js";
 
@@ -29,7 +30,7 @@ async function tool(name: string, pkg: string, versionArgs?: string[]): Promise<
   return { name, ok: true, detail: versionArgs ? (await version(path, versionArgs)) || path : path };
 }
 
-export async function doctor(rt: Runtime): Promise<Check[]> {
+export async function doctor(rt: Runtime, options: { fix?: boolean } = {}): Promise<Check[]> {
   const checks: Check[] = [];
   const major = Number(process.versions.node.split(".")[0]);
   checks.push({
@@ -94,6 +95,27 @@ export async function doctor(rt: Runtime): Promise<Check[]> {
     detail: rt.paths.state,
     ...(!writable && { hint: "run as root or set MM_STATE to a writable directory" }),
   });
+
+  checks.push(await tool("ip", "iproute2", ["-V"]));
+  checks.push(await tool("nft", "nftables", ["--version"]));
+  checks.push(await tool("dropbearkey", "dropbear-bin (for --ssh)"));
+  try {
+    const stray = await new HostNetwork(rt.store, rt.env).leftovers(options.fix ?? false);
+    checks.push(
+      stray.length === 0
+        ? { name: "host network", ok: true, detail: "no leftovers (TAPs match running machines)" }
+        : options.fix
+          ? { name: "host network", ok: true, detail: `removed ${stray.join(", ")}; ruleset rebuilt` }
+          : {
+              name: "host network",
+              ok: false,
+              detail: `leftovers: ${stray.join(", ")}`,
+              hint: "mm doctor --fix removes them",
+            },
+    );
+  } catch (e) {
+    checks.push({ name: "host network", ok: false, detail: (e as Error).message, hint: "run as root (CAP_NET_ADMIN)" });
+  }
 
   const kvm = await kvmDeviceUsable();
   if (kernelOk && initOk && bb && !elfNeedsInterpreter(bb)) {

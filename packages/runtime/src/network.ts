@@ -18,6 +18,7 @@ import {
   gatewayCidrOf,
   gatewayOf,
   hostRoutes,
+  listTaps,
   macFor,
   type NetPlan,
   parseCidr,
@@ -118,6 +119,29 @@ export class HostNetwork {
         hosts: [`${lease.ip} ${hostname}`],
       },
     };
+  }
+
+  /**
+   * Finds what mm left on the host network without a running machine behind it (TAPs of
+   * machines that died with their supervisor) and, with `fix`, removes it and rebuilds
+   * the ruleset from the store. Returns what it found (or removed).
+   */
+  async leftovers(fix: boolean): Promise<string[]> {
+    const live = new Set(
+      this.store
+        .list()
+        .filter((r) => isActive(r.state))
+        .flatMap((r) => {
+          const l = this.store.lease(r.id);
+          return l ? [l.tap] : [];
+        }),
+    );
+    const stray = (await listTaps()).filter((t) => !live.has(t));
+    if (fix) {
+      for (const t of stray) await deleteTap(t).catch(() => false);
+      if (this.store.setting("subnet")) await this.applyRules(await this.config());
+    }
+    return stray.map((t) => `tap ${t}`);
   }
 
   /** Removes the TAP and the machine's rules (its lease stays: same address next boot). */

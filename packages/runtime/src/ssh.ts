@@ -68,9 +68,16 @@ async function userHome(user: string): Promise<string> {
 }
 
 /** Runs a short set-up command in the guest and waits for it (output is discarded). */
-function runInGuest(session: AgentSession, cfg: ExecConfig, input?: Buffer): Promise<number> {
+function runInGuest(session: AgentSession, cfg: ExecConfig, input?: Buffer, timeoutMs = 30_000): Promise<number> {
   return new Promise((resolve, reject) => {
     const exec: GuestExec = session.openExec({ ...cfg, ...(input && { stdin: true }) });
+    // Every wait on the guest has a deadline: a guest that never answers fails the set-up.
+    const timer = setTimeout(() => {
+      exec.signal(9);
+      reject(new MmError("MM_EXEC_SETUP", `${cfg.args.join(" ").slice(0, 60)}: no answer within ${timeoutMs} ms`));
+    }, timeoutMs);
+    exec.on("exit", () => clearTimeout(timer));
+    exec.on("lost", () => clearTimeout(timer));
     const drop = (d: Buffer) => exec.grant(d.length);
     exec.on("stdout", drop);
     exec.on("stderr", drop);
