@@ -15,7 +15,8 @@ const root = resolve(import.meta.dirname, "..");
 const N = Number(process.argv[2] ?? 10);
 const mm = join(root, "bin/mm");
 const state = mkdtempSync(join(tmpdir(), "mm-bench-"));
-const env = { ...process.env, MM_STATE: state };
+// No NIC: the bare QEMU line has none either, and a benchmark must not touch the host network.
+const env = { ...process.env, MM_STATE: state, MM_NETWORK: "none" };
 const { hostTscKhz } = await import(join(root, "packages/vmm/dist/index.js"));
 const { defaultImageRootfs, defaultPaths, initPath, kernelPath } = await import(
   join(root, "packages/runtime/dist/index.js")

@@ -74,5 +74,5 @@ guest/kernel/build.sh
 step "ready in $(( $(date +%s) - t0 )) s"
 if [ "$demo" = 1 ]; then
   step "booting the default image: bin/mm run --rm -- sh -c '…'"
-  bin/mm run --rm -- sh -c 'echo "hello from inside a microVM: $(uname -sr), $(nproc) vCPU, $(free -m | awk "/Mem/{print \$2}") MiB"'
+  bin/mm run --rm --network none -- sh -c 'echo "hello from inside a microVM: $(uname -sr), $(nproc) vCPU, $(free -m | awk "/Mem/{print \$2}") MiB"'
 fi
