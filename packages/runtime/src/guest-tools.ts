@@ -5,7 +5,7 @@
 
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFile, mkdir, readdir, rename, rm, stat } from "node:fs/promises";
+import { copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { promisify } from "node:util";
 import type { Paths } from "./paths.js";
@@ -43,6 +43,15 @@ export async function guestTools(paths: Paths, busybox = "/bin/busybox"): Promis
   const files: GuestFile[] = [{ path: GUEST_BUSYBOX, source: busybox, mode: 0o755 }];
   const [dropbearId, patchelf] = await Promise.all([identity(DROPBEAR), identity("/usr/bin/patchelf")]);
   if (!dropbearId || !patchelf) return { files, ssh: false };
+  // `ldd` costs ~10 ms per boot; the bundle it leads to is remembered per dropbear build.
+  const index = join(paths.state, "guest-tools", "index.json");
+  const remembered = await readFile(index, "utf8").then(
+    (t) => JSON.parse(t) as { id: string; dir: string },
+    () => null,
+  );
+  if (remembered?.id === `${BUNDLE_VERSION}:${dropbearId}` && (await stat(remembered.dir).catch(() => null))) {
+    return { files: [...files, ...(await bundleFiles(remembered.dir))], ssh: true };
+  }
   const libs = await sharedLibraries(DROPBEAR);
   const key = createHash("sha256")
     .update([BUNDLE_VERSION, dropbearId, ...(await Promise.all(libs.map(identity)))].join("\n"))
@@ -67,9 +76,16 @@ export async function guestTools(paths: Paths, busybox = "/bin/busybox"): Promis
     ]);
     await rename(tmp, dir).catch(async () => rm(tmp, { recursive: true, force: true }));
   }
-  files.push({ path: GUEST_DROPBEAR, source: join(dir, "dropbear"), mode: 0o755 });
-  for (const lib of await readdir(join(dir, "lib"))) {
-    files.push({ path: `/.mm/ssh/lib/${lib}`, source: join(dir, "lib", lib), mode: 0o755 });
-  }
-  return { files, ssh: true };
+  const tmpIndex = `${index}.${process.pid}.tmp`;
+  await writeFile(tmpIndex, JSON.stringify({ id: `${BUNDLE_VERSION}:${dropbearId}`, dir }));
+  await rename(tmpIndex, index);
+  return { files: [...files, ...(await bundleFiles(dir))], ssh: true };
+}
+
+async function bundleFiles(dir: string): Promise<GuestFile[]> {
+  const libs = (await readdir(join(dir, "lib"))).sort();
+  return [
+    { path: GUEST_DROPBEAR, source: join(dir, "dropbear"), mode: 0o755 },
+    ...libs.map((lib) => ({ path: `/.mm/ssh/lib/${lib}`, source: join(dir, "lib", lib), mode: 0o755 })),
+  ];
 }
