@@ -7,9 +7,10 @@
 // Writes the "boot" section of docs/BENCHMARKS.md.   Usage: node bench/boot.mjs [N]
 
 import { execFileSync, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
+import { median, writeSection } from "./report.mjs";
 
 const root = resolve(import.meta.dirname, "..");
 const N = Number(process.argv[2] ?? 10);
@@ -22,10 +23,6 @@ const { defaultImageRootfs, defaultPaths, initPath, kernelPath } = await import(
   join(root, "packages/runtime/dist/index.js")
 );
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const time = (cmd, args, opts = {}) => {
   const t = process.hrtime.bigint();
   const r = spawnSync(cmd, args, { env, encoding: "utf8", ...opts });
@@ -116,19 +113,4 @@ The two commands ran interleaved, ${N} times each.
 | supervisor resident memory (VmRSS of the detached \`mm\` process) | ${supRssMb.toFixed(0)} MB | |
 `;
 
-const file = join(root, "docs/BENCHMARKS.md");
-let doc;
-try {
-  doc = readFileSync(file, "utf8");
-} catch {
-  doc = "# Benchmarks\n\nSpeed and memory figures, each written by the benchmark named in its heading.\n\n";
-}
-const start = doc.indexOf("## boot ");
-if (start >= 0) {
-  const next = doc.indexOf("\n## ", start + 1);
-  doc = doc.slice(0, start) + section + (next >= 0 ? doc.slice(next + 1) : "");
-} else {
-  doc = `${doc.trimEnd()}\n\n${section}`;
-}
-writeFileSync(file, doc);
-process.stdout.write(section);
+writeSection("boot", section);

@@ -6,9 +6,10 @@
 
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
+import { median, writeSection } from "./report.mjs";
 
 const root = resolve(import.meta.dirname, "..");
 const N = Number(process.argv[2] ?? 10);
@@ -23,10 +24,6 @@ const mm = (args, file) =>
     stdio: stdinOf(file),
     maxBuffer: 1 << 30,
   });
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const timed = (f) => {
   const t = process.hrtime.bigint();
   const r = f();
@@ -94,12 +91,4 @@ process, Node start-up included; ssh: OpenSSH client to the guest's bundled drop
 | \`true\` latency, median of ${N} | ${rows.exec.toFixed(0)} ms | ${rows.ssh.toFixed(0)} ms | **${(rows.exec / rows.ssh).toFixed(2)}** (≤ 0.5) |
 | stdin throughput, 64 MiB into \`cat > /dev/null\`, median of 3 | ${rows.execTp.toFixed(1)} MB/s | ${rows.sshTp.toFixed(1)} MB/s | **${(rows.execTp / rows.sshTp).toFixed(2)}** (≥ 1.0) |
 `;
-const file = join(root, "docs/BENCHMARKS.md");
-let doc = readFileSync(file, "utf8");
-const start = doc.indexOf("## exec ");
-if (start >= 0) {
-  const next = doc.indexOf("\n## ", start + 1);
-  doc = doc.slice(0, start) + section + (next >= 0 ? doc.slice(next + 1) : "");
-} else doc = `${doc.trimEnd()}\n\n${section}`;
-writeFileSync(file, doc);
-process.stdout.write(section);
+writeSection("exec", section);

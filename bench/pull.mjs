@@ -5,9 +5,10 @@
 // Writes the "pull" section of docs/BENCHMARKS.md.   Usage: node bench/pull.mjs [N]
 
 import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
+import { median, writeSection } from "./report.mjs";
 
 const root = resolve(import.meta.dirname, "..");
 const N = Number(process.argv[2] ?? 5);
@@ -21,10 +22,6 @@ const pushed = await pushFixtureImages(regs, await buildFixtureImages({ log: () 
 const init = initPath(process.env);
 const { guestTools } = await import(join(root, "packages/runtime/dist/index.js"));
 const tools = (await guestTools(defaultPaths({ MM_STATE: work }))).files;
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const ms = (t) => Number(process.hrtime.bigint() - t) / 1e6;
 
 async function mmCold(ref, i) {
@@ -110,12 +107,4 @@ Warm: resolving an already-pulled image and its built ext4, as \`mm run IMAGE\` 
 booting (20 runs, in-process): median **${warmRow.warm.toFixed(1)} ms** (target ≤ 20 ms).
 `;
 
-const file = join(root, "docs/BENCHMARKS.md");
-let doc = readFileSync(file, "utf8");
-const start = doc.indexOf("## pull ");
-if (start >= 0) {
-  const next = doc.indexOf("\n## ", start + 1);
-  doc = doc.slice(0, start) + section + (next >= 0 ? doc.slice(next + 1) : "");
-} else doc = `${doc.trimEnd()}\n\n${section}`;
-writeFileSync(file, doc);
-process.stdout.write(section);
+writeSection("pull", section);
