@@ -19,10 +19,12 @@ import {
   open,
   readdir,
   readFile,
+  rename,
   rm,
   stat,
   statfs,
   unlink,
+  writeFile,
 } from "node:fs/promises";
 import { join } from "node:path";
 import { MmError } from "@mm/core";
@@ -94,14 +96,62 @@ export interface ImageRootfs {
 const DIGEST = /^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$/;
 
 /** The key of the injected files: same key, same base. */
-export async function extrasKey(extraFiles: readonly ExtraFile[]): Promise<string> {
+export async function extrasKey(extraFiles: readonly ExtraFile[], stateDir?: string): Promise<string> {
   const h = createHash("sha256").update(`mm-rootfs ${ROOTFS_BUILDER_VERSION}\n`);
+  const memo = stateDir ? await loadDigestMemo(stateDir) : undefined;
   for (const f of extraFiles) {
-    const data = await extraContent(f);
     h.update(`${normalizeEntryPath(f.path)}\0${f.mode ?? 0o644}\0${f.uid ?? 0}\0${f.gid ?? 0}\0`);
-    h.update(createHash("sha256").update(data).digest());
+    h.update(Buffer.from(await extraDigest(f, memo), "hex"));
   }
+  if (stateDir && memo?.changed) await saveDigestMemo(stateDir, memo);
   return h.digest("hex").slice(0, 16);
+}
+
+/**
+ * Content digests of extra files remembered by file identity (inode, size, mtime): the
+ * key still names content, but an unchanged mm-init or tool is not re-read on every run.
+ */
+interface DigestMemo {
+  entries: Record<string, string>;
+  changed: boolean;
+}
+
+const memoFile = (stateDir: string) => join(stateDir, "rootfs", "extras-digests.json");
+
+async function loadDigestMemo(stateDir: string): Promise<DigestMemo> {
+  try {
+    return {
+      entries: JSON.parse(await readFile(memoFile(stateDir), "utf8")) as Record<string, string>,
+      changed: false,
+    };
+  } catch {
+    return { entries: {}, changed: false };
+  }
+}
+
+async function saveDigestMemo(stateDir: string, memo: DigestMemo): Promise<void> {
+  try {
+    await mkdir(join(stateDir, "rootfs"), { recursive: true });
+    const tmp = `${memoFile(stateDir)}.${process.pid}.tmp`;
+    await writeFile(tmp, JSON.stringify(memo.entries));
+    await rename(tmp, memoFile(stateDir));
+  } catch {
+    // only a cache
+  }
+}
+
+async function extraDigest(f: ExtraFile, memo?: DigestMemo): Promise<string> {
+  const st = f.source !== undefined && memo ? await stat(f.source).catch(() => undefined) : undefined;
+  const id = st ? `${f.source}:${st.ino}:${st.size}:${st.mtimeMs}` : undefined;
+  if (id && memo?.entries[id]) return memo.entries[id] as string;
+  const digest = createHash("sha256")
+    .update(await extraContent(f))
+    .digest("hex");
+  if (id && memo) {
+    memo.entries[id] = digest;
+    memo.changed = true;
+  }
+  return digest;
 }
 
 /** File name prefix of every base built from this image digest (for `mm rmi` / GC). */
@@ -198,7 +248,7 @@ const inFlight = new Map<string, Promise<ImageRootfs>>();
  */
 export async function buildImageRootfs(options: BuildImageRootfsOptions): Promise<ImageRootfs> {
   const extraFiles = options.extraFiles ?? [];
-  const key = await extrasKey(extraFiles);
+  const key = await extrasKey(extraFiles, options.stateDir);
   const path = rootfsPath(options.stateDir, options.image.digest, key);
   const existing = await stat(path).catch(() => undefined);
   if (existing?.isFile()) return { path, sizeBytes: existing.size, cached: true };
