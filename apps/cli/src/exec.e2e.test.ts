@@ -155,6 +155,47 @@ describe("mm exec", () => {
     }
   });
 
+  test("a guest answering mm cp with a hostile archive cannot write outside the destination", async () => {
+    const { mkdtempSync, mkdirSync, writeFileSync, readdirSync, rmSync } = await import("node:fs");
+    const { tmpdir } = await import("node:os");
+    const tarUtil = resolve(import.meta.dirname, "../../../packages/image/dist/tar-build.test-util.js");
+    const { tarArchive } = (await import(tarUtil)) as { tarArchive: (e: object[]) => Buffer };
+    const dir = mkdtempSync(join(tmpdir(), "mm-cp-evil-"));
+    try {
+      mkdirSync(join(dir, "sentinel"));
+      mkdirSync(join(dir, "dest"));
+      writeFileSync(
+        join(dir, "evil.tar"),
+        tarArchive([
+          { name: "x/../../sentinel/dotdot", data: "escaped\n" },
+          { name: "/abs-escape", data: "escaped\n" },
+          { name: "x/link", type: "2", linkname: "../../sentinel" },
+          { name: "x/link/through-symlink", data: "escaped\n" },
+          { name: "x/hard", type: "1", linkname: "../../sentinel/../evil.tar" },
+        ]),
+      );
+      assert.equal((await h.mm(["cp", join(dir, "evil.tar"), "box:/tmp/evil.tar"])).code, 0);
+      // The guest swaps mm's busybox for a script that answers every copy with that archive.
+      const swap = await h.mm([
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /tmp/x /tmp/real && cp /.mm/bin/busybox /tmp/real/busybox && printf '#!/tmp/real/busybox sh\\ncat /tmp/evil.tar\\n' > /.mm/bin/busybox",
+      ]);
+      assert.equal(swap.code, 0, swap.stderr);
+      const served = await h.mm(["exec", "box", "--", "/.mm/bin/busybox", "tar"]);
+      assert.match(served.stdout, /sentinel\/dotdot/, "the guest really serves the hostile archive");
+      await h.mm(["cp", "box:/tmp/x", join(dir, "dest")]);
+      assert.deepEqual(readdirSync(join(dir, "sentinel")), [], "nothing was written through the archive");
+      assert.ok(!readdirSync(dir).includes("abs-escape"));
+    } finally {
+      await h.mm(["exec", "box", "--", "sh", "-c", "cp /tmp/real/busybox /.mm/bin/busybox"]);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("exec into a machine that is not running is MM_MACHINE_NOT_RUNNING", async () => {
     assert.equal((await h.mm(["run", "--name", "done", "--network", "none", "--", "true"])).code, 0);
     const r = await h.mm(["exec", "done", "--", "true"]);
