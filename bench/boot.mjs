@@ -34,8 +34,7 @@ const time = (cmd, args, opts = {}) => {
 // Warm up: builds the shared base rootfs and caches the acceleration verdict.
 time(mm, ["run", "--rm", "--", "true"]);
 const paths = defaultPaths(env);
-const { guestTools } = await import(join(root, "packages/runtime/dist/index.js"));
-const base = await defaultImageRootfs(paths, initPath(env), (await guestTools(paths)).files);
+const base = await defaultImageRootfs(paths, initPath(env));
 const kernel = kernelPath(paths, env);
 const accel = JSON.parse(
   execFileSync(mm, ["run", "-d", "--rm", "--json", "--", "sleep", "5"], { env, encoding: "utf8" }),

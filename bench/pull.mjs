@@ -20,8 +20,6 @@ const work = mkdtempSync(join(tmpdir(), "mm-bench-pull-"));
 const regs = await startRegistries({ dir: join(work, "registry") });
 const pushed = await pushFixtureImages(regs, await buildFixtureImages({ log: () => undefined }));
 const init = initPath(process.env);
-const { guestTools } = await import(join(root, "packages/runtime/dist/index.js"));
-const tools = (await guestTools(defaultPaths({ MM_STATE: work }))).files;
 const ms = (t) => Number(process.hrtime.bigint() - t) / 1e6;
 
 async function mmCold(ref, i) {
@@ -29,7 +27,7 @@ async function mmCold(ref, i) {
   const images = new Images(defaultPaths({ MM_STATE: state, MM_CACHE: join(work, "cache") }), {});
   const t = process.hrtime.bigint();
   const img = await images.pull(ref, { insecureRegistries: [regs.plain] });
-  await images.rootfs(img, init, tools);
+  await images.rootfs(img, init);
   const took = ms(t);
   rmSync(state, { recursive: true, force: true });
   return took;
@@ -72,11 +70,11 @@ try {
   const state = join(work, "warm");
   const images = new Images(defaultPaths({ MM_STATE: state, MM_CACHE: join(work, "cache") }), {});
   const ref = pushed.images.web.ref;
-  await images.rootfs(await images.pull(ref, { insecureRegistries: [regs.plain] }), init, tools);
+  await images.rootfs(await images.pull(ref, { insecureRegistries: [regs.plain] }), init);
   const warm = [];
   for (let i = 0; i < 20; i++) {
     const t = process.hrtime.bigint();
-    await images.rootfs(await images.ensure(ref, { insecureRegistries: [regs.plain] }), init, tools);
+    await images.rootfs(await images.ensure(ref, { insecureRegistries: [regs.plain] }), init);
     warm.push(ms(t));
   }
   rows.push({ name: "warm resolution", warm: median(warm), all: warm });
@@ -101,7 +99,7 @@ Run: \`node bench/pull.mjs ${N}\` on ${new Date().toISOString().slice(0, 10)}. M
 host kernel ${release()}, ${skopeo}. Registry: Debian's docker-registry on 127.0.0.1 with the
 test/fixtures images. Each cold run starts from an empty store; the two sides alternate and
 end in the same state (blobs and the ext4 kept, the unpacked tree removed). mm's ext4 also
-carries mm-init and mm's guest tools (busybox, the SSH bundle).
+carries mm-init (its other guest tools live on one shared disk).
 
 | image | pipeline (skopeo copy + umoci unpack + mke2fs -d), median | mm (pull + verify + unpack + ext4), median | ratio mm/pipeline (target ≤ 1.0) |
 | --- | --- | --- | --- |

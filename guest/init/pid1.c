@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <net/if.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -120,6 +121,52 @@ static void loopback_up(void)
 	close(fd);
 }
 
+/* mm's guest tools (busybox, the SSH server) come on a shared read-only disk whose
+ * virtio serial is TOOLS_SERIAL; it is mounted at TOOLS_DIR when present. */
+#define TOOLS_SERIAL "mm-tools"
+#define TOOLS_DIR "/.mm/tools"
+#define BLOCK_CLASS "/sys/block"
+#define SERIAL_MAX 32
+#define DEVPATH_MAX 64
+
+static void mount_tools(void)
+{
+	DIR *dir = opendir(BLOCK_CLASS);
+	struct dirent *de;
+
+	if (dir == NULL)
+		return;
+	while ((de = readdir(dir)) != NULL) {
+		char path[DEVPATH_MAX + 32], serial[SERIAL_MAX + 1], dev[DEVPATH_MAX];
+		ssize_t n;
+		int fd;
+
+		if (strncmp(de->d_name, "vd", 2) != 0 || strlen(de->d_name) > 16)
+			continue;
+		snprintf(path, sizeof path, BLOCK_CLASS "/%s/serial", de->d_name);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		n = read(fd, serial, SERIAL_MAX);
+		close(fd);
+		if (n <= 0)
+			continue;
+		serial[n] = '\0';
+		serial[strcspn(serial, "\n")] = '\0';
+		if (strcmp(serial, TOOLS_SERIAL) != 0)
+			continue;
+		snprintf(dev, sizeof dev, "/dev/%s", de->d_name);
+		if (mkdir(TOOLS_DIR, 0755) != 0 && errno != EEXIST)
+			log_debug("%s: %s", TOOLS_DIR, strerror(errno));
+		if (mount(dev, TOOLS_DIR, "ext4", MS_RDONLY | MS_NODEV | MS_NOSUID, NULL) != 0)
+			log_error("mounting the tools disk %s: %s", dev, strerror(errno));
+		else
+			log_debug("tools disk %s on %s", dev, TOOLS_DIR);
+		break;
+	}
+	closedir(dir);
+}
+
 void pid1_setup(void)
 {
 	const unsigned long nosuid_nodev = MS_NOSUID | MS_NODEV;
@@ -139,6 +186,7 @@ void pid1_setup(void)
 	else
 		log_debug("/tmp has content: not mounting tmpfs over it");
 	mount_at("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid_nodev | MS_NOEXEC, NULL);
+	mount_tools();
 	loopback_up();
 }
 

@@ -175,23 +175,26 @@ describe("mm exec", () => {
         ]),
       );
       assert.equal((await h.mm(["cp", join(dir, "evil.tar"), "box:/tmp/evil.tar"])).code, 0);
-      // The guest swaps mm's busybox for a script that answers every copy with that archive.
+      // The guest (root in its VM) covers mm's read-only tools disk with a tmpfs holding a
+      // "busybox" that answers every copy with that archive.
       const swap = await h.mm([
         "exec",
         "box",
         "--",
         "sh",
         "-c",
-        "mkdir -p /tmp/x /tmp/real && cp /.mm/bin/busybox /tmp/real/busybox && printf '#!/tmp/real/busybox sh\\ncat /tmp/evil.tar\\n' > /.mm/bin/busybox",
+        "mkdir -p /tmp/x /tmp/real && cp /.mm/tools/bin/busybox /tmp/real/busybox && mount -t tmpfs fake /.mm/tools && " +
+          "mkdir /.mm/tools/bin && printf '#!/tmp/real/busybox sh\\ncat /tmp/evil.tar\\n' > /.mm/tools/bin/busybox && " +
+          "chmod 755 /.mm/tools/bin/busybox",
       ]);
       assert.equal(swap.code, 0, swap.stderr);
-      const served = await h.mm(["exec", "box", "--", "/.mm/bin/busybox", "tar"]);
+      const served = await h.mm(["exec", "box", "--", "/.mm/tools/bin/busybox", "tar"]);
       assert.match(served.stdout, /sentinel\/dotdot/, "the guest really serves the hostile archive");
       await h.mm(["cp", "box:/tmp/x", join(dir, "dest")]);
       assert.deepEqual(readdirSync(join(dir, "sentinel")), [], "nothing was written through the archive");
       assert.ok(!readdirSync(dir).includes("abs-escape"));
     } finally {
-      await h.mm(["exec", "box", "--", "sh", "-c", "cp /tmp/real/busybox /.mm/bin/busybox"]);
+      await h.mm(["exec", "box", "--", "umount", "/.mm/tools"]);
       rmSync(dir, { recursive: true, force: true });
     }
   });

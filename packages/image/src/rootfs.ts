@@ -32,7 +32,7 @@ import { applyLayer, type LayerStats } from "./unpack.js";
 import { ancestorsOf, normalizeEntryPath } from "./unpack-path.js";
 
 /** Bump when what ends up in a base changes for the same layers, so old bases are not reused. */
-export const ROOTFS_BUILDER_VERSION = "1";
+export const ROOTFS_BUILDER_VERSION = "2";
 export const ROOTFS_MIN_BYTES = 64 * 1024 * 1024;
 /** Free space added on top of the content: the machine's writable room before --disk-size grows it. */
 export const ROOTFS_HEADROOM = 0.3;
@@ -49,6 +49,10 @@ export const MOUNT_POINTS: readonly { readonly path: string; readonly mode: numb
   { path: "dev", mode: 0o755 },
   { path: "tmp", mode: 0o1777 },
   { path: "run", mode: 0o755 },
+  // mm's own directory (a real one, whatever the image had there), then where mm-init
+  // mounts the shared tools disk (busybox, the SSH server). Order matters: parent first.
+  { path: ".mm", mode: 0o755 },
+  { path: ".mm/tools", mode: 0o755 },
 ];
 
 export interface RootfsLayer {

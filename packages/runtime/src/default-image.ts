@@ -8,11 +8,10 @@ import { dirname, join } from "node:path";
 import { type ImageRunConfig, MmError } from "@mm/core";
 import { runTool } from "./exec-tool.js";
 import { mapFsError } from "./fs-errors.js";
-import type { GuestFile } from "./guest-tools.js";
 import type { Paths } from "./paths.js";
 
 /** Bump when the layout written below changes, so old bases are not reused. */
-const BUILDER_VERSION = "1";
+const BUILDER_VERSION = "2";
 export const DEFAULT_ROOTFS_MIB = 256;
 
 export interface BaseRootfs {
@@ -55,18 +54,12 @@ async function readBinary(path: string, what: string, code: "MM_TOOL_MISSING" | 
 export async function defaultImageRootfs(
   paths: Paths,
   initBinary: string,
-  extras: readonly GuestFile[] = [],
   busybox = "/bin/busybox",
 ): Promise<BaseRootfs> {
   // Hashing the binaries costs a few ms on every run; their identity (inode, size,
   // mtime) is remembered next to the built image instead, and checked first.
-  const identity = await Promise.all([busybox, initBinary, ...extras.map((e) => e.source)].map((p) => stat(p))).then(
-    (st) =>
-      [
-        BUILDER_VERSION,
-        ...extras.map((e) => `${e.path}:${e.mode}`),
-        ...st.map((s) => `${s.ino}:${s.size}:${s.mtimeMs}`),
-      ].join(":"),
+  const identity = await Promise.all([busybox, initBinary].map((p) => stat(p))).then(
+    (st) => [BUILDER_VERSION, ...st.map((s) => `${s.ino}:${s.size}:${s.mtimeMs}`)].join(":"),
     () => null,
   );
   const indexFile = join(paths.state, "rootfs", "default-image.json");
@@ -96,7 +89,6 @@ export async function defaultImageRootfs(
     .update(BUILDER_VERSION)
     .update(createHash("sha256").update(bb).digest())
     .update(createHash("sha256").update(init).digest());
-  for (const e of extras) hash.update(`${e.path}:${e.mode}:`).update(await readFile(e.source));
   const digest = hash.digest("hex");
   const path = join(paths.state, "rootfs", `sha256-${digest}.ext4`);
   const result = { path, digest: `sha256:${digest}` };
@@ -124,12 +116,6 @@ export async function defaultImageRootfs(
     work = await mkdtemp(join(tmpRoot, "rootfs-"));
     const root = join(work, "root");
     await populate(root, busybox, initBinary);
-    for (const e of extras) {
-      const target = join(root, e.path);
-      await mkdir(dirname(target), { recursive: true });
-      await copyFile(e.source, target);
-      await chmod(target, e.mode);
-    }
     const image = join(work, "rootfs.ext4");
     await runTool(
       "mke2fs",
@@ -161,6 +147,7 @@ async function populate(root: string, busybox: string, initBinary: string): Prom
     "run",
     "var/log",
     ".mm",
+    ".mm/tools",
   ]) {
     await mkdir(join(root, d), { recursive: true, mode: 0o755 });
   }

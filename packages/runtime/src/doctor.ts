@@ -6,7 +6,6 @@ import { access, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { chooseAccel, findExecutable, kvmDeviceUsable } from "@mm/vmm";
 import { defaultImageRootfs, elfNeedsInterpreter } from "./default-image.js";
-import { guestTools } from "./guest-tools.js";
 import { HostNetwork } from "./network.js";
 import { initPath, kernelPath, runDir } from "./paths.js";
 import type { Runtime } from "./runtime.js";
@@ -120,7 +119,7 @@ export async function doctor(rt: Runtime, options: { fix?: boolean } = {}): Prom
   const kvm = await kvmDeviceUsable();
   if (kernelOk && initOk && bb && !elfNeedsInterpreter(bb)) {
     try {
-      const base = await defaultImageRootfs(rt.paths, init, (await guestTools(rt.paths)).files);
+      const base = await defaultImageRootfs(rt.paths, init);
       const d = await chooseAccel({
         engine: await rt.engine(),
         kernel,

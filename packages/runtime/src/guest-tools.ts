@@ -1,29 +1,27 @@
-// Tools mm puts into every root filesystem under /.mm, next to mm-init, so that mm's own
-// features work on any image (glibc, musl, distroless): a static busybox for set-up
-// scripts, and an SSH server (Debian's dropbear with its loader and libraries bundled
-// privately: patchelf points it at /.mm/ssh/lib, so the image's libc is never used).
+// Tools mm gives every machine, whatever its image (glibc, musl, distroless): a static
+// busybox for set-up scripts and an SSH server (Debian's dropbear, patchelf'd to its own
+// loader and libraries, so the image's libc is never used). They live on ONE read-only
+// ext4 shared by all machines, attached as a second disk (virtio serial "mm-tools") and
+// mounted by mm-init at /.mm/tools: image root filesystems carry only mm-init.
 
 import { execFile } from "node:child_process";
 import { createHash } from "node:crypto";
-import { copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { promisify } from "node:util";
 import type { Paths } from "./paths.js";
 
 const run = promisify(execFile);
-const BUNDLE_VERSION = "2";
-export const GUEST_BUSYBOX = "/.mm/bin/busybox";
-export const GUEST_DROPBEAR = "/.mm/ssh/dropbear";
+const TOOLS_VERSION = "3";
+export const TOOLS_SERIAL = "mm-tools";
+export const GUEST_TOOLS_DIR = "/.mm/tools";
+export const GUEST_BUSYBOX = `${GUEST_TOOLS_DIR}/bin/busybox`;
+export const GUEST_DROPBEAR = `${GUEST_TOOLS_DIR}/ssh/dropbear`;
 const DROPBEAR = "/usr/sbin/dropbear";
 
-export interface GuestFile {
-  readonly path: string;
-  readonly source: string;
-  readonly mode: number;
-}
-
 export interface GuestTools {
-  readonly files: readonly GuestFile[];
+  /** The shared read-only ext4 to attach to every machine. */
+  readonly disk: string;
   /** False when dropbear-bin or patchelf is missing on the host: `--ssh` is then refused. */
   readonly ssh: boolean;
 }
@@ -39,53 +37,73 @@ async function sharedLibraries(binary: string): Promise<string[]> {
   return [...stdout.matchAll(/(\/\S+)\s+\(0x/g)].map((m) => m[1] as string);
 }
 
+/** The tools disk, built once per (busybox, dropbear build) and remembered by file identity. */
 export async function guestTools(paths: Paths, busybox = "/bin/busybox"): Promise<GuestTools> {
-  const files: GuestFile[] = [{ path: GUEST_BUSYBOX, source: busybox, mode: 0o755 }];
-  const [dropbearId, patchelf] = await Promise.all([identity(DROPBEAR), identity("/usr/bin/patchelf")]);
-  if (!dropbearId || !patchelf) return { files, ssh: false };
-  // `ldd` costs ~10 ms per boot; the bundle it leads to is remembered per dropbear build.
-  const index = join(paths.state, "guest-tools", "index.json");
+  const [busyboxId, dropbearId, patchelf] = await Promise.all([
+    identity(busybox),
+    identity(DROPBEAR),
+    identity("/usr/bin/patchelf"),
+  ]);
+  const ssh = Boolean(dropbearId && patchelf);
+  const id = [TOOLS_VERSION, busyboxId, ssh ? dropbearId : "no-ssh"].join("|");
+  const dir = join(paths.state, "guest-tools");
+  const index = join(dir, "index.json");
+  // `ldd` and hashing cost ~10 ms per boot; the disk they lead to is remembered.
   const remembered = await readFile(index, "utf8").then(
-    (t) => JSON.parse(t) as { id: string; dir: string },
+    (t) => JSON.parse(t) as { id: string; disk: string },
     () => null,
   );
-  if (remembered?.id === `${BUNDLE_VERSION}:${dropbearId}` && (await stat(remembered.dir).catch(() => null))) {
-    return { files: [...files, ...(await bundleFiles(remembered.dir))], ssh: true };
-  }
-  const libs = await sharedLibraries(DROPBEAR);
+  if (remembered?.id === id && (await stat(remembered.disk).catch(() => null))) return { disk: remembered.disk, ssh };
+
+  const libs = ssh ? await sharedLibraries(DROPBEAR) : [];
   const key = createHash("sha256")
-    .update([BUNDLE_VERSION, dropbearId, ...(await Promise.all(libs.map(identity)))].join("\n"))
+    .update([id, ...(await Promise.all(libs.map(identity)))].join("\n"))
     .digest("hex")
     .slice(0, 16);
-  const dir = join(paths.state, "guest-tools", `ssh-${key}`);
-  if (!(await stat(dir).catch(() => null))) {
-    const tmp = `${dir}.${process.pid}.tmp`;
-    await rm(tmp, { recursive: true, force: true });
-    await mkdir(join(tmp, "lib"), { recursive: true });
-    await copyFile(DROPBEAR, join(tmp, "dropbear"));
-    for (const lib of libs) await copyFile(lib, join(tmp, "lib", basename(lib)));
-    const loader = libs.find((l) => basename(l).startsWith("ld-linux")) ?? "/lib64/ld-linux-x86-64.so.2";
-    await run("patchelf", [
-      "--set-interpreter",
-      `/.mm/ssh/lib/${basename(loader)}`,
-      // DT_RPATH, not RUNPATH: it also applies to the libraries' own dependencies.
-      "--force-rpath",
-      "--set-rpath",
-      "/.mm/ssh/lib",
-      join(tmp, "dropbear"),
+  const disk = join(dir, `tools-${key}.ext4`);
+  if (!(await stat(disk).catch(() => null))) {
+    const work = join(dir, `.build-${process.pid}`);
+    await rm(work, { recursive: true, force: true });
+    await mkdir(join(work, "root", "bin"), { recursive: true });
+    await copyFile(busybox, join(work, "root", "bin", "busybox"));
+    await chmod(join(work, "root", "bin", "busybox"), 0o755);
+    if (ssh) {
+      await mkdir(join(work, "root", "ssh", "lib"), { recursive: true });
+      const dropbear = join(work, "root", "ssh", "dropbear");
+      await copyFile(DROPBEAR, dropbear);
+      for (const lib of libs) await copyFile(lib, join(work, "root", "ssh", "lib", basename(lib)));
+      const loader = libs.find((l) => basename(l).startsWith("ld-linux")) ?? "/lib64/ld-linux-x86-64.so.2";
+      await run("patchelf", [
+        "--set-interpreter",
+        `${GUEST_TOOLS_DIR}/ssh/lib/${basename(loader)}`,
+        // DT_RPATH, not RUNPATH: it also applies to the libraries' own dependencies.
+        "--force-rpath",
+        "--set-rpath",
+        `${GUEST_TOOLS_DIR}/ssh/lib`,
+        dropbear,
+      ]);
+    }
+    const image = join(work, "tools.ext4");
+    await run("mke2fs", [
+      "-q",
+      "-F",
+      "-t",
+      "ext4",
+      "-L",
+      TOOLS_SERIAL,
+      "-E",
+      "root_owner=0:0",
+      "-d",
+      join(work, "root"),
+      image,
+      "32M",
     ]);
-    await rename(tmp, dir).catch(async () => rm(tmp, { recursive: true, force: true }));
+    await chmod(image, 0o444);
+    await rename(image, disk).catch(() => undefined); // a concurrent build may have won
+    await rm(work, { recursive: true, force: true });
   }
-  const tmpIndex = `${index}.${process.pid}.tmp`;
-  await writeFile(tmpIndex, JSON.stringify({ id: `${BUNDLE_VERSION}:${dropbearId}`, dir }));
-  await rename(tmpIndex, index);
-  return { files: [...files, ...(await bundleFiles(dir))], ssh: true };
-}
-
-async function bundleFiles(dir: string): Promise<GuestFile[]> {
-  const libs = (await readdir(join(dir, "lib"))).sort();
-  return [
-    { path: GUEST_DROPBEAR, source: join(dir, "dropbear"), mode: 0o755 },
-    ...libs.map((lib) => ({ path: `/.mm/ssh/lib/${lib}`, source: join(dir, "lib", lib), mode: 0o755 })),
-  ];
+  const tmp = `${index}.${process.pid}.tmp`;
+  await writeFile(tmp, JSON.stringify({ id, disk }));
+  await rename(tmp, index);
+  return { disk, ssh };
 }

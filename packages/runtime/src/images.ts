@@ -25,7 +25,6 @@ import {
   RegistryClient,
   rootfsPrefix,
 } from "@mm/image";
-import type { GuestFile } from "./guest-tools.js";
 import type { Paths } from "./paths.js";
 
 export type { PullEvent } from "@mm/image";
@@ -128,12 +127,7 @@ export class Images {
   }
 
   /** The image's shared read-only ext4, with mm-init injected at /.mm/init. */
-  async rootfs(
-    image: PulledImage,
-    initBinary: string,
-    extras: readonly GuestFile[] = [],
-    onWarning?: (m: string) => void,
-  ): Promise<string> {
+  async rootfs(image: PulledImage, initBinary: string, onWarning?: (m: string) => void): Promise<string> {
     const r = await buildImageRootfs({
       stateDir: this.paths.state,
       image: {
@@ -144,7 +138,7 @@ export class Images {
           digest: l.digest,
         })),
       },
-      extraFiles: [{ path: "/.mm/init", source: initBinary, mode: 0o755 }, ...extras],
+      extraFiles: [{ path: "/.mm/init", source: initBinary, mode: 0o755 }],
       ...(onWarning && { onWarning }),
     });
     return r.path;

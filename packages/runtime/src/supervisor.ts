@@ -22,7 +22,7 @@ import { AgentSession } from "./agent-session.js";
 import { createOverlay, defaultImageRootfs } from "./default-image.js";
 import { serveExecRelay } from "./exec-relay.js";
 import { mapFsError } from "./fs-errors.js";
-import { guestTools } from "./guest-tools.js";
+import { guestTools, TOOLS_SERIAL } from "./guest-tools.js";
 import { Images } from "./images.js";
 import { LogWriter, logFile, TextTail } from "./logs.js";
 import { HostNetwork, networkOf } from "./network.js";
@@ -191,11 +191,11 @@ export class Supervisor {
       ? await (async () => {
           const images = new Images(paths, env);
           const image = await images.byDigest(rec.spec.image, rec.spec.imageDigest as string);
-          return { path: await images.rootfs(image, initPath(env), tools.files, io.onWarning) };
+          return { path: await images.rootfs(image, initPath(env), io.onWarning) };
         })()
-      : await defaultImageRootfs(paths, initPath(env), tools.files);
+      : await defaultImageRootfs(paths, initPath(env));
     // The KVM probe boots the embedded image: it holds mm-init and nothing else to trust.
-    const probeRoot = rec.spec.imageDigest ? await defaultImageRootfs(paths, initPath(env), tools.files) : base;
+    const probeRoot = rec.spec.imageDigest ? await defaultImageRootfs(paths, initPath(env)) : base;
     trace("rootfs");
     const overlay = join(machineDir(paths, this.id), "root.qcow2");
     if (!existsSync(overlay)) await createOverlay(base.path, overlay, rec.spec.diskSizeMib);
@@ -235,6 +235,7 @@ export class Supervisor {
       memoryMib: rec.spec.memoryMib,
       accel: accel.accel,
       agentChannel: true,
+      extraDisks: [{ path: tools.disk, format: "raw", readOnly: true, serial: TOOLS_SERIAL }],
       ...(nic && { nic }),
       onConsole: (d) => {
         log.write("console", d);

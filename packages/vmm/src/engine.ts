@@ -28,6 +28,8 @@ export interface BootSpec {
   readonly onConsole?: (chunk: Buffer) => void;
   /** Whether the guest carries an agent channel (the probe boots without one). */
   readonly agentChannel: boolean;
+  /** Further disks after the root disk (guests find them by their virtio serial). */
+  readonly extraDisks?: readonly (DiskSpec & { readonly serial: string })[];
   /** A virtio-net NIC on an existing TAP device (created by the host network code). */
   readonly nic?: { readonly tap: string; readonly mac: string };
 }

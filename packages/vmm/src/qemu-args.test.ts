@@ -83,6 +83,20 @@ describe("buildQemuArgs", () => {
     assert.ok(!values(none, "-chardev").some((d) => d.includes("agent")));
   });
 
+  test("extra disks follow the root disk (it stays /dev/vda), named by serial", () => {
+    const a = build(
+      spec({ extraDisks: [{ path: "/t/tools.ext4", format: "raw", readOnly: true, serial: "mm-tools" }] }),
+    );
+    const drives = values(a, "-drive");
+    assert.match(drives[0] as string, /^id=root,/);
+    assert.equal(drives[1], "id=disk1,file=/t/tools.ext4,format=raw,if=none,readonly=on");
+    assert.ok(values(a, "-device").includes("virtio-blk-device,drive=disk1,serial=mm-tools"));
+    assert.throws(
+      () => build(spec({ extraDisks: [{ path: "/x", format: "raw", readOnly: true, serial: "a,b" }] })),
+      RangeError,
+    );
+  });
+
   test("a NIC joins its TAP with the machine's MAC; none without one", () => {
     const a = build(spec({ nic: { tap: "mmtabc123", mac: "02:aa:bb:cc:dd:ee" } }));
     assert.deepEqual(values(a, "-netdev"), ["tap,id=net0,ifname=mmtabc123,script=no,downscript=no"]);

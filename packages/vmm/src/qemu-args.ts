@@ -92,6 +92,15 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     "-pidfile",
     input.pidFile,
   ];
+  for (const [i, d] of (spec.extraDisks ?? []).entries()) {
+    if (!/^[A-Za-z0-9_.-]{1,20}$/.test(d.serial)) throw new RangeError(`bad disk serial "${d.serial}"`);
+    args.push(
+      "-drive",
+      `id=disk${i + 1},file=${e(d.path)},format=${d.format},if=none${d.readOnly ? ",readonly=on" : ""}`,
+      "-device",
+      `virtio-blk-device,drive=disk${i + 1},serial=${d.serial}`,
+    );
+  }
   if (spec.nic) {
     if (!/^[A-Za-z0-9_.-]{1,15}$/.test(spec.nic.tap)) throw new RangeError(`bad TAP name "${spec.nic.tap}"`);
     if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(spec.nic.mac)) throw new RangeError(`bad MAC "${spec.nic.mac}"`);
