@@ -455,29 +455,7 @@ export function buildProgram(): Command {
     .description("list images on this host")
     .option("-q, --quiet", "print references only", false)
     .option("--json", "print JSON", false)
-    .action(async (opts) => {
-      const rt = runtime();
-      try {
-        const list = await rt.images.list();
-        if (opts.json) process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
-        else if (opts.quiet) process.stdout.write(list.map((i) => `${i.reference}\n`).join(""));
-        else
-          process.stdout.write(
-            table(
-              ["REFERENCE", "DIGEST", "PLATFORM", "SIZE", "PULLED"],
-              list.map((i) => [
-                i.reference,
-                i.digest.slice(0, 19),
-                i.platform,
-                `${(i.sizeBytes / 2 ** 20).toFixed(1)} MiB`,
-                ago(i.pulledAt),
-              ]),
-            ),
-          );
-      } finally {
-        rt.close();
-      }
-    });
+    .action(listImages);
 
   program
     .command("rmi")
@@ -532,9 +510,9 @@ export function buildProgram(): Command {
   imageCmd
     .command("ls")
     .description("list images (same as `mm images`)")
-    .action(async () => {
-      await program.parseAsync(["images"], { from: "user" });
-    });
+    .option("-q, --quiet", "print references only", false)
+    .option("--json", "print JSON", false)
+    .action(listImages);
 
   program
     .command("login")
@@ -678,6 +656,30 @@ export function buildProgram(): Command {
 }
 
 const machineDirOf = (rt: Runtime, id: string) => machineDirOf0(rt.paths, id);
+
+async function listImages(opts: { quiet: boolean; json: boolean }): Promise<void> {
+  const rt = runtime();
+  try {
+    const list = await rt.images.list();
+    if (opts.json) process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
+    else if (opts.quiet) process.stdout.write(list.map((i) => `${i.reference}\n`).join(""));
+    else
+      process.stdout.write(
+        table(
+          ["REFERENCE", "DIGEST", "PLATFORM", "SIZE", "PULLED"],
+          list.map((i) => [
+            i.reference,
+            i.digest.slice(0, 19),
+            i.platform,
+            `${(i.sizeBytes / 2 ** 20).toFixed(1)} MiB`,
+            ago(i.pulledAt),
+          ]),
+        ),
+      );
+  } finally {
+    rt.close();
+  }
+}
 
 function pullPolicy(p: string): "missing" | "always" | "never" {
   if (p === "missing" || p === "always" || p === "never") return p;
