@@ -3,7 +3,7 @@
 // the window), signals reach the process, and the exit status passes through.
 
 import { constants as osc } from "node:os";
-import { MmError } from "@mm/core";
+import { errorCodeForGuest, MmError } from "@mm/core";
 import type { ExecClient, Runtime } from "@mm/runtime";
 
 export interface ExecOptions {
@@ -13,14 +13,6 @@ export interface ExecOptions {
   readonly user?: string;
   readonly workdir?: string;
 }
-
-const GUEST_CODES: Record<string, "MM_EXEC_NOT_FOUND" | "MM_EXEC_DENIED" | "MM_EXEC_SETUP" | "MM_MACHINE_NOT_RUNNING"> =
-  {
-    EXEC_NOT_FOUND: "MM_EXEC_NOT_FOUND",
-    EXEC_DENIED: "MM_EXEC_DENIED",
-    NOT_RUNNING: "MM_MACHINE_NOT_RUNNING",
-    LOST: "MM_MACHINE_NOT_RUNNING",
-  };
 
 /** Runs the session to its end; resolves with the exit status. */
 export async function execCommand(
@@ -81,7 +73,7 @@ export async function execCommand(
       );
     });
     const g = guestError as { code: string; message: string } | null;
-    if (g) throw Object.assign(new MmError(GUEST_CODES[g.code] ?? "MM_EXEC_SETUP", g.message), { exitStatus: status });
+    if (g) throw Object.assign(new MmError(errorCodeForGuest(g.code), g.message), { exitStatus: status });
     return status;
   } finally {
     if (raw) stdin.setRawMode(false);

@@ -212,7 +212,9 @@ export function buildProgram(): Command {
               (r.error?.code as MmError["code"]) ?? "MM_INTERNAL",
               r.error?.message.replace(/^[^:]*: /, ""),
             );
-          process.stdout.write(opts.json ? `${JSON.stringify(publicRecord(r, rt.store.lease(r.id)?.ip))}\n` : `${r.id}\n`);
+          process.stdout.write(
+            opts.json ? `${JSON.stringify(publicRecord(r, rt.store.lease(r.id)?.ip))}\n` : `${r.id}\n`,
+          );
           return;
         }
         const outcome = await attach(rt, rec.id);

@@ -13,6 +13,7 @@ import {
   encodeFrame,
   encodeHello,
   encodeWinsize,
+  errorCodeForGuest,
   FrameDecoder,
   FrameType,
   MAX_ARGS,
@@ -204,6 +205,14 @@ describe("guest messages", () => {
       () => decodeExit(Buffer.alloc(9)),
       (x) => isMmError(x, "MM_AGENT_PROTOCOL"),
     );
+  });
+
+  test("guest ERROR codes map to the product's codes", () => {
+    assert.equal(errorCodeForGuest("EXEC_NOT_FOUND"), "MM_EXEC_NOT_FOUND");
+    assert.equal(errorCodeForGuest("EXEC_DENIED"), "MM_EXEC_DENIED");
+    assert.equal(errorCodeForGuest("LOST"), "MM_MACHINE_NOT_RUNNING");
+    for (const c of ["CWD", "USER", "NET", "CONFIG", "LIMIT", "whatever"])
+      assert.equal(errorCodeForGuest(c), "MM_EXEC_SETUP");
   });
 
   test("ERROR splits CODE: message and caps its size", () => {

@@ -370,6 +370,26 @@ export interface GuestError {
   readonly message: string;
 }
 
+/**
+ * The product's error code for a guest ERROR code (docs/PROTOCOL.md), plus the relay's
+ * own NOT_RUNNING / LOST: one mapping for the workload and for exec sessions.
+ */
+export function errorCodeForGuest(
+  code: string,
+): "MM_EXEC_NOT_FOUND" | "MM_EXEC_DENIED" | "MM_EXEC_SETUP" | "MM_MACHINE_NOT_RUNNING" {
+  switch (code) {
+    case "EXEC_NOT_FOUND":
+      return "MM_EXEC_NOT_FOUND";
+    case "EXEC_DENIED":
+      return "MM_EXEC_DENIED";
+    case "NOT_RUNNING":
+    case "LOST":
+      return "MM_MACHINE_NOT_RUNNING";
+    default:
+      return "MM_EXEC_SETUP";
+  }
+}
+
 export function decodeGuestError(p: Buffer): GuestError {
   if (p.length > MAX_ERROR_TEXT) throw new MmError("MM_AGENT_PROTOCOL", `ERROR of ${p.length} bytes`);
   const text = p.toString("utf8");

@@ -10,6 +10,7 @@ import { constants as osc } from "node:os";
 import { join } from "node:path";
 import {
   type ExitStatus,
+  errorCodeForGuest,
   type GuestError,
   MmError,
   type NetworkIdentity,
@@ -55,10 +56,6 @@ export interface SupervisorContext {
 
 const PANIC_RE = /Kernel panic - not syncing[^\n]*/;
 const POWEROFF_GRACE_MS = 5000;
-const GUEST_ERRORS: Record<string, "MM_EXEC_NOT_FOUND" | "MM_EXEC_DENIED" | "MM_EXEC_SETUP"> = {
-  EXEC_NOT_FOUND: "MM_EXEC_NOT_FOUND",
-  EXEC_DENIED: "MM_EXEC_DENIED",
-};
 
 export function workloadConfig(rec: MachineRecord): WorkloadConfig {
   const image = rec.spec.imageConfig;
@@ -97,6 +94,9 @@ export class Supervisor {
   private session: AgentSession | null = null;
   private stopTimers: NodeJS.Timeout[] = [];
   private stopping = false;
+  private ready = false;
+  private attached = false;
+  private stopSignal: number = osc.signals.SIGTERM;
 
   constructor(
     private readonly ctx: SupervisorContext,
@@ -108,10 +108,6 @@ export class Supervisor {
     if (this.session && !this.session.isClosed && this.ready) this.session.signal(sig);
     else void this.stop(0);
   }
-
-  private ready = false;
-  private attached = false;
-  private stopSignal: number = osc.signals.SIGTERM;
 
   /** Graceful stop: signal the workload, then power off after `timeoutS`, then kill. */
   async stop(timeoutS: number): Promise<void> {
@@ -135,8 +131,7 @@ export class Supervisor {
   }
 
   async run(io: RunIo = {}): Promise<RunOutcome> {
-    const { store, paths } = this.ctx;
-    const { env } = this.ctx;
+    const { store, paths, env } = this.ctx;
     let rec = store.transition(this.id, "boot", {
       supervisorPid: process.pid,
       supervisorStart: processStartTime(process.pid),
@@ -329,7 +324,7 @@ export class Supervisor {
     const gErr = guestError as GuestError | null;
 
     if (status) {
-      const error = gErr ? new MmError(GUEST_ERRORS[gErr.code] ?? "MM_EXEC_SETUP", gErr.message) : null;
+      const error = gErr ? new MmError(errorCodeForGuest(gErr.code), gErr.message) : null;
       rec = store.force(this.id, "exited", {
         exitCode: status.status,
         exitSignal: status.signal,
