@@ -189,8 +189,6 @@ export class Supervisor {
           return { path: await images.rootfs(image, initPath(env), io.onWarning) };
         })()
       : await defaultImageRootfs(paths, initPath(env));
-    // The KVM probe boots the embedded image: it holds mm-init and nothing else to trust.
-    const probeRoot = rec.spec.imageDigest ? await defaultImageRootfs(paths, initPath(env)) : base;
     trace("rootfs");
     const overlay = join(machineDir(paths, this.id), "root.qcow2");
     if (!existsSync(overlay)) await createOverlay(base.path, overlay, rec.spec.diskSizeMib);
@@ -198,7 +196,13 @@ export class Supervisor {
     const accel = await chooseAccel({
       engine,
       kernel,
-      rootDisk: { path: probeRoot.path, format: "raw", readOnly: true },
+      // A probe (rare: once per host and kernel) boots the embedded image: it holds mm-init
+      // and nothing else to trust.
+      rootDisk: async () => ({
+        path: rec.spec.imageDigest ? (await defaultImageRootfs(paths, initPath(env))).path : base.path,
+        format: "raw",
+        readOnly: true,
+      }),
       runDir: runDir(paths, "kvm-probe"),
       cacheDir: paths.cache,
       env,

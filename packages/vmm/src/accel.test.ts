@@ -52,6 +52,20 @@ test("MM_ACCEL overrides without probing", async () => {
   assert.equal((await chooseAccel(input({ env: { MM_ACCEL: "kvm" } }))).accel, "kvm");
 });
 
+test("a lazy root disk is made only when a probe boots", async () => {
+  let made = 0;
+  const lazy = async () => {
+    made++;
+    return rootDisk;
+  };
+  await chooseAccel(input({ rootDisk: lazy, env: { MM_ACCEL: "tcg" } }));
+  await chooseAccel(input({ rootDisk: lazy, kvmDevice: join(work, "no-such-kvm") }));
+  assert.equal(made, 0);
+  const probed = await probeKvm(input({ rootDisk: lazy, kernel: join(work, "junk-vmlinux"), timeoutMs: 3000 }));
+  assert.equal(probed.accel, "tcg");
+  assert.equal(made, 1);
+});
+
 test("no usable /dev/kvm means TCG, without a probe", async () => {
   const d = await chooseAccel(input({ kvmDevice: join(work, "no-such-kvm") }));
   assert.deepEqual([d.accel, d.source], ["tcg", "no-kvm-device"]);

@@ -30,8 +30,12 @@ export function parseAccelOverride(value: string | undefined): Accel | undefined
 export interface ProbeInput {
   readonly engine: Engine;
   readonly kernel: string;
-  /** A root disk holding mm-init at /.mm/init; mounted read-only. */
-  readonly rootDisk: DiskSpec;
+  /**
+   * A root disk holding mm-init at /.mm/init, mounted read-only. A function is called
+   * only if a probe actually boots (not for an override, a missing /dev/kvm or a cached
+   * verdict), so callers need not build the disk on every run.
+   */
+  readonly rootDisk: DiskSpec | (() => Promise<DiskSpec>);
   readonly runDir: string;
   readonly cacheDir: string;
   readonly timeoutMs?: number;
@@ -83,6 +87,8 @@ export async function probeKvm(input: ProbeInput): Promise<{ accel: Accel; reaso
   const marker = new Promise<void>((resolve) => {
     sawMarker = resolve;
   });
+  // Outside the try below: failing to make the disk is not a verdict on KVM.
+  const rootDisk = typeof input.rootDisk === "function" ? await input.rootDisk() : input.rootDisk;
   const started = Date.now();
   let vm: Awaited<ReturnType<Engine["boot"]>>;
   try {
@@ -91,7 +97,7 @@ export async function probeKvm(input: ProbeInput): Promise<{ accel: Accel; reaso
       runDir: input.runDir,
       kernel: input.kernel,
       kernelArgs: ["mm.probe=1"],
-      rootDisk: input.rootDisk,
+      rootDisk,
       cpus: 1,
       memoryMib: 128,
       accel: "kvm",
