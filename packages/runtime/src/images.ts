@@ -59,6 +59,8 @@ export function runConfigOf(config: ImageConfigFile): ImageRunConfig {
   };
 }
 
+const REGISTRY_BASE = /^sha256-[0-9a-f]{64}-[0-9a-f]{16}\.ext4$/;
+
 export class Images {
   readonly store: ContentStore;
 
@@ -188,19 +190,16 @@ export class Images {
     for (const name of await readdir(dir).catch(() => [] as string[])) {
       if (!name.endsWith(".ext4") || !name.startsWith("sha256-")) continue;
       if (keptPrefixes.some((p) => name.startsWith(p))) continue;
-      if (await this.isDefaultImageBase(name)) continue;
+      // Only registry images' bases (sha256-<digest>-<key>.ext4) are collected. The embedded
+      // image's bases are kept: machines do not record which base their overlay uses yet,
+      // so an old one may still be in use (docs/STATUS.md).
+      if (!REGISTRY_BASE.test(name)) continue;
       const p = join(dir, name);
       freed += ((await stat(p).catch(() => null))?.blocks ?? 0) * 512;
       await rm(p, { force: true });
       removed++;
     }
     return { freedBytes: freed, removed };
-  }
-
-  private async isDefaultImageBase(name: string): Promise<boolean> {
-    // The embedded image's base has no image digest; it is rebuilt on demand anyway,
-    // but a machine's overlay may point at it, so it is never pruned here.
-    return !/^sha256-[0-9a-f]{64}-[0-9a-f]{16}\.ext4$/.test(name);
   }
 
   async import(path: string, reference?: string): Promise<PulledImage[]> {
