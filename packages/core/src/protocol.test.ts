@@ -12,6 +12,7 @@ import {
   encodeExit,
   encodeFrame,
   encodeHello,
+  encodeIdentity,
   encodeWinsize,
   errorCodeForGuest,
   FrameDecoder,
@@ -144,6 +145,27 @@ describe("protocol v2 records", () => {
     const v1 = decodeConfig(encodeConfig({ args: ["a"], env: [], network: net }, 1));
     assert.equal(v1.version, 1);
     assert.equal(v1.network, undefined);
+  });
+
+  test("v3 fresh-identity records round-trip, and are left out for a v2 guest", () => {
+    const fresh = { mac: "52:54:00:12:34:56", clockNs: 1_790_000_000_123_456_789n, seed: Buffer.alloc(32, 7) };
+    assert.deepEqual(decodeConfig(encodeConfig({ args: ["a"], env: [], fresh })).fresh, fresh);
+    assert.equal(decodeConfig(encodeConfig({ args: ["a"], env: [], fresh }, 2)).fresh, undefined);
+    assert.throws(
+      () => encodeConfig({ args: ["a"], env: [], fresh: { seed: Buffer.alloc(8) } }),
+      (e) => isMmError(e, "MM_USAGE"),
+    );
+    assert.throws(
+      () => encodeConfig({ args: ["a"], env: [], fresh: { mac: "52:54:00:12:34" } }),
+      (e) => isMmError(e, "MM_USAGE"),
+    );
+  });
+
+  test("IDENTITY carries hostname, network and fresh records, and needs v3", () => {
+    const id = decodeConfig(encodeIdentity({ hostname: "clone-1", network: net, fresh: { mac: "52:54:00:00:00:01" } }));
+    assert.deepEqual([id.version, id.hostname, id.network, id.fresh], [3, "clone-1", net, { mac: "52:54:00:00:00:01" }]);
+    assert.deepEqual(id.args, []);
+    assert.throws(() => encodeIdentity({ fresh: {} }, 2), (e) => isMmError(e, "MM_AGENT_PROTOCOL"));
   });
 
   test("EXEC carries TTY size and the stdin flag", () => {

@@ -4,7 +4,7 @@
 import { MmError } from "./errors.js";
 
 /** The highest version this host speaks; v1 guests are still served (docs/PROTOCOL.md). */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 export const MIN_PROTOCOL_VERSION = 1;
 export const INITIAL_WINDOW = 256 * 1024;
 export const MAX_SESSIONS = 64;
@@ -32,6 +32,11 @@ export const FrameType = {
   EXEC: 0x0b,
   RESIZE: 0x0c,
   WINDOW: 0x0d,
+  QUIESCE: 0x0e,
+  QUIESCED: 0x0f,
+  RESUME: 0x10,
+  IDENTITY: 0x11,
+  IDENTITY_RESULT: 0x12,
 } as const;
 export type FrameTypeName = keyof typeof FrameType;
 
@@ -102,6 +107,9 @@ export const ConfigTag = {
   NET_GATEWAY: 10,
   DNS: 11,
   HOSTS: 12,
+  NET_MAC: 13,
+  CLOCK: 14,
+  SEED: 15,
 } as const;
 export const ConfigFlag = { STAY_UP: 1 } as const;
 
@@ -123,6 +131,25 @@ export interface WorkloadConfig {
   readonly stayUp?: boolean;
   /** Protocol v2 and later. */
   readonly network?: NetworkIdentity;
+  /** Protocol v3 and later: what a restored guest needs to stop being its snapshot's twin. */
+  readonly fresh?: FreshIdentity;
+}
+
+/** Protocol v3: the parts of an identity a snapshot freezes and a restore must renew. */
+export interface FreshIdentity {
+  /** eth0's MAC ("52:54:00:…"): a restored NIC keeps its snapshot's MAC otherwise. */
+  readonly mac?: string;
+  /** Wall-clock time to set, in nanoseconds since the epoch. */
+  readonly clockNs?: bigint;
+  /** Entropy the guest mixes in and reseeds its RNG from (16-512 bytes). */
+  readonly seed?: Buffer;
+}
+
+/** IDENTITY (v3): renews a running guest's identity after a restore or fork. */
+export interface IdentityConfig {
+  readonly hostname?: string;
+  readonly network?: NetworkIdentity;
+  readonly fresh: FreshIdentity;
 }
 
 export interface ExecConfig {
@@ -193,21 +220,54 @@ export function encodeConfig(cfg: WorkloadConfig, version: number = PROTOCOL_VER
   const flags = Buffer.alloc(4);
   flags.writeUInt32BE(cfg.stayUp ? ConfigFlag.STAY_UP : 0);
   w.add(ConfigTag.FLAGS, flags);
-  if (cfg.network && version >= 2) {
-    const n = cfg.network;
-    if ((n.dns?.length ?? 0) > MAX_DNS) throw new MmError("MM_USAGE", `more than ${MAX_DNS} DNS servers`);
-    if ((n.hosts?.length ?? 0) > MAX_HOSTS) throw new MmError("MM_USAGE", `more than ${MAX_HOSTS} hosts entries`);
-    w.add(ConfigTag.NET_ADDR, checkString("address", n.address));
-    if (n.gateway) w.add(ConfigTag.NET_GATEWAY, checkString("gateway", n.gateway));
-    for (const d of n.dns ?? []) w.add(ConfigTag.DNS, checkString("DNS server", d));
-    for (const h of n.hosts ?? []) w.add(ConfigTag.HOSTS, checkString("hosts line", h));
-  }
+  if (cfg.network && version >= 2) addNetworkRecords(w, cfg.network);
+  if (cfg.fresh && version >= 3) addFreshRecords(w, cfg.fresh);
   return w.finish();
 }
 
-/** Encodes an EXEC payload (protocol v2). */
-export function encodeExec(cfg: ExecConfig): Buffer {
-  const w = new RecordWriter(2);
+function addNetworkRecords(w: RecordWriter, n: NetworkIdentity): void {
+  if ((n.dns?.length ?? 0) > MAX_DNS) throw new MmError("MM_USAGE", `more than ${MAX_DNS} DNS servers`);
+  if ((n.hosts?.length ?? 0) > MAX_HOSTS) throw new MmError("MM_USAGE", `more than ${MAX_HOSTS} hosts entries`);
+  w.add(ConfigTag.NET_ADDR, checkString("address", n.address));
+  if (n.gateway) w.add(ConfigTag.NET_GATEWAY, checkString("gateway", n.gateway));
+  for (const d of n.dns ?? []) w.add(ConfigTag.DNS, checkString("DNS server", d));
+  for (const h of n.hosts ?? []) w.add(ConfigTag.HOSTS, checkString("hosts line", h));
+}
+
+function addFreshRecords(w: RecordWriter, f: FreshIdentity): void {
+  if (f.mac !== undefined) {
+    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(f.mac)) throw new MmError("MM_USAGE", `bad MAC "${f.mac}"`);
+    w.add(ConfigTag.NET_MAC, Buffer.from(f.mac));
+  }
+  if (f.clockNs !== undefined) {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64BE(f.clockNs);
+    w.add(ConfigTag.CLOCK, b);
+  }
+  if (f.seed !== undefined) {
+    if (f.seed.length < 16 || f.seed.length > 512) throw new MmError("MM_USAGE", "a seed is 16-512 bytes");
+    w.add(ConfigTag.SEED, f.seed);
+  }
+}
+
+/** A fresh clock and seed for a restored guest (its MAC comes from its new lease). */
+export function freshIdentity(random: (n: number) => Buffer, mac?: string): FreshIdentity {
+  return { clockNs: BigInt(Date.now()) * 1_000_000n, seed: random(64), ...(mac !== undefined && { mac }) };
+}
+
+/** Encodes an IDENTITY payload (protocol v3). */
+export function encodeIdentity(id: IdentityConfig, version = PROTOCOL_VERSION): Buffer {
+  if (version < 3) throw new MmError("MM_AGENT_PROTOCOL", "IDENTITY needs protocol v3");
+  const w = new RecordWriter(version);
+  if (id.hostname !== undefined) w.add(ConfigTag.HOSTNAME, checkString("hostname", id.hostname, MAX_HOSTNAME));
+  if (id.network) addNetworkRecords(w, id.network);
+  addFreshRecords(w, id.fresh);
+  return w.finish();
+}
+
+/** Encodes an EXEC payload (protocol v2 and later: `version` is the one agreed in CONFIG). */
+export function encodeExec(cfg: ExecConfig, version = 2): Buffer {
+  const w = new RecordWriter(version);
   addProcessRecords(w, cfg);
   if (cfg.tty) w.add(ConfigTag.TTY, encodeWinsize(cfg.tty.rows, cfg.tty.cols));
   if (cfg.stdin) w.add(ConfigTag.STDIN, Buffer.alloc(0));
@@ -242,6 +302,9 @@ export function decodeConfig(payload: Buffer): WorkloadConfig & ExecConfig & { v
   const hosts: string[] = [];
   let tty: { rows: number; cols: number } | undefined;
   let stdin = false;
+  let mac: string | undefined;
+  let clockNs: bigint | undefined;
+  let seed: Buffer | undefined;
   let off = 2;
   while (off < payload.length) {
     if (off + 3 > payload.length) throw new MmError("MM_AGENT_PROTOCOL", "truncated CONFIG record");
@@ -291,6 +354,16 @@ export function decodeConfig(payload: Buffer): WorkloadConfig & ExecConfig & { v
       case ConfigTag.HOSTS:
         hosts.push(text);
         break;
+      case ConfigTag.NET_MAC:
+        mac = text;
+        break;
+      case ConfigTag.CLOCK:
+        if (len !== 8) throw new MmError("MM_AGENT_PROTOCOL", "CLOCK record must be 8 bytes");
+        clockNs = value.readBigUInt64BE(0);
+        break;
+      case ConfigTag.SEED:
+        seed = Buffer.from(value);
+        break;
       default:
         break; // unknown tags are ignored (forward compatibility)
     }
@@ -306,6 +379,13 @@ export function decodeConfig(payload: Buffer): WorkloadConfig & ExecConfig & { v
     ...(hostname !== undefined && { hostname }),
     ...(tty && { tty }),
     ...(address !== undefined && { network: { address, ...(gateway !== undefined && { gateway }), dns, hosts } }),
+    ...((mac !== undefined || clockNs !== undefined || seed !== undefined) && {
+      fresh: {
+        ...(mac !== undefined && { mac }),
+        ...(clockNs !== undefined && { clockNs }),
+        ...(seed !== undefined && { seed }),
+      },
+    }),
   };
 }
 

@@ -15,6 +15,7 @@ import {
   type ExitStatus,
   encodeConfig,
   encodeExec,
+  encodeIdentity,
   encodeFrame,
   encodeU32,
   encodeWinsize,
@@ -22,7 +23,9 @@ import {
   FrameType,
   type GuestError,
   type Hello,
+  type IdentityConfig,
   INITIAL_WINDOW,
+  MAX_ERROR_TEXT,
   MAX_PAYLOAD,
   MAX_SESSIONS,
   MIN_PROTOCOL_VERSION,
@@ -98,6 +101,13 @@ export class GuestExec extends EventEmitter<GuestExecEvents> {
   }
 }
 
+/** Where a restored guest's conversation stands: it said HELLO to the host it was snapshotted on. */
+export interface RestoredChannel {
+  readonly version: number;
+  /** "config": a template, waiting for its CONFIG; "started": a running workload. */
+  readonly phase: "config" | "started";
+}
+
 export class AgentSession extends EventEmitter<AgentSessionEvents> {
   private readonly decoder = new FrameDecoder();
   private phase: "hello" | "config" | "started" | "exited" = "hello";
@@ -106,9 +116,21 @@ export class AgentSession extends EventEmitter<AgentSessionEvents> {
   version = MIN_PROTOCOL_VERSION;
   private readonly execs = new Map<number, GuestExec>();
   private nextStream = 1;
+  /** QUIESCE sent: host frames wait here until the guest is resumed (docs/PROTOCOL.md v3). */
+  private held: Buffer[] | null = null;
+  private quiesced = false;
+  private onQuiesced: (() => void) | null = null;
+  private onIdentity: ((result: string) => void) | null = null;
 
-  constructor(private readonly socket: Socket) {
+  constructor(
+    private readonly socket: Socket,
+    restored?: RestoredChannel,
+  ) {
     super();
+    if (restored) {
+      this.version = restored.version;
+      this.phase = restored.phase;
+    }
     socket.on("data", (d: Buffer) => this.onData(d));
     socket.on("close", () => this.onClose());
     socket.on("error", () => this.onClose());
@@ -137,7 +159,7 @@ export class AgentSession extends EventEmitter<AgentSessionEvents> {
       this.nextStream = (this.nextStream % 0x7fffffff) + 1;
     const exec = new GuestExec(this, this.nextStream++);
     this.execs.set(exec.stream, exec);
-    this.sendOn(exec.stream, FrameType.EXEC, encodeExec(cfg));
+    this.sendOn(exec.stream, FrameType.EXEC, encodeExec(cfg, this.version));
     return exec;
   }
 
@@ -155,7 +177,66 @@ export class AgentSession extends EventEmitter<AgentSessionEvents> {
   }
 
   sendOn(stream: number, type: number, payload?: Buffer): void {
-    if (!this.closed) this.socket.write(encodeFrame(type, payload, stream));
+    if (this.closed) return;
+    const frame = encodeFrame(type, payload, stream);
+    if (this.held) this.held.push(frame);
+    else this.socket.write(frame);
+  }
+
+  /** The phase a restore of a snapshot taken now would resume in. */
+  get restorePhase(): RestoredChannel["phase"] | null {
+    return this.phase === "config" || this.phase === "started" ? this.phase : null;
+  }
+
+  /**
+   * Brings the channel to a frame boundary in both directions (v3): after this
+   * resolves, the guest writes nothing and the host sends nothing until `unquiesce`
+   * or `identity`, so a snapshot taken now holds no half-sent frame.
+   */
+  quiesce(): Promise<void> {
+    if (this.version < 3) {
+      return Promise.reject(
+        new MmError("MM_AGENT_PROTOCOL", "the guest's mm-init is too old to be snapshotted while running (v3)", {
+          hint: "rebuild the image's root filesystem with a current mm-init (`mm image prune`, then run again)",
+        }),
+      );
+    }
+    if (this.closed) return Promise.reject(new MmError("MM_ENGINE_IO", "the agent channel is closed"));
+    if (this.held) return Promise.reject(new MmError("MM_INTERNAL", "the channel is already quiesced"));
+    return new Promise((resolve, reject) => {
+      this.onQuiesced = resolve;
+      this.once("close", () => reject(new MmError("MM_ENGINE_IO", "the agent channel closed while quiescing")));
+      this.socket.write(encodeFrame(FrameType.QUIESCE));
+      this.held = [];
+    });
+  }
+
+  /** Ends a quiesce: the guest carries on and the held host frames go out. */
+  unquiesce(): void {
+    if (!this.held) return;
+    this.socket.write(encodeFrame(FrameType.RESUME));
+    this.release();
+  }
+
+  /**
+   * Gives a restored guest its new identity (v3); resolves with "" when applied,
+   * else with the guest's "CODE: message". Also ends a quiesce.
+   */
+  identity(id: IdentityConfig): Promise<string> {
+    if (this.closed) return Promise.reject(new MmError("MM_ENGINE_IO", "the agent channel is closed"));
+    return new Promise((resolve, reject) => {
+      this.onIdentity = resolve;
+      this.once("close", () => reject(new MmError("MM_ENGINE_IO", "the agent channel closed before IDENTITY_RESULT")));
+      this.socket.write(encodeFrame(FrameType.IDENTITY, encodeIdentity(id, this.version)));
+      this.release();
+    });
+  }
+
+  private release(): void {
+    const held = this.held ?? [];
+    this.held = null;
+    this.quiesced = false;
+    for (const f of held) this.socket.write(f);
   }
 
   signal(sig: number): void {
@@ -180,7 +261,7 @@ export class AgentSession extends EventEmitter<AgentSessionEvents> {
   }
 
   private send(type: number, payload?: Buffer): void {
-    if (!this.closed) this.socket.write(encodeFrame(type, payload));
+    this.sendOn(0, type, payload);
   }
 
   private onData(d: Buffer): void {
@@ -192,6 +273,9 @@ export class AgentSession extends EventEmitter<AgentSessionEvents> {
   }
 
   private onFrame(type: number, stream: number, payload: Buffer): void {
+    if (this.quiesced && type !== FrameType.IDENTITY_RESULT) {
+      throw new MmError("MM_AGENT_PROTOCOL", `frame type ${type} from a quiesced guest`);
+    }
     if (stream !== 0) {
       this.onSessionFrame(type, stream, payload);
       return;
@@ -235,10 +319,29 @@ export class AgentSession extends EventEmitter<AgentSessionEvents> {
         this.emit("exit", status);
         return;
       }
+      case FrameType.QUIESCED: {
+        if (!this.onQuiesced) throw new MmError("MM_AGENT_PROTOCOL", "QUIESCED without QUIESCE");
+        const done = this.onQuiesced;
+        this.onQuiesced = null;
+        this.quiesced = true;
+        done();
+        return;
+      }
+      case FrameType.IDENTITY_RESULT: {
+        if (!this.onIdentity) throw new MmError("MM_AGENT_PROTOCOL", "IDENTITY_RESULT without IDENTITY");
+        if (payload.length > MAX_ERROR_TEXT) throw new MmError("MM_AGENT_PROTOCOL", "IDENTITY_RESULT too long");
+        const done = this.onIdentity;
+        this.onIdentity = null;
+        done(payload.toString("utf8"));
+        return;
+      }
       case FrameType.CONFIG:
       case FrameType.STDIN:
       case FrameType.SIGNAL:
       case FrameType.POWEROFF:
+      case FrameType.QUIESCE:
+      case FrameType.RESUME:
+      case FrameType.IDENTITY:
         throw new MmError("MM_AGENT_PROTOCOL", `host-only frame type ${type} sent by the guest`);
       default:
         return; // unknown types are ignored: the guest may be newer

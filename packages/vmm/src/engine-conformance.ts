@@ -3,8 +3,22 @@
 // cannot support a case must skip it with the reason, never silently.
 
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { linkSync, mkdirSync, readFileSync } from "node:fs";
+import type { Socket } from "node:net";
+import { join } from "node:path";
 import { test } from "node:test";
-import { decodeHello, FrameDecoder, FrameType, isMmError } from "@mm/core";
+import {
+  decodeExit,
+  decodeGuestError,
+  decodeHello,
+  encodeConfig,
+  encodeFrame,
+  FrameDecoder,
+  FrameType,
+  isMmError,
+} from "@mm/core";
 import { PROBE_MARKER } from "./accel.js";
 import type { Accel, DiskSpec, Engine } from "./engine.js";
 
@@ -12,6 +26,8 @@ export interface ConformanceFixture {
   readonly kernel: string;
   /** An ext4 image holding mm-init at /.mm/init. */
   readonly rootDisk: DiskSpec;
+  /** A scratch directory for disks and captures (the snapshot case). */
+  readonly scratch: string;
   readonly runDir: (name: string) => string;
   readonly accel: Accel;
 }
@@ -89,10 +105,105 @@ export function engineConformance(makeEngine: () => Engine, fixture: () => Confo
     assert.throws(() => process.kill(vm.pid, 0));
   });
 
+  test("snapshot: a paused machine's root disk is frozen, its state saved and its RAM file captured; a second VMM restores the capture copy-on-write and both guests answer", async () => {
+    const f = fixture();
+    const dir = join(f.scratch, "snap");
+    mkdirSync(dir, { recursive: true });
+    const qemuImg = (...a: string[]) => execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", ...a]);
+    const overlay = (path: string, backing: string, fmt: string) => qemuImg("-u", "-b", backing, "-F", fmt, path, "64M");
+    overlay(join(dir, "a0.qcow2"), f.rootDisk.path, f.rootDisk.format);
+    const spec = (name: string, root: string, ram: string, shared: boolean, incoming: boolean) =>
+      base(name, {
+        agentChannel: true,
+        rootDisk: { path: root, format: "qcow2", readOnly: false },
+        memoryFile: { path: ram, shared },
+        incoming,
+      });
+    const a = await makeEngine().boot(spec("snap-a", join(dir, "a0.qcow2"), join(dir, "a.ram"), true, false));
+    let b: Awaited<ReturnType<Engine["boot"]>> | null = null;
+    try {
+      const aChan = channelOf(a.channel);
+      assert.equal((await aChan.next(FrameType.HELLO)).type, FrameType.HELLO);
+      // Capture: pause, freeze the disk (the frozen layer is a link to the old overlay), save, copy RAM.
+      await a.pause();
+      linkSync(join(dir, "a0.qcow2"), join(dir, "layer.qcow2"));
+      overlay(join(dir, "a1.qcow2"), join(dir, "layer.qcow2"), "qcow2");
+      await a.freezeRoot(join(dir, "a1.qcow2"));
+      await a.saveState(join(dir, "state"), { ignoreSharedMemory: true });
+      execFileSync("cp", ["--sparse=always", join(dir, "a.ram"), join(dir, "capture.ram")]);
+      await a.resume();
+      const before = createHash("sha256").update(readFileSync(join(dir, "capture.ram"))).digest("hex");
+
+      overlay(join(dir, "b.qcow2"), join(dir, "layer.qcow2"), "qcow2");
+      b = await makeEngine().boot(spec("snap-b", join(dir, "b.qcow2"), join(dir, "capture.ram"), false, true));
+      await b.loadState(join(dir, "state"), { ignoreSharedMemory: true });
+      await b.resume();
+      // The restored guest never says HELLO again: it waits for CONFIG, as its original does.
+      for (const vm of [a, b]) {
+        const chan = vm === a ? aChan : channelOf(vm.channel);
+        vm.channel?.write(encodeFrame(FrameType.CONFIG, encodeConfig({ args: ["/nonexistent"], env: [] }, 2)));
+        assert.equal(decodeGuestError((await chan.next(FrameType.ERROR)).payload).code, "EXEC_NOT_FOUND");
+        assert.equal(decodeExit((await chan.next(FrameType.EXIT)).payload).status, 127);
+      }
+      const after = createHash("sha256").update(readFileSync(join(dir, "capture.ram"))).digest("hex");
+      assert.equal(after, before, "the clone must not write to the capture it maps");
+    } finally {
+      await a.kill();
+      await b?.kill();
+    }
+  });
+
+  test("loading a truncated state fails with MM_ENGINE_IO and leaves no VMM running", async () => {
+    const f = fixture();
+    const dir = join(f.scratch, "snap");
+    const truncated = join(dir, "state.truncated");
+    execFileSync("sh", ["-c", `head -c 3000 "$1" > "$2"`, "sh", join(dir, "state"), truncated]);
+    execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", "-u", "-b", join(dir, "layer.qcow2"), "-F", "qcow2", join(dir, "c.qcow2"), "64M"]);
+    const vm = await makeEngine().boot(
+      base("snap-c", {
+        agentChannel: true,
+        rootDisk: { path: join(dir, "c.qcow2"), format: "qcow2", readOnly: false },
+        memoryFile: { path: join(dir, "capture.ram"), shared: false },
+        incoming: true,
+      }),
+    );
+    try {
+      await assert.rejects(vm.loadState(truncated, { ignoreSharedMemory: true }), (e) => isMmError(e, "MM_ENGINE_IO"));
+    } finally {
+      await vm.kill();
+    }
+  });
+
   test("a kernel that does not exist is MM_QEMU_FAILED with the VMM's own words", async () => {
     await assert.rejects(
       makeEngine().boot({ ...base("nokernel"), kernel: "/nonexistent/vmlinux" }),
       (e) => isMmError(e, "MM_QEMU_FAILED") && /vmlinux/.test(e.message),
     );
   });
+}
+
+/** Frames from a VMM's agent channel, awaited one type at a time (test helper). */
+function channelOf(sock: Socket | null): { next(type: number): Promise<{ type: number; payload: Buffer }> } {
+  if (!sock) throw new Error("no agent channel");
+  const decoder = new FrameDecoder();
+  const queue: { type: number; payload: Buffer }[] = [];
+  const waiters: (() => void)[] = [];
+  sock.on("data", (d: Buffer) => {
+    for (const fr of decoder.push(d)) queue.push(fr);
+    for (const w of waiters.splice(0)) w();
+  });
+  return {
+    async next(type) {
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        const i = queue.findIndex((fr) => fr.type === type);
+        if (i >= 0) return queue.splice(i, 1)[0] as { type: number; payload: Buffer };
+        if (Date.now() > deadline) throw new Error(`no frame of type ${type} within 30 s`);
+        await new Promise<void>((r) => {
+          waiters.push(r);
+          setTimeout(r, 1000);
+        });
+      }
+    },
+  };
 }

@@ -32,6 +32,22 @@ export interface BootSpec {
   readonly extraDisks?: readonly (DiskSpec & { readonly serial: string })[];
   /** A virtio-net NIC on an existing TAP device (created by the host network code). */
   readonly nic?: { readonly tap: string; readonly mac: string };
+  /**
+   * Guest RAM in a file, so that it can be captured without copying it through the
+   * VMM. `shared`: the machine's own RAM (writes reach the file); otherwise the file
+   * is a capture mapped copy-on-write, shared with every other clone of it.
+   */
+  readonly memoryFile?: { readonly path: string; readonly shared: boolean };
+  /** Start paused, waiting for `loadState` (a restore) instead of booting the kernel. */
+  readonly incoming?: boolean;
+}
+
+export interface StateOptions {
+  /**
+   * Leave RAM in shared memory files out of the stream (it is captured as a file);
+   * otherwise the stream carries all of RAM. Save and load must agree.
+   */
+  readonly ignoreSharedMemory: boolean;
 }
 
 export interface VmExit {
@@ -54,9 +70,24 @@ export interface RunningVm {
   kill(): Promise<VmExit>;
   /** One QMP command (serialised; QMP serves one client at a time). */
   qmp(command: string, args?: Record<string, unknown>): Promise<unknown>;
+  /** Stops the vCPUs (the guest's clocks stop with them). */
+  pause(): Promise<void>;
+  /** Runs the vCPUs again (after `pause`, `saveState` or `loadState`). */
+  resume(): Promise<void>;
+  /** Writes the paused machine's device state (and RAM, see StateOptions) to `file`. */
+  saveState(file: string, options: StateOptions): Promise<void>;
+  /** Loads a state written by `saveState` into a machine booted with `incoming`; it stays paused. */
+  loadState(file: string, options: StateOptions): Promise<void>;
+  /**
+   * Freezes the root disk: from now on the machine writes to `overlay`, an existing
+   * qcow2 whose backing file is (a link to) the current root image, left unchanged.
+   */
+  freezeRoot(overlay: string): Promise<void>;
 }
 
 export interface Engine {
   readonly name: string;
   boot(spec: BootSpec): Promise<RunningVm>;
+  /** Identifies the VMM build: a state saved by one build is loaded only by the same. */
+  fingerprint(): Promise<string>;
 }

@@ -52,11 +52,18 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     throw new RangeError(`memoryMib must be ≥ 16, got ${spec.memoryMib}`);
   }
   const e = escapeOptionValue;
+  const memory = spec.memoryFile
+    ? [
+        "-object",
+        `memory-backend-file,id=mem,size=${spec.memoryMib}M,mem-path=${e(spec.memoryFile.path)},share=${spec.memoryFile.shared ? "on" : "off"}`,
+      ]
+    : [];
   const args = [
     "-name",
     `mm-${spec.id},process=mm-${spec.id}`,
     "-M",
-    "microvm,x-option-roms=off,acpi=on,pit=on,pic=on,rtc=on",
+    `microvm,x-option-roms=off,acpi=on,pit=on,pic=on,rtc=on${spec.memoryFile ? ",memory-backend=mem" : ""}`,
+    ...memory,
     "-accel",
     spec.accel,
     "-cpu",
@@ -91,6 +98,8 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     "chardev=qmp,mode=control",
     "-pidfile",
     input.pidFile,
+    // A restore: QEMU waits for migrate-incoming (QMP) instead of running the guest.
+    ...(spec.incoming ? ["-incoming", "defer"] : []),
   ];
   for (const [i, d] of (spec.extraDisks ?? []).entries()) {
     if (!/^[A-Za-z0-9_.-]{1,20}$/.test(d.serial)) throw new RangeError(`bad disk serial "${d.serial}"`);

@@ -37,6 +37,7 @@ before(async () => {
     kernel,
     rootDisk: { path: join(work, "root.ext4"), format: "raw", readOnly: true },
     runDir: (name) => join(work, "run", name),
+    scratch: work,
     accel: process.env.MM_ACCEL === "kvm" ? "kvm" : "tcg",
   };
 });

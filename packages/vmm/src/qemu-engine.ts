@@ -1,13 +1,16 @@
 // The QEMU microvm engine: the thin process shell around buildQemuArgs. It listens
 // on the QMP and agent sockets first, then starts QEMU, which connects to them.
 
-import { type ChildProcess, spawn } from "node:child_process";
-import { constants as fsc } from "node:fs";
-import { access, mkdir, rm } from "node:fs/promises";
-import { createServer, type Server, type Socket } from "node:net";
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { constants as fsc, createReadStream, createWriteStream } from "node:fs";
+import { access, mkdir, rm, stat } from "node:fs/promises";
+import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
+import { pipeline } from "node:stream/promises";
+import { promisify } from "node:util";
 import { MmError } from "@mm/core";
-import type { BootSpec, Engine, RunningVm, VmExit } from "./engine.js";
+import type { BootSpec, Engine, RunningVm, StateOptions, VmExit } from "./engine.js";
 import { buildQemuArgs } from "./qemu-args.js";
 import { QmpClient, withTimeout } from "./qmp.js";
 
@@ -51,11 +54,29 @@ function acceptOne(server: Server): Promise<Socket> {
 
 export class QemuEngine implements Engine {
   readonly name = "qemu-microvm";
+  private fingerprintValue: Promise<string> | null = null;
   constructor(private readonly options: QemuEngineOptions = {}) {}
 
-  async boot(spec: BootSpec): Promise<RunningVm> {
+  private async binary(): Promise<string> {
     const qemu = await findExecutable(this.options.qemuBinary ?? process.env.MM_QEMU ?? "qemu-system-x86_64");
     if (!qemu) throw new MmError("MM_QEMU_MISSING", "qemu-system-x86_64 is not on PATH");
+    return qemu;
+  }
+
+  /** QEMU's version line plus the binary's size and mtime: a rebuilt QEMU is another build. */
+  fingerprint(): Promise<string> {
+    this.fingerprintValue ??= (async () => {
+      const qemu = await this.binary();
+      const [{ stdout }, st] = await Promise.all([promisify(execFile)(qemu, ["--version"]), stat(qemu)]);
+      const version = stdout.split("\n")[0]?.trim() ?? "";
+      const build = createHash("sha256").update(`${version}\0${st.size}\0${st.mtimeMs}`).digest("hex").slice(0, 16);
+      return `${this.name}/${version.replace(/^QEMU emulator version /, "")}/${build}`;
+    })();
+    return this.fingerprintValue;
+  }
+
+  async boot(spec: BootSpec): Promise<RunningVm> {
+    const qemu = await this.binary();
     const setpriv = await findExecutable("setpriv");
     if (!setpriv) throw new MmError("MM_TOOL_MISSING", "setpriv (util-linux) is not on PATH");
 
@@ -81,7 +102,7 @@ export class QemuEngine implements Engine {
     const child = spawn(setpriv, ["--pdeathsig", "KILL", "--", qemu, ...args], {
       stdio: ["ignore", "pipe", "pipe"],
     });
-    const vm = new QemuVm(child, spec);
+    const vm = new QemuVm(child, spec, join(spec.runDir, "migrate.sock"));
     try {
       const [qmpSock, channel] = await withTimeout(
         Promise.race([
@@ -124,6 +145,7 @@ class QemuVm implements RunningVm {
   constructor(
     private readonly child: ChildProcess,
     spec: BootSpec,
+    private readonly migrateSocket: string,
   ) {
     child.stdout?.on("data", (d: Buffer) => spec.onConsole?.(d));
     child.stderr?.setEncoding("utf8");
@@ -165,6 +187,80 @@ class QemuVm implements RunningVm {
   qmp(command: string, args?: Record<string, unknown>): Promise<unknown> {
     if (!this.qmpClient) return Promise.reject(new MmError("MM_ENGINE_IO", "QMP not connected"));
     return this.qmpClient.execute(command, args);
+  }
+
+  async pause(): Promise<void> {
+    await this.qmp("stop");
+  }
+
+  async resume(): Promise<void> {
+    await this.qmp("cont");
+  }
+
+  private async migrationSetup(options: StateOptions): Promise<void> {
+    await this.qmp("migrate-set-capabilities", {
+      capabilities: [{ capability: "x-ignore-shared", state: options.ignoreSharedMemory }],
+    });
+    // The default cap (128 MiB/s) would throttle a stream that carries RAM; the machine is paused anyway.
+    await this.qmp("migrate-set-parameters", { "max-bandwidth": 1024 * 1024 * 1024 * 1024 });
+  }
+
+  /** Waits for the migration to leave its running states; throws unless it completed. */
+  private async migrationDone(what: string): Promise<void> {
+    for (let delay = 1; ; delay = Math.min(delay * 2, 20)) {
+      const info = (await this.qmp("query-migrate")) as { status?: string; "error-desc"?: string };
+      if (info.status === "completed") return;
+      if (info.status === "failed" || info.status === "cancelled") {
+        throw new MmError("MM_ENGINE_IO", `${what}: ${info["error-desc"] ?? info.status}`);
+      }
+      if (this.done) throw new MmError("MM_ENGINE_IO", `${what}: QEMU exited`);
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+
+  // The state travels over a unix socket rather than QEMU's `fd:` (Node cannot pass a
+  // descriptor over QMP) or `exec:` (a jailed QEMU may not spawn): QEMU connects for a
+  // save and listens for a load, and this process copies between socket and file.
+  async saveState(file: string, options: StateOptions): Promise<void> {
+    await this.migrationSetup(options);
+    await rm(this.migrateSocket, { force: true });
+    const server = await listen(this.migrateSocket);
+    try {
+      const conn = acceptOne(server);
+      await this.qmp("migrate", { uri: `unix:${this.migrateSocket}` });
+      const copied = pipeline(await conn, createWriteStream(file, { mode: 0o600 }));
+      await Promise.all([this.migrationDone("saving the machine state"), copied]);
+    } finally {
+      server.close();
+      await rm(this.migrateSocket, { force: true });
+    }
+  }
+
+  async loadState(file: string, options: StateOptions): Promise<void> {
+    await this.migrationSetup(options);
+    await rm(this.migrateSocket, { force: true });
+    await this.qmp("migrate-incoming", { uri: `unix:${this.migrateSocket}` });
+    const sock = connect(this.migrateSocket);
+    try {
+      await pipeline(createReadStream(file), sock);
+      await this.migrationDone("loading the machine state");
+    } catch (e) {
+      throw e instanceof MmError
+        ? e
+        : new MmError("MM_ENGINE_IO", `loading the machine state: ${(e as Error).message}`, { cause: e });
+    } finally {
+      sock.destroy();
+      await rm(this.migrateSocket, { force: true });
+    }
+  }
+
+  async freezeRoot(overlay: string): Promise<void> {
+    await this.qmp("blockdev-snapshot-sync", {
+      device: "root",
+      "snapshot-file": overlay,
+      format: "qcow2",
+      mode: "existing",
+    });
   }
 
   async terminate(graceMs = 3000): Promise<VmExit> {
