@@ -19,6 +19,7 @@ import {
   imagesInUse,
   knownHostsPath,
   type LogEntry,
+  layersInUse,
   type MachineRecord,
   machineDir as machineDirOf0,
   parseCopyTarget,
@@ -34,6 +35,7 @@ import Table from "cli-table3";
 import { execCommand } from "./exec.js";
 import { ago, commandText, statusText } from "./format.js";
 import { progressMode, pullRenderer } from "./progress.js";
+import { addSnapshotCommands } from "./snapshot-commands.js";
 
 const SELF = fileURLToPath(import.meta.url);
 
@@ -163,6 +165,7 @@ export function buildProgram(): Command {
     .option("--ssh", "start an SSH server in the guest for your public key (`mm ssh NAME`)", false)
     .option("--ssh-key <file.pub>", "public key to authorize (default: yours, ~/.ssh/id_*.pub)")
     .option("--ssh-user <user>", "user to log in as", "root")
+    .option("--cold", "boot the kernel even if the image has a booted template", false)
     .option("--json", "machine-readable output", false)
     .passThroughOptions()
     .action(async (image, command, opts) => {
@@ -196,6 +199,7 @@ export function buildProgram(): Command {
           ...(opts.workdir !== undefined && { workdir: opts.workdir }),
           ...(opts.user !== undefined && { user: opts.user }),
           autoRemove: opts.rm,
+          ...(opts.cold && { cold: true }),
           ...(diskSizeMib !== undefined && { diskSizeMib }),
           network: {
             ...(opts.network !== undefined && { mode: networkMode(opts.network) }),
@@ -485,7 +489,8 @@ export function buildProgram(): Command {
     .action(async (opts) => {
       const rt = runtime();
       try {
-        const r = await rt.images.prune(imagesInUse(rt));
+        const r = await rt.images.prune(imagesInUse(rt), await layersInUse(rt.paths, rt.store));
+        r.freedBytes += await rt.collectGarbage();
         process.stdout.write(
           opts.json
             ? `${JSON.stringify(r)}\n`
@@ -635,6 +640,8 @@ export function buildProgram(): Command {
       }
     });
 
+  addSnapshotCommands(program, runtime, table);
+
   program
     .command("__supervise", { hidden: true })
     .argument("<id>")
@@ -765,6 +772,7 @@ function publicRecord(r: MachineRecord, ip?: string) {
     state: r.state,
     ip: ip ?? null,
     accel: r.accel,
+    boot: r.bootMode,
     exitCode: r.exitCode,
     error: r.error,
     spec: r.spec,

@@ -231,6 +231,36 @@ export const ERRORS = {
     hint: "the message has the failing command; `mm doctor` checks and repairs the host network",
     exit: 125,
   },
+  MM_SNAPSHOT_EXISTS: {
+    summary: "that snapshot already exists",
+    hint: "another process made the same template or tag at the same moment; list them with `mm snapshot ls`",
+    exit: 125,
+  },
+  MM_NO_SUCH_SNAPSHOT: {
+    summary: "no such snapshot",
+    hint: "`mm snapshot ls` lists snapshots (by id prefix or MACHINE:TAG), `mm template ls` the templates",
+    exit: 125,
+  },
+  MM_SNAPSHOT_HAS_CHILDREN: {
+    summary: "the snapshot still has machines or snapshots made from it",
+    hint: "remove the machines and snapshots the message lists first (`mm rm`, `mm snapshot rm`)",
+    exit: 125,
+  },
+  MM_SNAPSHOT_INCOMPATIBLE: {
+    summary: "the snapshot was taken with another guest kernel, VMM build or accelerator",
+    hint: "restore it on a host with the same kernel and QEMU (the message names the difference), or take a new snapshot here",
+    exit: 125,
+  },
+  MM_SNAPSHOT_CORRUPT: {
+    summary: "the snapshot's files are missing, truncated or altered",
+    hint: "remove it with `mm snapshot rm` and take a new one; nothing of the snapshot was changed",
+    exit: 125,
+  },
+  MM_SNAPSHOT_FAILED: {
+    summary: "taking the snapshot failed; the machine carries on as before",
+    hint: "the message names the failing step; check free space under the state directory and /dev/shm",
+    exit: 125,
+  },
   MM_INTERNAL: { summary: "internal error", hint: "please report it with the output of `mm doctor`", exit: 125 },
 } as const satisfies Record<string, ErrorDefinition>;
 

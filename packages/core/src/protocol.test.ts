@@ -163,9 +163,15 @@ describe("protocol v2 records", () => {
 
   test("IDENTITY carries hostname, network and fresh records, and needs v3", () => {
     const id = decodeConfig(encodeIdentity({ hostname: "clone-1", network: net, fresh: { mac: "52:54:00:00:00:01" } }));
-    assert.deepEqual([id.version, id.hostname, id.network, id.fresh], [3, "clone-1", net, { mac: "52:54:00:00:00:01" }]);
+    assert.deepEqual(
+      [id.version, id.hostname, id.network, id.fresh],
+      [3, "clone-1", net, { mac: "52:54:00:00:00:01" }],
+    );
     assert.deepEqual(id.args, []);
-    assert.throws(() => encodeIdentity({ fresh: {} }, 2), (e) => isMmError(e, "MM_AGENT_PROTOCOL"));
+    assert.throws(
+      () => encodeIdentity({ fresh: {} }, 2),
+      (e) => isMmError(e, "MM_AGENT_PROTOCOL"),
+    );
   });
 
   test("EXEC carries TTY size and the stdin flag", () => {

@@ -61,6 +61,14 @@ export interface MachineSpec {
   readonly network?: NetworkSpec;
   /** `--ssh`: an SSH server in the guest, for these public keys, logging in as `user`. */
   readonly ssh?: { readonly authorizedKeys: readonly string[]; readonly user: string; readonly identityFile?: string };
+  /**
+   * The snapshot the machine's first boot resumes (`mm restore`, `mm fork`); later
+   * boots are cold boots of its disk. `copy`: the machine gets its own copy of the
+   * snapshot's RAM; `cow`: it maps the capture copy-on-write, shared with its siblings.
+   */
+  readonly restoreFrom?: { readonly snapshot: string; readonly memory: "copy" | "cow" };
+  /** `--cold`: always boot the kernel, never start from the image's template. */
+  readonly cold?: boolean;
 }
 
 const UNITS: Record<string, number> = { "": 1, m: 1, mb: 1, mi: 1, mib: 1, g: 1024, gb: 1024, gi: 1024, gib: 1024 };

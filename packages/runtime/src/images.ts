@@ -179,7 +179,11 @@ export class Images {
   }
 
   /** Deletes blobs and root filesystems no image reference or machine needs. */
-  async prune(inUse: ReadonlySet<string>): Promise<{ freedBytes: number; removed: number }> {
+  /** `keepFiles`: root filesystems a disk layer is built on (a snapshot's or a machine's). */
+  async prune(
+    inUse: ReadonlySet<string>,
+    keepFiles: ReadonlySet<string> = new Set(),
+  ): Promise<{ freedBytes: number; removed: number }> {
     const kept = new Set(inUse);
     for (const rec of await this.store.listRefs()) kept.add(rec.digest);
     const gc = await this.store.gc(kept);
@@ -195,6 +199,7 @@ export class Images {
       // so an old one may still be in use (docs/STATUS.md).
       if (!REGISTRY_BASE.test(name)) continue;
       const p = join(dir, name);
+      if (keepFiles.has(p)) continue;
       freed += ((await stat(p).catch(() => null))?.blocks ?? 0) * 512;
       await rm(p, { force: true });
       removed++;

@@ -1,4 +1,5 @@
 export * from "./agent-session.js";
+export * from "./control.js";
 export * from "./copy.js";
 export * from "./default-image.js";
 export * from "./doctor.js";
@@ -9,6 +10,7 @@ export * from "./logs.js";
 export * from "./network.js";
 export * from "./paths.js";
 export * from "./runtime.js";
+export * from "./snapshots.js";
 export * from "./ssh.js";
 export * from "./store.js";
 export * from "./supervisor.js";

@@ -22,6 +22,8 @@ export const runDir = (p: Paths, id: string) => join(p.state, "run", id);
 export const databasePath = (p: Paths) => join(p.state, "mm.db");
 /** The running machine's exec endpoint (unix socket, 0600). */
 export const execSocket = (p: Paths, id: string) => join(runDir(p, id), "exec.sock");
+/** The running machine's supervisor control endpoint (snapshots, forks; unix socket, 0600). */
+export const controlSocket = (p: Paths, id: string) => join(runDir(p, id), "control.sock");
 
 /** The checkout (or install) root: the directory holding guest/. */
 export function installRoot(): string {

@@ -3,14 +3,16 @@
 
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { closeSync, mkdirSync, openSync } from "node:fs";
-import { rm } from "node:fs/promises";
+import { closeSync, existsSync, mkdirSync, openSync } from "node:fs";
+import { mkdir, rm } from "node:fs/promises";
+import { join } from "node:path";
 import {
   DEFAULT_CPUS,
   DEFAULT_IMAGE,
   DEFAULT_MEMORY_MIB,
   generatedName,
   isActive,
+  isMmError,
   type MachineSpec,
   MmError,
   machineId,
@@ -20,14 +22,31 @@ import {
 } from "@mm/core";
 import type { PulledImage } from "@mm/image";
 import { type Engine, hostTscKhz, QemuEngine } from "@mm/vmm";
+import { requestCapture } from "./control.js";
 import { DEFAULT_IMAGE_CONFIG } from "./default-image.js";
 import { ExecClient } from "./exec-client.js";
 import { mapFsError } from "./fs-errors.js";
 import { Images, runConfigOf } from "./images.js";
 import { type LogEntry, logFile, readLog } from "./logs.js";
 import { checkPortConflicts, HostNetwork } from "./network.js";
-import { defaultPaths, execSocket, machineDir, type Paths, runDir } from "./paths.js";
+import { controlSocket, defaultPaths, execSocket, machineDir, type Paths, runDir } from "./paths.js";
 import { commandLine, isSameProcess } from "./proc.js";
+import {
+  activeOverlay,
+  childrenOf,
+  collectGarbage,
+  finalizeSnapshot,
+  freezeStoppedDisk,
+  layersInUse,
+  releaseForkCapture,
+  removeSnapshotFiles,
+  resolveSnapshot,
+  type Snapshot,
+  shmDir,
+  snapshotsDir,
+  toSnapshot,
+  verifySnapshot,
+} from "./snapshots.js";
 import { type MachineRecord, Store } from "./store.js";
 import { type RunIo, type RunOutcome, Supervisor } from "./supervisor.js";
 
@@ -44,6 +63,7 @@ export interface CreateInput {
   readonly workdir?: string;
   readonly user?: string;
   readonly autoRemove?: boolean;
+  readonly cold?: boolean;
   readonly diskSizeMib?: number;
   /** Default: bridge (MM_NETWORK overrides the default). */
   readonly network?: Partial<NetworkSpec>;
@@ -99,6 +119,7 @@ export class Runtime {
       command: [...(input.command ?? [])],
       env: validateEnv(input.env ?? []),
       autoRemove: input.autoRemove ?? false,
+      ...(input.cold && { cold: true }),
       ...(input.workdir !== undefined && { workdir: input.workdir }),
       ...(input.user !== undefined && { user: input.user }),
       ...(input.diskSizeMib !== undefined && { diskSizeMib: input.diskSizeMib }),
@@ -248,6 +269,8 @@ export class Runtime {
     await rm(machineDir(this.paths, rec.id), { recursive: true, force: true });
     await rm(runDir(this.paths, rec.id), { recursive: true, force: true });
     this.store.remove(rec.id);
+    const from = rec.spec.restoreFrom?.snapshot;
+    if (from) await releaseForkCapture(this.paths, this.store, from);
     return rec;
   }
 
@@ -256,6 +279,208 @@ export class Runtime {
     const rec = this.find(ref);
     if (rec.state !== "running") throw new MmError("MM_MACHINE_NOT_RUNNING", `${rec.spec.name} is ${rec.state}`);
     return ExecClient.connect(execSocket(this.paths, rec.id));
+  }
+
+  /**
+   * `mm snapshot create`: a running machine is captured live (disk, device state, RAM)
+   * and carries on; a stopped one gets a disk-only snapshot.
+   */
+  async snapshot(ref: string, opts: { tag?: string } = {}): Promise<Snapshot> {
+    const rec = this.find(ref);
+    const tag = opts.tag ?? `snap-${this.store.snapshots().filter((s) => s.machine === rec.spec.name).length + 1}`;
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(tag)) {
+      throw new MmError("MM_USAGE", `tag "${tag}": use 1-64 letters, digits, '_', '.', '-'`);
+    }
+    const staging = join(snapshotsDir(this.paths), `.staging-${randomBytes(6).toString("hex")}`);
+    const common = {
+      format: 1 as const,
+      kind: "snapshot" as const,
+      machine: rec.spec.name,
+      machineId: rec.id,
+      tag,
+      createdAt: new Date().toISOString(),
+      parent: rec.spec.restoreFrom?.snapshot ?? null,
+      spec: rec.spec,
+    };
+    try {
+      if (rec.state === "running") {
+        const c = await requestCapture(controlSocket(this.paths, rec.id), { staging });
+        return await finalizeSnapshot(this.store, this.paths, staging, {
+          ...common,
+          memory: c.memory,
+          agent: c.agent,
+          compat: c.compat,
+          ramPath: c.ramPath,
+          statePath: c.statePath,
+          layer: c.layer,
+          virtualSize: c.virtualSize,
+        });
+      }
+      if (isActive(rec.state)) {
+        throw new MmError("MM_MACHINE_RUNNING", `${rec.spec.name} is ${rec.state}`, {
+          hint: "snapshot it once it is running, or after it stopped",
+        });
+      }
+      if (!existsSync(activeOverlay(this.paths, rec))) {
+        throw new MmError("MM_USAGE", `${rec.spec.name} has never booted: it has no disk to snapshot yet`);
+      }
+      const frozen = await freezeStoppedDisk(this.paths, rec);
+      this.store.update(rec.id, { rootDisk: frozen.overlay });
+      await rm(activeOverlay(this.paths, rec), { force: true });
+      await mkdir(staging, { recursive: true, mode: 0o700 });
+      return await finalizeSnapshot(this.store, this.paths, staging, {
+        ...common,
+        memory: null,
+        agent: null,
+        compat: null,
+        ramPath: null,
+        statePath: null,
+        layer: frozen.layer,
+        virtualSize: frozen.virtualSize,
+      });
+    } catch (e) {
+      await rm(staging, { recursive: true, force: true });
+      throw e;
+    }
+  }
+
+  snapshots(opts: { machine?: string; all?: boolean } = {}): Snapshot[] {
+    return this.store
+      .snapshots()
+      .filter((r) => (opts.all ? true : r.kind === "snapshot"))
+      .filter((r) => opts.machine === undefined || r.machine === opts.machine)
+      .map(toSnapshot);
+  }
+
+  findSnapshot(ref: string): Snapshot {
+    return resolveSnapshot(this.store, ref);
+  }
+
+  /** Removes a snapshot (or template); refused while machines or snapshots made from it exist. */
+  async removeSnapshot(ref: string): Promise<Snapshot> {
+    const snap = resolveSnapshot(this.store, ref);
+    const kids = childrenOf(this.store, snap.id);
+    if (kids.machines.length + kids.snapshots.length > 0) {
+      const list = [...kids.machines.map((n) => `machine ${n}`), ...kids.snapshots.map((n) => `snapshot ${n}`)].join(
+        ", ",
+      );
+      throw new MmError("MM_SNAPSHOT_HAS_CHILDREN", `${snap.id.slice(0, 12)} has ${list}`);
+    }
+    this.store.removeSnapshot(snap.id);
+    await removeSnapshotFiles(this.paths, snap, await layersInUse(this.paths, this.store));
+    return snap;
+  }
+
+  /** Keeps the newest `keep` snapshots of a machine; older ones with children are kept and reported. */
+  async gcSnapshots(machine: string, keep: number): Promise<{ removed: Snapshot[]; kept: Snapshot[] }> {
+    const all = this.snapshots({ machine }).reverse();
+    const removed: Snapshot[] = [];
+    const kept: Snapshot[] = all.slice(0, keep);
+    for (const snap of all.slice(keep)) {
+      try {
+        removed.push(await this.removeSnapshot(snap.id));
+      } catch (e) {
+        if (!isMmError(e, "MM_SNAPSHOT_HAS_CHILDREN")) throw e;
+        kept.push(snap);
+      }
+    }
+    await collectGarbage(this.paths, this.store, this.env);
+    return { removed, kept };
+  }
+
+  /** `mm restore`: a new machine resumes the snapshot (its files checked in full first). */
+  async restore(ref: string, name: string): Promise<MachineRecord> {
+    const snap = resolveSnapshot(this.store, ref);
+    await verifySnapshot(snap, true);
+    const rec = this.createFrom(snap, name, "copy");
+    return this.startDetached(rec.id);
+  }
+
+  /**
+   * `mm fork`: captures the running machine once (RAM to shared memory) and starts
+   * `count` clones that map it copy-on-write; the parent runs on throughout.
+   */
+  async fork(ref: string, name: string, count = 1): Promise<MachineRecord[]> {
+    const parent = this.find(ref);
+    if (parent.state !== "running") {
+      throw new MmError(
+        "MM_MACHINE_NOT_RUNNING",
+        `${parent.spec.name} is ${parent.state}: only a running machine forks`,
+        {
+          hint: `start it first (mm start ${parent.spec.name}), or snapshot its disk (mm snapshot create) and mm restore that`,
+        },
+      );
+    }
+    if (!Number.isInteger(count) || count < 1 || count > 64) throw new MmError("MM_USAGE", "--count takes 1 to 64");
+    const names = count === 1 ? [name] : Array.from({ length: count }, (_, i) => `${name}-${i + 1}`);
+    for (const n of names) validateName(n);
+    const taken = names.filter((n) => this.store.list().some((m) => m.spec.name === n));
+    if (taken.length > 0) throw new MmError("MM_NAME_IN_USE", taken.map((n) => `"${n}"`).join(", "));
+    const rand = randomBytes(6).toString("hex");
+    const staging = join(snapshotsDir(this.paths), `.staging-${rand}`);
+    const ramPath = join(shmDir(this.paths, this.env), "captures", `${rand}.ram`);
+    let snap: Snapshot;
+    try {
+      const c = await requestCapture(controlSocket(this.paths, parent.id), { staging, ramPath });
+      snap = await finalizeSnapshot(this.store, this.paths, staging, {
+        format: 1,
+        kind: "fork",
+        machine: parent.spec.name,
+        machineId: parent.id,
+        tag: `fork-${rand}`,
+        createdAt: new Date().toISOString(),
+        parent: parent.spec.restoreFrom?.snapshot ?? null,
+        spec: parent.spec,
+        memory: c.memory,
+        agent: c.agent,
+        compat: c.compat,
+        ramPath: c.ramPath,
+        statePath: c.statePath,
+        layer: c.layer,
+        virtualSize: c.virtualSize,
+      });
+    } catch (e) {
+      await rm(staging, { recursive: true, force: true });
+      await rm(ramPath, { force: true });
+      throw e;
+    }
+    const clones = names.map((n) => this.createFrom(snap, n, "cow"));
+    const started = await Promise.all(clones.map((c) => this.startDetached(c.id)));
+    // Clones that failed to start no longer need the capture; if none runs, it goes now.
+    await releaseForkCapture(this.paths, this.store, snap.id);
+    return started;
+  }
+
+  private createFrom(snap: Snapshot, name: string, memory: "copy" | "cow"): MachineRecord {
+    const id = machineId(randomBytes(6));
+    const spec: MachineSpec = {
+      ...snap.spec,
+      name: validateName(name),
+      autoRemove: false,
+      restoreFrom: { snapshot: snap.id, memory },
+      // A clone publishes no ports: its source (or a sibling) holds them.
+      ...(snap.spec.network && { network: { ...snap.spec.network, publish: [] } }),
+    };
+    const rec = this.store.insert(id, spec);
+    try {
+      mkdirSync(machineDir(this.paths, id), { recursive: true, mode: 0o700 });
+    } catch (e) {
+      this.store.remove(id);
+      throw mapFsError(e, "creating the machine directory");
+    }
+    return rec;
+  }
+
+  templates(): Snapshot[] {
+    return this.store
+      .snapshots()
+      .filter((r) => r.kind === "template")
+      .map(toSnapshot);
+  }
+
+  /** Frees what nothing needs: unreferenced layers, unfinished captures, stale RAM files. */
+  collectGarbage(opts: { dryRun?: boolean } = {}): Promise<number> {
+    return collectGarbage(this.paths, this.store, this.env, opts);
   }
 
   logs(ref: string): LogEntry[] {
@@ -267,7 +492,8 @@ export class Runtime {
   }
 }
 
-/** Image digests that machines on this host still boot from (GC keeps them). */
+/** Image digests that machines and snapshots on this host still boot from (GC keeps them). */
 export function imagesInUse(rt: Runtime): Set<string> {
-  return new Set(rt.list().flatMap((r) => (r.spec.imageDigest ? [r.spec.imageDigest] : [])));
+  const specs = [...rt.list().map((r) => r.spec), ...rt.snapshots({ all: true }).map((s) => s.spec)];
+  return new Set(specs.flatMap((s) => (s.imageDigest ? [s.imageDigest] : [])));
 }

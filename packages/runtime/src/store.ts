@@ -23,6 +23,10 @@ export interface MachineRecord {
   readonly createdAt: string;
   readonly startedAt: string | null;
   readonly finishedAt: string | null;
+  /** The machine's writable root overlay (null: `root.qcow2` in its directory). */
+  readonly rootDisk: string | null;
+  /** How the last boot started: "cold", or "template:ID", "snapshot:ID", "fork:ID". */
+  readonly bootMode: string | null;
 }
 
 interface Row {
@@ -41,6 +45,8 @@ interface Row {
   created_at: string;
   started_at: string | null;
   finished_at: string | null;
+  root_disk: string | null;
+  boot_mode: string | null;
 }
 
 const SCHEMA = `
@@ -72,7 +78,22 @@ CREATE TABLE IF NOT EXISTS settings (
   key TEXT PRIMARY KEY,
   value TEXT NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS snapshots (
+  id TEXT PRIMARY KEY,
+  kind TEXT NOT NULL,
+  machine TEXT NOT NULL,
+  tag TEXT NOT NULL,
+  template_key TEXT UNIQUE,
+  meta TEXT NOT NULL,
+  created_at TEXT NOT NULL
+) STRICT;
 `;
+
+/** Columns added after the first release: added in place to older databases. */
+const ADDED_COLUMNS = [
+  ["machines", "root_disk", "TEXT"],
+  ["machines", "boot_mode", "TEXT"],
+] as const;
 
 export interface Lease {
   readonly machineId: string;
@@ -99,7 +120,19 @@ function toRecord(r: Row): MachineRecord {
     createdAt: r.created_at,
     startedAt: r.started_at,
     finishedAt: r.finished_at,
+    rootDisk: r.root_disk ?? null,
+    bootMode: r.boot_mode ?? null,
   };
+}
+
+export interface SnapshotRow {
+  readonly id: string;
+  readonly kind: "snapshot" | "template" | "fork";
+  readonly machine: string;
+  readonly tag: string;
+  readonly templateKey: string | null;
+  readonly meta: string;
+  readonly createdAt: string;
 }
 
 export interface TransitionFields {
@@ -113,6 +146,8 @@ export interface TransitionFields {
   stopTimeoutS?: number | null;
   startedAt?: string | null;
   finishedAt?: string | null;
+  rootDisk?: string | null;
+  bootMode?: string | null;
 }
 
 const COLUMNS: Record<keyof TransitionFields, string> = {
@@ -126,6 +161,8 @@ const COLUMNS: Record<keyof TransitionFields, string> = {
   stopTimeoutS: "stop_timeout_s",
   startedAt: "started_at",
   finishedAt: "finished_at",
+  rootDisk: "root_disk",
+  bootMode: "boot_mode",
 };
 
 export class Store {
@@ -137,6 +174,10 @@ export class Store {
       this.db = new DatabaseSync(databasePath(paths), { timeout: 10_000 });
       this.db.exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
       this.db.exec(SCHEMA);
+      for (const [table, column, type] of ADDED_COLUMNS) {
+        const cols = this.db.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[];
+        if (!cols.some((c) => c.name === column)) this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
+      }
     } catch (e) {
       const err = e as NodeJS.ErrnoException;
       if (!err.code && /readonly|unable to open|disk I\/O/i.test(err.message)) {
@@ -271,6 +312,41 @@ export class Store {
       .run(l.machineId, l.ip, l.mac, l.tap, l.subnet);
   }
 
+  addSnapshot(s: SnapshotRow): void {
+    try {
+      this.db
+        .prepare(
+          "INSERT INTO snapshots (id, kind, machine, tag, template_key, meta, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .run(s.id, s.kind, s.machine, s.tag, s.templateKey, s.meta, s.createdAt);
+    } catch (e) {
+      if (/UNIQUE constraint failed/.test((e as Error).message)) {
+        throw new MmError("MM_SNAPSHOT_EXISTS", `${s.kind} ${s.templateKey ?? s.id}`);
+      }
+      throw e;
+    }
+  }
+
+  snapshots(): SnapshotRow[] {
+    return (this.db.prepare("SELECT * FROM snapshots ORDER BY created_at").all() as unknown as SnapshotDbRow[]).map(
+      toSnapshot,
+    );
+  }
+
+  snapshot(id: string): SnapshotRow | undefined {
+    const r = this.db.prepare("SELECT * FROM snapshots WHERE id = ?").get(id) as SnapshotDbRow | undefined;
+    return r && toSnapshot(r);
+  }
+
+  templateByKey(key: string): SnapshotRow | undefined {
+    const r = this.db.prepare("SELECT * FROM snapshots WHERE template_key = ?").get(key) as SnapshotDbRow | undefined;
+    return r && toSnapshot(r);
+  }
+
+  removeSnapshot(id: string): void {
+    this.db.prepare("DELETE FROM snapshots WHERE id = ?").run(id);
+  }
+
   private write(id: string, state: MachineState | undefined, fields: TransitionFields): void {
     const sets: string[] = [];
     const values: (string | number | null)[] = [];
@@ -287,4 +363,26 @@ export class Store {
     values.push(id);
     this.db.prepare(`UPDATE machines SET ${sets.join(", ")} WHERE id = ?`).run(...values);
   }
+}
+
+interface SnapshotDbRow {
+  id: string;
+  kind: string;
+  machine: string;
+  tag: string;
+  template_key: string | null;
+  meta: string;
+  created_at: string;
+}
+
+function toSnapshot(r: SnapshotDbRow): SnapshotRow {
+  return {
+    id: r.id,
+    kind: r.kind as SnapshotRow["kind"],
+    machine: r.machine,
+    tag: r.tag,
+    templateKey: r.template_key,
+    meta: r.meta,
+    createdAt: r.created_at,
+  };
 }

@@ -3,14 +3,17 @@
 // ends the boot (workload exit, stop, VMM death, panic, timeout) into a final state.
 // The same code runs inside a foreground `mm run` and in the detached supervisor.
 
+import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { access, rm } from "node:fs/promises";
+import { access, link, mkdir, readdir, rm } from "node:fs/promises";
 import type { Server } from "node:net";
 import { constants as osc } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import {
   type ExitStatus,
   errorCodeForGuest,
+  type FreshIdentity,
+  freshIdentity,
   type GuestError,
   MmError,
   type NetworkIdentity,
@@ -18,17 +21,37 @@ import {
   type WorkloadConfig,
   workloadArgv,
 } from "@mm/core";
-import { chooseAccel, describeExit, type Engine, type RunningVm, TCG_WARNING, type VmExit } from "@mm/vmm";
-import { AgentSession } from "./agent-session.js";
+import { chooseAccel, describeExit, type Engine, type RunningVm, TCG_WARNING, type VmExit, withTimeout } from "@mm/vmm";
+import { AgentSession, type RestoredChannel } from "./agent-session.js";
+import { type CaptureRequest, type CaptureResult, serveControl } from "./control.js";
 import { createOverlay, defaultImageRootfs } from "./default-image.js";
 import { serveExecRelay } from "./exec-relay.js";
+import { runTool } from "./exec-tool.js";
 import { mapFsError } from "./fs-errors.js";
 import { guestTools, TOOLS_SERIAL } from "./guest-tools.js";
 import { Images } from "./images.js";
 import { LogWriter, logFile, TextTail } from "./logs.js";
 import { HostNetwork, networkOf } from "./network.js";
-import { execSocket, initPath, kernelPath, machineDir, type Paths, runDir } from "./paths.js";
+import { controlSocket, execSocket, initPath, kernelPath, machineDir, type Paths, runDir } from "./paths.js";
 import { processStartTime } from "./proc.js";
+import {
+  activeOverlay,
+  type Compat,
+  checkCompat,
+  createLayerOverlay,
+  finalizeSnapshot,
+  kernelIdentity,
+  layersDir,
+  machineRamPath,
+  newLayerNames,
+  releaseForkCapture,
+  resolveSnapshot,
+  type Snapshot,
+  snapshotsDir,
+  templateKey,
+  toSnapshot,
+  verifySnapshot,
+} from "./snapshots.js";
 import { ensureHostKey, startSshServer } from "./ssh.js";
 import type { MachineRecord, Store } from "./store.js";
 
@@ -97,6 +120,15 @@ export class Supervisor {
   private ready = false;
   private attached = false;
   private stopSignal: number = osc.signals.SIGTERM;
+  /** The writable overlay the VMM writes to now (a capture moves it onto a new layer). */
+  private rootDisk = "";
+  /** The machine's own RAM file (unused when it maps a fork's capture copy-on-write). */
+  private ramFile = "";
+  private memoryShared = true;
+  private compat: Compat | null = null;
+  private capturing = false;
+  /** Work that must finish before the supervisor exits (a template being recorded). */
+  private readonly background: Promise<unknown>[] = [];
 
   constructor(
     private readonly ctx: SupervisorContext,
@@ -160,6 +192,8 @@ export class Supervisor {
       for (const t of this.stopTimers) clearTimeout(t);
       log?.close();
       if (this.attached) await new HostNetwork(store, env).detach(rec).catch(() => undefined);
+      const from = rec.spec.restoreFrom?.snapshot;
+      if (from) await releaseForkCapture(paths, store, from).catch(() => undefined);
     }
   }
 
@@ -190,8 +224,9 @@ export class Supervisor {
         })()
       : await defaultImageRootfs(paths, initPath(env));
     trace("rootfs");
-    const overlay = join(machineDir(paths, this.id), "root.qcow2");
-    if (!existsSync(overlay)) await createOverlay(base.path, overlay, rec.spec.diskSizeMib);
+    const overlay = activeOverlay(paths, rec);
+    this.rootDisk = overlay;
+    const firstBoot = !existsSync(overlay);
 
     const accel = await chooseAccel({
       engine,
@@ -210,16 +245,79 @@ export class Supervisor {
     if (accel.accel === "tcg" && accel.source !== "env") io.onWarning?.(`${TCG_WARNING} (${accel.reason})`);
     store.update(this.id, { accel: accel.accel });
     trace(`accel ${accel.accel}`);
+    const withNic = networkOf(rec).mode === "bridge";
+    const compat: Compat = {
+      kernel: await kernelIdentity(kernel),
+      engine: await engine.fingerprint(),
+      accel: accel.accel,
+      tools: basename(tools.disk),
+      cpus: rec.spec.cpus,
+      memoryMib: rec.spec.memoryMib,
+      nic: withNic,
+    };
+    this.compat = compat;
+
+    // How this boot starts: a snapshot's restore, the image's template, or the kernel.
+    let restore: { snap: Snapshot; memory: "copy" | "cow" } | null = null;
+    let diskOnly: Snapshot | null = null;
+    let makeTemplate: string | null = null;
+    if (firstBoot && rec.spec.restoreFrom) {
+      const snap = resolveSnapshot(store, rec.spec.restoreFrom.snapshot);
+      await verifySnapshot(snap, false);
+      if (snap.memory === null) {
+        diskOnly = snap; // a stopped machine's snapshot: boot its disk
+      } else {
+        checkCompat(snap, compat);
+        restore = { snap, memory: rec.spec.restoreFrom.memory };
+      }
+    } else if (firstBoot && templatesEnabled(rec, env)) {
+      const key = templateKey(compat, base.path, rec.spec.diskSizeMib);
+      const row = store.templateByKey(key);
+      const snap = row ? toSnapshot(row) : null;
+      if (snap) {
+        const usable = await verifySnapshot(snap, false).then(
+          () => true,
+          (e: MmError) => {
+            io.onWarning?.(`template ${snap.id.slice(0, 12)} is unusable (${e.message}); booting cold`);
+            return false;
+          },
+        );
+        if (usable) restore = { snap, memory: "copy" };
+      } else {
+        makeTemplate = key;
+      }
+    }
+    const bootMode = restore ? `${restore.snap.kind}:${restore.snap.id.slice(0, 12)}` : "cold";
+    store.update(this.id, { bootMode, rootDisk: overlay });
+    await this.removeStaleOverlays(overlay);
+    const from = restore?.snap ?? diskOnly;
+    if (from) {
+      await createLayerOverlay(from.disk.layer.path, overlay, from.disk.virtualSize);
+    } else if (firstBoot) {
+      await createOverlay(base.path, overlay, rec.spec.diskSizeMib);
+    }
+    // Guest RAM is a file in shared memory, so a snapshot captures it with one sparse copy.
+    this.ramFile = machineRamPath(paths, this.id, env);
+    await mkdir(join(this.ramFile, ".."), { recursive: true, mode: 0o700 });
+    await rm(this.ramFile, { force: true });
+    let memoryFile = { path: this.ramFile, shared: true };
+    if (restore?.snap.memory === "file" && restore.snap.ram) {
+      if (restore.memory === "cow") memoryFile = { path: restore.snap.ram.path, shared: false };
+      else await runTool("cp", ["--sparse=always", restore.snap.ram.path, this.ramFile], "copying the snapshot's RAM");
+    }
+    this.memoryShared = memoryFile.shared;
+    trace(`disk and memory (${bootMode})`);
 
     let nic: { tap: string; mac: string } | undefined;
     let identity: NetworkIdentity | undefined;
-    if (networkOf(rec).mode === "bridge") {
+    if (withNic) {
       this.attached = true;
       const a = await new HostNetwork(store, env).attach(rec, hostnameFor(rec.spec.name));
       nic = { tap: a.lease.tap, mac: a.lease.mac };
       identity = a.identity;
       trace(`network ${a.identity.address}`);
     }
+    const fresh = (): FreshIdentity => freshIdentity(randomBytes, nic?.mac);
     const consoleTail = new TextTail();
     const vm = await engine.boot({
       id: this.id,
@@ -235,6 +333,8 @@ export class Supervisor {
       accel: accel.accel,
       agentChannel: true,
       extraDisks: [{ path: tools.disk, format: "raw", readOnly: true, serial: TOOLS_SERIAL }],
+      memoryFile,
+      incoming: restore !== null,
       ...(nic && { nic }),
       onConsole: (d) => {
         log.write("console", d);
@@ -245,7 +345,9 @@ export class Supervisor {
     trace("vmm connected");
     store.update(this.id, { vmmPid: vm.pid });
     if (this.stopping) void vm.terminate(1000);
-    const session = new AgentSession(vm.channel as NonNullable<typeof vm.channel>);
+    const channel = vm.channel as NonNullable<typeof vm.channel>;
+    const restoredChannel: RestoredChannel | undefined = restore?.snap.agent ?? undefined;
+    const session = new AgentSession(channel, restoredChannel);
     this.session = session;
 
     let exitStatus: ExitStatus | null = null;
@@ -257,48 +359,75 @@ export class Supervisor {
       bootTimedOut = true;
       void vm.kill();
     }, bootTimeoutS * 1000);
+    const fail = (e: unknown, code: "MM_INTERNAL" | "MM_EXEC_SETUP" = "MM_INTERNAL") => {
+      setupError ??= e instanceof MmError ? e : new MmError(code, String(e));
+      void vm.kill();
+    };
 
     const forward = (which: "stdout" | "stderr") => (d: Buffer) => {
       log.write(which, d);
       const sink = io[which];
       if (sink && sink(d, () => session.resume()) === false) session.pause();
     };
-    session.on("hello", () => {
-      trace("hello");
+    const sendConfig = (withFresh: boolean) => {
       try {
-        session.sendConfig(identity ? { ...config, network: identity } : config);
+        session.sendConfig({
+          ...config,
+          ...(identity && { network: identity }),
+          ...(withFresh && { fresh: fresh() }),
+        });
       } catch (e) {
         protocolError = e instanceof MmError ? e : new MmError("MM_INTERNAL", String(e));
         void vm.kill();
       }
+    };
+    session.on("hello", () => {
+      trace("hello");
+      // A template needs protocol v3: its restores must renew the MAC, clock and RNG.
+      if (!makeTemplate || session.version < 3) return sendConfig(false);
+      // The first boot of this image and shape: capture it here, booted and waiting for
+      // its CONFIG, as the template later runs start from. A failed capture costs only
+      // the template.
+      const key = makeTemplate;
+      void this.captureTemplate(rec, key)
+        .then(
+          ({ recorded }) => {
+            trace("template captured");
+            this.background.push(recorded.catch((e: Error) => io.onWarning?.(`template not saved: ${e.message}`)));
+          },
+          (e: Error) => io.onWarning?.(`template not saved: ${e.message}`),
+        )
+        .finally(() => sendConfig(false));
     });
     let relay: Server | null = null;
+    let control: Server | null = null;
     let setupError: MmError | null = null;
-    session.on("ready", () => {
+    const becomeUsable = async () => {
       clearTimeout(bootTimer);
-      trace("ready");
       this.ready = true;
-      void (async () => {
-        try {
-          // "running" means usable: with --ssh, that includes a listening SSH server.
-          if (rec.spec.ssh) {
-            const hostKey = await ensureHostKey(machineDir(paths, this.id), this.id);
-            await startSshServer(session, hostKey, rec.spec.ssh);
-            trace("ssh");
-          }
-          relay = await serveExecRelay(execSocket(paths, this.id), () => (session.isClosed ? null : session));
-        } catch (e) {
-          setupError = e instanceof MmError ? e : new MmError("MM_EXEC_SETUP", String(e));
-          void vm.kill();
-          return;
+      try {
+        // "running" means usable: with --ssh, that includes a listening SSH server.
+        if (rec.spec.ssh) {
+          const hostKey = await ensureHostKey(machineDir(paths, this.id), this.id);
+          await startSshServer(session, hostKey, rec.spec.ssh);
+          trace("ssh");
         }
-        try {
-          rec = store.transition(this.id, "ready");
-          io.onReady?.(rec);
-        } catch {
-          // a stop (or the workload's exit) raced the boot: the record already says so
-        }
-      })();
+        relay = await serveExecRelay(execSocket(paths, this.id), () => (session.isClosed ? null : session));
+        control = await serveControl(controlSocket(paths, this.id), (req) => this.capture(req));
+      } catch (e) {
+        fail(e, "MM_EXEC_SETUP");
+        return;
+      }
+      try {
+        rec = store.transition(this.id, "ready");
+        io.onReady?.(rec);
+      } catch {
+        // a stop (or the workload's exit) raced the boot: the record already says so
+      }
+    };
+    session.on("ready", () => {
+      trace("ready");
+      void becomeUsable();
     });
     session.on("stdout", forward("stdout"));
     session.on("stderr", forward("stderr"));
@@ -317,12 +446,52 @@ export class Supervisor {
       void vm.kill();
     });
 
+    if (restore) {
+      const snap = restore.snap;
+      try {
+        await vm.loadState((snap.state as NonNullable<typeof snap.state>).path, {
+          ignoreSharedMemory: snap.memory === "file",
+        });
+        await vm.resume();
+        trace("state loaded");
+      } catch (e) {
+        fail(e instanceof MmError ? new MmError("MM_SNAPSHOT_CORRUPT", e.message, { cause: e }) : e);
+      }
+      if (!setupError) {
+        if (snap.agent?.phase === "config") {
+          sendConfig(true);
+        } else {
+          // A running workload: it keeps its processes, and takes this machine's identity.
+          void withTimeout(
+            session.identity({
+              hostname: hostnameFor(rec.spec.name),
+              ...(identity && { network: identity }),
+              fresh: fresh(),
+            }),
+            bootTimeoutS * 1000,
+            "the guest's new identity",
+          ).then(
+            (result) => {
+              trace("identity");
+              if (result === "") void becomeUsable();
+              else fail(new MmError("MM_NET_SETUP", `the restored guest could not take its identity: ${result}`));
+            },
+            (e) => fail(e),
+          );
+        }
+      }
+    }
+
     const vmExit: VmExit = await vm.exited;
     trace("vmm exited");
     (relay as Server | null)?.close();
+    (control as Server | null)?.close();
     await rm(execSocket(paths, this.id), { force: true });
+    await rm(controlSocket(paths, this.id), { force: true });
+    await rm(this.ramFile, { force: true });
     clearTimeout(bootTimer);
     session.close();
+    await Promise.all(this.background);
     const finishedAt = new Date().toISOString();
     const status = exitStatus as ExitStatus | null;
     const gErr = guestError as GuestError | null;
@@ -358,4 +527,128 @@ export class Supervisor {
     });
     return { record: rec, exitCode: null, error };
   }
+
+  /** Overlays a machine left behind in earlier freezes (now only links to frozen layers). */
+  private async removeStaleOverlays(active: string): Promise<void> {
+    const dir = machineDir(this.ctx.paths, this.id);
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      if (/^root(-[0-9a-z-]+)?\.qcow2$/.test(name) && join(dir, name) !== active)
+        await rm(join(dir, name), { force: true });
+    }
+  }
+
+  /**
+   * Captures the running machine: quiesces the agent channel (v3), pauses the vCPUs,
+   * freezes the root disk into a new layer, saves the device state and copies the RAM
+   * file, then lets the machine carry on. Only the copies happen while it is paused.
+   */
+  async capture(req: CaptureRequest): Promise<CaptureResult> {
+    const vm = this.vm;
+    const session = this.session;
+    if (!vm || !session || session.isClosed) throw new MmError("MM_MACHINE_NOT_RUNNING", "the machine is not running");
+    const phase = session.restorePhase;
+    if (!phase) throw new MmError("MM_MACHINE_NOT_RUNNING", "the machine's workload has exited");
+    if (this.capturing) throw new MmError("MM_SNAPSHOT_FAILED", "another snapshot of this machine is in progress");
+    this.capturing = true;
+    const { paths, store } = this.ctx;
+    let paused = false;
+    try {
+      if (phase === "started") await withTimeout(session.quiesce(), 10_000, "quiescing the agent channel");
+      await vm.pause();
+      paused = true;
+      const size = await this.rootVirtualSize(vm);
+      const names = newLayerNames(paths, this.id);
+      await mkdir(layersDir(paths), { recursive: true });
+      await link(this.rootDisk, names.layer);
+      try {
+        await createLayerOverlay(names.layer, names.overlay, size);
+        await vm.freezeRoot(names.overlay);
+      } catch (e) {
+        await rm(names.layer, { force: true });
+        await rm(names.overlay, { force: true });
+        throw e;
+      }
+      this.rootDisk = names.overlay;
+      store.update(this.id, { rootDisk: names.overlay });
+      await mkdir(req.staging, { recursive: true, mode: 0o700 });
+      const statePath = join(req.staging, "state");
+      await vm.saveState(statePath, { ignoreSharedMemory: this.memoryShared });
+      let ramPath: string | null = null;
+      if (this.memoryShared) {
+        ramPath = req.ramPath ?? join(req.staging, "ram");
+        await mkdir(join(ramPath, ".."), { recursive: true, mode: 0o700 });
+        await runTool("cp", ["--sparse=always", this.ramFile, ramPath], "copying the machine's RAM");
+      }
+      return {
+        layer: names.layer,
+        virtualSize: size,
+        statePath,
+        ramPath,
+        memory: this.memoryShared ? "file" : "stream",
+        agent: { version: session.version, phase },
+        compat: this.compat as Compat,
+      };
+    } catch (e) {
+      const err = e instanceof MmError ? e : mapFsError(e, "taking the snapshot");
+      throw new MmError(err.code === "MM_DISK_FULL" ? "MM_DISK_FULL" : "MM_SNAPSHOT_FAILED", err.message, { cause: e });
+    } finally {
+      if (paused) await vm.resume().catch(() => undefined);
+      if (phase === "started") session.unquiesce();
+      this.capturing = false;
+    }
+  }
+
+  private async rootVirtualSize(vm: RunningVm): Promise<number> {
+    const blocks = (await vm.qmp("query-block")) as {
+      device: string;
+      inserted?: { image: { "virtual-size": number } };
+    }[];
+    const root = blocks.find((b) => b.device === "root");
+    if (!root?.inserted) throw new MmError("MM_ENGINE_IO", "the VMM reports no root disk");
+    return root.inserted.image["virtual-size"];
+  }
+
+  /** Captures a template at HELLO; returns the (slower) hashing and recording as a promise. */
+  private async captureTemplate(rec: MachineRecord, key: string): Promise<{ recorded: Promise<unknown> }> {
+    const { store, paths } = this.ctx;
+    const staging = join(snapshotsDir(paths), `.staging-${randomBytes(6).toString("hex")}`);
+    try {
+      const c = await this.capture({ staging });
+      const recorded = finalizeSnapshot(
+        store,
+        paths,
+        staging,
+        {
+          format: 1,
+          kind: "template",
+          machine: rec.spec.image,
+          machineId: rec.id,
+          tag: key.slice(0, 12),
+          createdAt: new Date().toISOString(),
+          parent: null,
+          spec: rec.spec,
+          memory: c.memory,
+          agent: c.agent,
+          compat: c.compat,
+          ramPath: c.ramPath,
+          statePath: c.statePath,
+          layer: c.layer,
+          virtualSize: c.virtualSize,
+        },
+        { templateKey: key },
+      ).catch(async (e) => {
+        await rm(staging, { recursive: true, force: true });
+        throw e;
+      });
+      return { recorded };
+    } catch (e) {
+      await rm(staging, { recursive: true, force: true });
+      throw e;
+    }
+  }
+}
+
+/** Whether this boot may start from (or make) the image's template. */
+function templatesEnabled(rec: MachineRecord, env: NodeJS.ProcessEnv): boolean {
+  return !rec.spec.cold && env.MM_TEMPLATES !== "0" && !env.MM_GUEST_DEBUG;
 }

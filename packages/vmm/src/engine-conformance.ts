@@ -110,7 +110,8 @@ export function engineConformance(makeEngine: () => Engine, fixture: () => Confo
     const dir = join(f.scratch, "snap");
     mkdirSync(dir, { recursive: true });
     const qemuImg = (...a: string[]) => execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", ...a]);
-    const overlay = (path: string, backing: string, fmt: string) => qemuImg("-u", "-b", backing, "-F", fmt, path, "64M");
+    const overlay = (path: string, backing: string, fmt: string) =>
+      qemuImg("-u", "-b", backing, "-F", fmt, path, "64M");
     overlay(join(dir, "a0.qcow2"), f.rootDisk.path, f.rootDisk.format);
     const spec = (name: string, root: string, ram: string, shared: boolean, incoming: boolean) =>
       base(name, {
@@ -132,7 +133,9 @@ export function engineConformance(makeEngine: () => Engine, fixture: () => Confo
       await a.saveState(join(dir, "state"), { ignoreSharedMemory: true });
       execFileSync("cp", ["--sparse=always", join(dir, "a.ram"), join(dir, "capture.ram")]);
       await a.resume();
-      const before = createHash("sha256").update(readFileSync(join(dir, "capture.ram"))).digest("hex");
+      const before = createHash("sha256")
+        .update(readFileSync(join(dir, "capture.ram")))
+        .digest("hex");
 
       overlay(join(dir, "b.qcow2"), join(dir, "layer.qcow2"), "qcow2");
       b = await makeEngine().boot(spec("snap-b", join(dir, "b.qcow2"), join(dir, "capture.ram"), false, true));
@@ -145,7 +148,9 @@ export function engineConformance(makeEngine: () => Engine, fixture: () => Confo
         assert.equal(decodeGuestError((await chan.next(FrameType.ERROR)).payload).code, "EXEC_NOT_FOUND");
         assert.equal(decodeExit((await chan.next(FrameType.EXIT)).payload).status, 127);
       }
-      const after = createHash("sha256").update(readFileSync(join(dir, "capture.ram"))).digest("hex");
+      const after = createHash("sha256")
+        .update(readFileSync(join(dir, "capture.ram")))
+        .digest("hex");
       assert.equal(after, before, "the clone must not write to the capture it maps");
     } finally {
       await a.kill();
@@ -158,7 +163,19 @@ export function engineConformance(makeEngine: () => Engine, fixture: () => Confo
     const dir = join(f.scratch, "snap");
     const truncated = join(dir, "state.truncated");
     execFileSync("sh", ["-c", `head -c 3000 "$1" > "$2"`, "sh", join(dir, "state"), truncated]);
-    execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", "-u", "-b", join(dir, "layer.qcow2"), "-F", "qcow2", join(dir, "c.qcow2"), "64M"]);
+    execFileSync("qemu-img", [
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-u",
+      "-b",
+      join(dir, "layer.qcow2"),
+      "-F",
+      "qcow2",
+      join(dir, "c.qcow2"),
+      "64M",
+    ]);
     const vm = await makeEngine().boot(
       base("snap-c", {
         agentChannel: true,

@@ -3,7 +3,7 @@
 
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { constants as fsc, createReadStream, createWriteStream } from "node:fs";
+import { createReadStream, createWriteStream, constants as fsc } from "node:fs";
 import { access, mkdir, rm, stat } from "node:fs/promises";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";

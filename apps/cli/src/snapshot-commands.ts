@@ -1,0 +1,279 @@
+// `mm snapshot`, `mm restore`, `mm fork`, `mm template` and `mm df`: thin renderings of
+// the runtime's snapshot operations (packages/runtime/src/snapshots.ts).
+
+import { readdir } from "node:fs/promises";
+import { join } from "node:path";
+import type { Command } from "@commander-js/extra-typings";
+import { MmError } from "@mm/core";
+import {
+  allocatedBytes,
+  layersDir,
+  type MachineRecord,
+  type Runtime,
+  type Snapshot,
+  shmDir,
+  snapshotsDir,
+} from "@mm/runtime";
+import { ago } from "./format.js";
+
+type Table = (head: string[], rows: string[][]) => string;
+
+const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+
+function snapshotJson(s: Snapshot) {
+  return {
+    id: s.id,
+    kind: s.kind,
+    machine: s.machine,
+    tag: s.tag,
+    image: s.spec.image,
+    memory: s.memory,
+    createdAt: s.createdAt,
+    parent: s.parent,
+    compat: s.compat,
+    files: { layer: s.disk.layer, ram: s.ram, state: s.state, chain: s.disk.chain },
+  };
+}
+
+function failedStart(r: MachineRecord): MachineRecord {
+  if (r.state === "failed") {
+    throw new MmError((r.error?.code as MmError["code"]) ?? "MM_INTERNAL", r.error?.message.replace(/^[^:]*: /, ""));
+  }
+  return r;
+}
+
+export function addSnapshotCommands(program: Command, runtime: () => Runtime, table: Table): void {
+  const withRuntime =
+    <A extends unknown[]>(fn: (rt: Runtime, ...a: A) => Promise<void> | void) =>
+    async (...a: A) => {
+      const rt = runtime();
+      try {
+        await fn(rt, ...a);
+      } finally {
+        rt.close();
+      }
+    };
+
+  const snap = program.command("snapshot").description("capture machines: running ones live, stopped ones' disks");
+  snap
+    .command("create")
+    .description("snapshot a machine (a running one keeps running; its pause is only the copy)")
+    .argument("<machine>")
+    .option("--tag <tag>", "a label for the snapshot (restore it as MACHINE:TAG)")
+    .option("--json", "print JSON", false)
+    .action(
+      withRuntime(async (rt, machine, opts) => {
+        const s = await rt.snapshot(machine, { ...(opts.tag !== undefined && { tag: opts.tag }) });
+        process.stdout.write(opts.json ? `${JSON.stringify(snapshotJson(s))}\n` : `${s.id}\n`);
+      }),
+    );
+  snap
+    .command("ls")
+    .description("list snapshots (of one machine if named)")
+    .argument("[machine]")
+    .option("-a, --all", "include templates and fork captures", false)
+    .option("-q, --quiet", "print ids only", false)
+    .option("--json", "print JSON", false)
+    .action(
+      withRuntime(async (rt, machine, opts) => {
+        const list = rt.snapshots({ ...(machine !== undefined && { machine }), all: opts.all });
+        if (opts.json) process.stdout.write(`${JSON.stringify(list.map(snapshotJson), null, 2)}\n`);
+        else if (opts.quiet) process.stdout.write(list.map((s) => `${s.id}\n`).join(""));
+        else {
+          const rows: string[][] = [];
+          for (const s of list) {
+            const size = (await allocatedBytes(join(snapshotsDir(rt.paths), s.id))) + s.disk.layer.bytes;
+            rows.push([
+              s.id.slice(0, 12),
+              s.kind,
+              s.machine,
+              s.tag,
+              s.memory === null ? "disk" : "live",
+              mib(size),
+              ago(s.createdAt),
+            ]);
+          }
+          process.stdout.write(table(["SNAPSHOT ID", "KIND", "MACHINE", "TAG", "TYPE", "SIZE", "CREATED"], rows));
+        }
+      }),
+    );
+  snap
+    .command("rm")
+    .description("remove snapshots (refused while machines or snapshots made from them exist)")
+    .argument("<snapshots...>")
+    .action(
+      withRuntime(async (rt, refs) => {
+        for (const ref of refs) process.stdout.write(`${(await rt.removeSnapshot(ref)).id}\n`);
+      }),
+    );
+  snap
+    .command("gc")
+    .description("keep a machine's newest N snapshots, remove the older ones")
+    .argument("<machine>")
+    .requiredOption("--keep <n>", "how many of the newest snapshots to keep")
+    .option("--json", "print JSON", false)
+    .action(
+      withRuntime(async (rt, machine, opts) => {
+        const keep = Number(opts.keep);
+        if (!Number.isInteger(keep) || keep < 0) throw new MmError("MM_USAGE", `--keep "${opts.keep}" is not a count`);
+        const r = await rt.gcSnapshots(machine, keep);
+        if (opts.json) {
+          process.stdout.write(
+            `${JSON.stringify({ removed: r.removed.map((s) => s.id), kept: r.kept.map((s) => s.id) })}\n`,
+          );
+        } else {
+          for (const s of r.removed) process.stdout.write(`removed ${s.id.slice(0, 12)} (${s.tag})\n`);
+          for (const s of r.kept.filter((k) => !r.removed.includes(k)).slice(keep)) {
+            process.stdout.write(`kept ${s.id.slice(0, 12)} (${s.tag}): machines or snapshots are made from it\n`);
+          }
+        }
+      }),
+    );
+
+  program
+    .command("restore")
+    .description("start a new machine from a snapshot; it resumes where the snapshot was, with its own identity")
+    .argument("<snapshot>", "snapshot id (or prefix), or MACHINE:TAG")
+    .argument("<name>", "name of the new machine")
+    .option("--json", "print JSON", false)
+    .action(
+      withRuntime(async (rt, ref, name, opts) => {
+        const r = failedStart(await rt.restore(ref, name));
+        const ip = rt.store.lease(r.id)?.ip ?? null;
+        process.stdout.write(opts.json ? `${JSON.stringify({ id: r.id, name: r.spec.name, ip })}\n` : `${r.id}\n`);
+      }),
+    );
+
+  program
+    .command("fork")
+    .description("clone a running machine into live copies (memory shared copy-on-write); it keeps running")
+    .argument("<machine>")
+    .argument("<name>", "name of the clone (NAME-1..NAME-K with --count)")
+    .option("--count <k>", "how many clones", "1")
+    .option("--json", "print JSON", false)
+    .action(
+      withRuntime(async (rt, machine, name, opts) => {
+        const count = Number(opts.count);
+        const clones = await rt.fork(machine, name, count);
+        for (const c of clones) failedStart(c);
+        if (opts.json) {
+          const rows = clones.map((c) => ({ id: c.id, name: c.spec.name, ip: rt.store.lease(c.id)?.ip ?? null }));
+          process.stdout.write(`${JSON.stringify(rows)}\n`);
+        } else {
+          process.stdout.write(clones.map((c) => `${c.id}\n`).join(""));
+        }
+      }),
+    );
+
+  const tmpl = program
+    .command("template")
+    .description("booted images that `mm run` starts from instead of a cold boot");
+  tmpl
+    .command("ls")
+    .description("list templates")
+    .option("--json", "print JSON", false)
+    .action(
+      withRuntime(async (rt, opts) => {
+        const list = rt.templates();
+        if (opts.json) {
+          process.stdout.write(`${JSON.stringify(list.map(snapshotJson), null, 2)}\n`);
+          return;
+        }
+        const rows: string[][] = [];
+        for (const t of list) {
+          const size = (await allocatedBytes(join(snapshotsDir(rt.paths), t.id))) + t.disk.layer.bytes;
+          const shape = `${t.compat?.cpus ?? "?"} cpu, ${t.compat?.memoryMib ?? "?"} MiB, ${t.compat?.nic ? "bridge" : "no network"}`;
+          rows.push([t.id.slice(0, 12), t.spec.image, shape, t.compat?.accel ?? "", mib(size), ago(t.createdAt)]);
+        }
+        process.stdout.write(table(["TEMPLATE ID", "IMAGE", "SHAPE", "ACCEL", "SIZE", "CREATED"], rows));
+      }),
+    );
+  tmpl
+    .command("rm")
+    .description("remove templates (the next `mm run` of the image boots cold and makes a new one)")
+    .argument("<templates...>")
+    .action(
+      withRuntime(async (rt, refs) => {
+        for (const ref of refs) {
+          const t = rt.findSnapshot(ref);
+          if (t.kind !== "template") throw new MmError("MM_NO_SUCH_SNAPSHOT", `${ref} is not a template`);
+          process.stdout.write(`${(await rt.removeSnapshot(t.id)).id}\n`);
+        }
+      }),
+    );
+
+  program
+    .command("df")
+    .description("disk and memory used by images, templates, snapshots, machines, and what GC would free")
+    .option("--json", "print JSON", false)
+    .action(
+      withRuntime(async (rt, opts) => {
+        const usage = await diskUsage(rt);
+        if (opts.json) process.stdout.write(`${JSON.stringify(usage, null, 2)}\n`);
+        else
+          process.stdout.write(
+            table(
+              ["TYPE", "COUNT", "SIZE", "RECLAIMABLE"],
+              usage.map((u) => [u.type, String(u.count), mib(u.bytes), mib(u.reclaimableBytes)]),
+            ),
+          );
+      }),
+    );
+}
+
+interface Usage {
+  readonly type: string;
+  readonly count: number;
+  readonly bytes: number;
+  /** What `mm image prune` (which also collects layers and unfinished captures) would free. */
+  readonly reclaimableBytes: number;
+}
+
+async function diskUsage(rt: Runtime): Promise<Usage[]> {
+  const snaps = rt.snapshots({ all: true });
+  const sizeOf = async (list: Snapshot[]) => {
+    let total = 0;
+    for (const s of list) {
+      total += await allocatedBytes(join(snapshotsDir(rt.paths), s.id));
+      if (s.ram && !s.ram.path.startsWith(snapshotsDir(rt.paths))) total += await allocatedBytes(s.ram.path);
+    }
+    return total;
+  };
+  const byKind = (k: Snapshot["kind"]) => snaps.filter((s) => s.kind === k);
+  const images = await rt.images.list();
+  const inUse = new Set([...rt.list().map((r) => r.spec.imageDigest), ...snaps.map((s) => s.spec.imageDigest)]);
+  const imageBytes =
+    (await allocatedBytes(join(rt.paths.state, "content"))) + (await allocatedBytes(join(rt.paths.state, "rootfs")));
+  const unusedImages = images.filter((i) => !inUse.has(i.digest)).reduce((a, i) => a + i.sizeBytes, 0);
+  const machines = rt.list();
+  let machineBytes = 0;
+  for (const m of machines) machineBytes += await allocatedBytes(join(rt.paths.state, "machines", m.id));
+  const ram = await allocatedBytes(join(shmDir(rt.paths, rt.env), "machines"));
+  const layerNames = await readdir(layersDir(rt.paths)).catch(() => [] as string[]);
+  const layers = await allocatedBytes(layersDir(rt.paths));
+  const garbage = await rt.collectGarbage({ dryRun: true });
+  return [
+    { type: "images", count: images.length, bytes: imageBytes, reclaimableBytes: unusedImages },
+    {
+      type: "templates",
+      count: byKind("template").length,
+      bytes: await sizeOf(byKind("template")),
+      reclaimableBytes: 0,
+    },
+    {
+      type: "snapshots",
+      count: byKind("snapshot").length,
+      bytes: await sizeOf(byKind("snapshot")),
+      reclaimableBytes: 0,
+    },
+    { type: "fork captures", count: byKind("fork").length, bytes: await sizeOf(byKind("fork")), reclaimableBytes: 0 },
+    { type: "disk layers", count: layerNames.length, bytes: layers, reclaimableBytes: garbage },
+    { type: "machine disks", count: machines.length, bytes: machineBytes, reclaimableBytes: 0 },
+    {
+      type: "machine RAM (shm)",
+      count: machines.filter((m) => m.state === "running").length,
+      bytes: ram,
+      reclaimableBytes: 0,
+    },
+  ];
+}
