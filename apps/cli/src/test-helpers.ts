@@ -46,7 +46,9 @@ export function harness(prefix = "mm-cli-", options: { netns?: boolean } = {}): 
     );
   }
   // Without a namespace of its own, a suite's machines get no network at all.
-  const env = { ...process.env, MM_STATE: state, ...(useNetns ? {} : { MM_NETWORK: "none" }) };
+  // Guest RAM files go to a shared-memory directory of the harness's own.
+  const shm = `/dev/shm/${prefix}${randomBytes(4).toString("hex")}`;
+  const env = { ...process.env, MM_STATE: state, MM_SHM: shm, ...(useNetns ? {} : { MM_NETWORK: "none" }) };
   const spawnMm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}, stdin: "ignore" | "pipe" = "ignore") =>
     useNetns
       ? spawn("ip", ["netns", "exec", netns, process.execPath, CLI, ...args], {
@@ -81,6 +83,7 @@ export function harness(prefix = "mm-cli-", options: { netns?: boolean } = {}): 
       const ids = (await mm(["ps", "-a", "-q"])).stdout.split("\n").filter(Boolean);
       if (ids.length > 0) await mm(["rm", "-f", ...ids]);
       rmSync(state, { recursive: true, force: true });
+      rmSync(shm, { recursive: true, force: true });
       if (useNetns) {
         execFileSync("ip", ["netns", "del", netns]);
         rmSync(`/etc/netns/${netns}`, { recursive: true, force: true });

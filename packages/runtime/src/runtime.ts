@@ -29,15 +29,18 @@ import { mapFsError } from "./fs-errors.js";
 import { Images, runConfigOf } from "./images.js";
 import { type LogEntry, logFile, readLog } from "./logs.js";
 import { checkPortConflicts, HostNetwork } from "./network.js";
-import { controlSocket, defaultPaths, execSocket, machineDir, type Paths, runDir } from "./paths.js";
+import { controlSocket, defaultPaths, execSocket, kernelPath, machineDir, type Paths, runDir } from "./paths.js";
 import { commandLine, isSameProcess } from "./proc.js";
 import {
   activeOverlay,
+  checkCompat,
   childrenOf,
   collectGarbage,
   finalizeSnapshot,
   freezeStoppedDisk,
+  kernelIdentity,
   layersInUse,
+  machineRamPath,
   releaseForkCapture,
   removeSnapshotFiles,
   resolveSnapshot,
@@ -268,6 +271,7 @@ export class Runtime {
     if (this.store.lease(rec.id)) await new HostNetwork(this.store, this.env).detach(rec).catch(() => undefined);
     await rm(machineDir(this.paths, rec.id), { recursive: true, force: true });
     await rm(runDir(this.paths, rec.id), { recursive: true, force: true });
+    await rm(machineRamPath(this.paths, rec.id, this.env), { force: true });
     this.store.remove(rec.id);
     const from = rec.spec.restoreFrom?.snapshot;
     if (from) await releaseForkCapture(this.paths, this.store, from);
@@ -392,6 +396,12 @@ export class Runtime {
   async restore(ref: string, name: string): Promise<MachineRecord> {
     const snap = resolveSnapshot(this.store, ref);
     await verifySnapshot(snap, true);
+    if (snap.compat) {
+      // What can be checked before a machine exists (the supervisor checks the rest).
+      const kernel = await kernelIdentity(kernelPath(this.paths, this.env));
+      const engine = await (await this.engine()).fingerprint();
+      checkCompat(snap, { ...snap.compat, kernel, engine });
+    }
     const rec = this.createFrom(snap, name, "copy");
     return this.startDetached(rec.id);
   }
