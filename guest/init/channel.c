@@ -180,8 +180,14 @@ ssize_t channel_fill(struct mm_channel *ch)
 	do
 		n = read(ch->fd, space, avail);
 	while (n < 0 && errno == EINTR);
-	if (n > 0)
+	if (n > 0) {
 		mm_rx_commit(&ch->rx, (size_t)n);
+	} else if (n == 0 && ch->rx.used > 0) {
+		/* The host went away inside a frame, which will never be finished: the next
+		 * host (a virtio port's EOF is not final) starts with a whole frame. */
+		log_debug("channel: EOF inside a frame: %zu bytes dropped", ch->rx.used);
+		ch->rx.used = 0;
+	}
 	return n;
 }
 

@@ -25,7 +25,8 @@ int channel_open(struct mm_channel *ch, bool host_mode);
 /* Writes one whole frame on stream, blocking; 0, or -1 after logging why. */
 int channel_send(struct mm_channel *ch, uint8_t type, uint32_t stream, const void *payload,
 		 size_t len);
-/* One read(2) into the receive buffer: >0 bytes, 0 at EOF, -1 with errno. */
+/* One read(2) into the receive buffer: >0 bytes, 0 at EOF (a frame cut short by it
+ * is dropped: the next host starts a new one), -1 with errno. */
 ssize_t channel_fill(struct mm_channel *ch);
 void channel_close(struct mm_channel *ch);
 

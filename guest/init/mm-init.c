@@ -1,11 +1,12 @@
 /* mm-init: PID 1 of a MicroMachines guest. It mounts what a container expects, gets
  * its CONFIG over the host channel, sets up the network, runs the workload, relays its
- * output, exit and signals, serves exec sessions (docs/PROTOCOL.md, v1 and v2), and
- * powers the machine off.
+ * output, exit and signals, serves exec sessions, quiesces for a snapshot and takes a
+ * new identity after a restore (docs/PROTOCOL.md, v1 to v3), and powers the machine
+ * off.
  *
  * main() reads like a script: options → signals → system → channel → CONFIG →
- * network → spawn → loop { reap, forward, pump, serve sessions } → EXIT → await
- * POWEROFF → power off.
+ * identity (clock, entropy, hostname, network) → spawn → loop { reap, forward, pump,
+ * serve sessions, quiesce } → EXIT → await POWEROFF → power off.
  * Setup failures bail with a message; after that nothing exits without shutting down.
  *
  * When not PID 1 (getpid() != 1) it runs as an ordinary process for host tests: the
@@ -62,11 +63,12 @@ struct supervisor {
 	int channel_backoff_ms;
 	struct spawned work;
 	uint16_t version;              /* agreed in CONFIG */
-	bool sessions_allowed;         /* v2 and CONFIG and network accepted: serve EXEC */
+	bool configured;               /* CONFIG and network accepted: v2 and v3 frames count */
+	bool quiesced;                 /* v3: after QUIESCED, until RESUME or IDENTITY */
 	bool running;                  /* workload started and not yet reaped */
 	bool exited;                   /* workload reaped (or never started) */
 	int wait_status;
-	int64_t exited_at;
+	int64_t drain_from;            /* output is read for 500 ms from the exit (or resume) */
 	bool exit_sent;
 	bool stay_up;
 	int64_t poweroff_at;           /* >0: shut down at this time */
@@ -74,6 +76,7 @@ struct supervisor {
 
 static struct supervisor sup;
 static struct mm_config config;
+static struct mm_identity_msg identity_msg;
 static uint8_t output_buf[MM_MAX_PAYLOAD];
 
 /* Signals PID 1 reads from its signalfd; all but SIGCHLD and SIGPWR are forwarded. */
@@ -111,7 +114,7 @@ static void reap(struct supervisor *s)
 			s->running = false;
 			s->exited = true;
 			s->wait_status = status;
-			s->exited_at = now_ms();
+			s->drain_from = now_ms();
 			log_debug("workload %d exited: status 0x%x", (int)pid, status);
 		} else if (!sessions_reaped(pid, status, now_ms())) {
 			log_debug("reaped %d: status 0x%x", (int)pid, status);
@@ -192,12 +195,17 @@ static void send_frame(struct supervisor *s, uint8_t type, uint32_t stream, cons
 		bail(s, "lost the channel to the host");
 }
 
+/* An ERROR (or IDENTITY_RESULT) message's length: at most MM_MAX_ERROR bytes, cut on a
+ * UTF-8 boundary. */
+static size_t message_len(const char *message)
+{
+	return mm_utf8_whole_len(message, strnlen(message, MM_MAX_ERROR));
+}
+
 static void send_error(struct supervisor *s, uint32_t stream, const char *message)
 {
-	size_t len = mm_utf8_whole_len(message, strnlen(message, MM_MAX_ERROR));
-
 	log_debug("ERROR on stream %lu: %s", (unsigned long)stream, message);
-	send_frame(s, MM_ERROR, stream, message, len);
+	send_frame(s, MM_ERROR, stream, message, message_len(message));
 }
 
 static void send_exit_frame(struct supervisor *s, uint32_t stream, int32_t status, int32_t signal)
@@ -403,10 +411,121 @@ static void pump_output(struct supervisor *s, int *fd, uint8_t type)
 	}
 }
 
+/* True once CONFIG agreed on version v (or a later one) and it and the network were
+ * accepted; until then, and on a machine going down, that version's frames are
+ * unknown types. */
+static bool speaks(const struct supervisor *s, uint16_t v)
+{
+	return s->configured && s->version >= v;
+}
+
+/* Applies an identity in PROTOCOL.md's order: clock, entropy, hostname, network (MAC,
+ * address, route, then /etc/resolv.conf and /etc/hosts). Only the network can fail:
+ * -1 with "NET: ..." in err. A host test only validates: it must not touch the host's
+ * clock, RNG, hostname, eth0 or /etc. */
+static int apply_identity(struct supervisor *s, const struct mm_identity *id, char *err,
+			  size_t errlen)
+{
+	if (s->host_mode)
+		return 0;
+	if (id->has_clock)
+		pid1_set_clock(id->clock_ns);
+	if (id->seed_len > 0)
+		pid1_add_entropy(id->seed, id->seed_len);
+	if (id->hostname != NULL)
+		pid1_set_hostname(id->hostname);
+	return net_apply(&id->net, err, errlen);
+}
+
+/* QUIESCE: QUIESCED is the last frame until the guest leaves quiesce. Meanwhile no
+ * output is read, no EXIT is sent and no wait runs out (see leave_quiesce). */
+static void quiesce(struct supervisor *s)
+{
+	if (s->quiesced) {
+		log_debug("QUIESCE while quiesced: ignored");
+		return;
+	}
+	send_frame(s, MM_QUIESCED, MM_STREAM_CONTROL, NULL, 0);
+	s->quiesced = true;
+	log_debug("quiesced");
+}
+
+/* Carries on as before, except that the waits quiesce held start over: 500 ms for
+ * the output of a process that ended (no output was read meanwhile), and 2 s for
+ * POWEROFF after EXIT. */
+static void leave_quiesce(struct supervisor *s)
+{
+	int64_t now = now_ms();
+
+	if (!s->quiesced)
+		return;
+	s->quiesced = false;
+	if (s->exited)
+		s->drain_from = now;
+	if (s->poweroff_at > 0)
+		s->poweroff_at = now + POWEROFF_WAIT_MS;
+	sessions_resume(now);
+	log_debug("resumed");
+}
+
+/* IDENTITY: leave quiesce, end the exec sessions (their clients were on the host the
+ * snapshot was taken from), apply the records, answer IDENTITY_RESULT. The machine
+ * stays up whatever the result: the host decides. */
+static void renew_identity(struct supervisor *s, const struct mm_frame *f)
+{
+	static char reason[MM_MAX_ERROR + 1], result[sizeof CONFIG_ERROR_PREFIX + MM_MAX_ERROR];
+	int r = mm_identity_parse(&identity_msg, s->version, f->payload, f->payload_len, reason,
+				  sizeof reason);
+
+	leave_quiesce(s);
+	sessions_end_all();
+	result[0] = '\0';
+	if (r != MM_PARSE_OK)
+		snprintf(result, sizeof result, "%s%s",
+			 r == MM_PARSE_NET ? NET_ERROR_PREFIX : CONFIG_ERROR_PREFIX, reason);
+	else
+		apply_identity(s, &identity_msg.id, result, sizeof result);   /* NET: ... if it fails */
+	if (result[0] != '\0')
+		log_error("IDENTITY: %s", result);
+	else
+		log_debug("IDENTITY applied");
+	send_frame(s, MM_IDENTITY_RESULT, MM_STREAM_CONTROL, result, message_len(result));
+}
+
+/* A frame of version 3 (quiesce, identity): true if it was one and has been handled.
+ * While quiesced, every frame but RESUME, IDENTITY and POWEROFF is dropped unread:
+ * the host promised to send no other. */
+static bool handle_v3_frame(struct supervisor *s, const struct mm_frame *f)
+{
+	if (!speaks(s, 3))
+		return false;
+	if (f->type >= MM_QUIESCE && f->type <= MM_IDENTITY_RESULT &&
+	    f->stream != MM_STREAM_CONTROL)
+		bail(s, "protocol error: frame type %u on stream %lu", f->type,
+		     (unsigned long)f->stream);
+	switch (f->type) {
+	case MM_QUIESCE:
+		quiesce(s);
+		return true;
+	case MM_RESUME:
+		leave_quiesce(s);   /* when not quiesced: nothing to do */
+		return true;
+	case MM_IDENTITY:
+		renew_identity(s, f);
+		return true;
+	case MM_POWEROFF:
+		return false;       /* obeyed as always */
+	default:
+		if (s->quiesced)
+			log_debug("frame type %u while quiesced: dropped", f->type);
+		return s->quiesced;
+	}
+}
+
 /* A frame of version 2 (sessions): true if it was one and has been handled. */
 static bool handle_session_frame(struct supervisor *s, const struct mm_frame *f)
 {
-	if (!s->sessions_allowed)
+	if (!speaks(s, 2))
 		return false;   /* v1, or the machine is going down: unknown types */
 	if (f->type == MM_EXEC) {
 		sessions_exec(f->stream, s->version, f->payload, f->payload_len);
@@ -430,7 +549,7 @@ static bool handle_session_frame(struct supervisor *s, const struct mm_frame *f)
 
 static void handle_frame(struct supervisor *s, const struct mm_frame *f)
 {
-	if (handle_session_frame(s, f))
+	if (handle_v3_frame(s, f) || handle_session_frame(s, f))
 		return;
 	if (f->stream != MM_STREAM_CONTROL) {
 		log_debug("frame type %u on stream %lu: ignored", f->type, (unsigned long)f->stream);
@@ -459,9 +578,17 @@ static void handle_frame(struct supervisor *s, const struct mm_frame *f)
 	}
 }
 
-static void read_channel(struct supervisor *s)
+/* Handles the whole frames in the receive buffer. */
+static void handle_buffered_frames(struct supervisor *s)
 {
 	struct mm_frame f;
+
+	while (next_frame(s, &f) == 1)
+		handle_frame(s, &f);
+}
+
+static void read_channel(struct supervisor *s)
+{
 	ssize_t n = channel_fill(&s->channel);
 
 	if (n == 0) {
@@ -474,8 +601,7 @@ static void read_channel(struct supervisor *s)
 		bail(s, "channel: read: %s", strerror(errno));
 	}
 	s->channel_backoff_ms = CHANNEL_BACKOFF_MIN_MS;
-	while (next_frame(s, &f) == 1)
-		handle_frame(s, &f);
+	handle_buffered_frames(s);
 }
 
 static void report_exit(struct supervisor *s)
@@ -493,10 +619,12 @@ static void consider(int64_t at, int64_t *next)
 }
 
 /* The main loop: reap, forward signals, pump output, serve the sessions and the
- * channel, report EXIT, wait for POWEROFF. Never returns. */
+ * channel, report EXIT, wait for POWEROFF. While quiesced only the first and the
+ * channel go on. Never returns. */
 __attribute__((noreturn))
 static void supervise(struct supervisor *s)
 {
+	handle_buffered_frames(s);   /* those that came in the same read as CONFIG */
 	for (;;) {
 		struct pollfd pfd[POLL_MAX];
 		nfds_t n = 0, sess_i;
@@ -505,14 +633,15 @@ static void supervise(struct supervisor *s)
 		int timeout = -1;
 
 		/* First, as it frees the slots of sessions that are done. */
-		sessions_tick(now_ms(), &next);
+		if (!s->quiesced)
+			sessions_tick(now_ms(), &next);
 
 		pfd[n++] = (struct pollfd){ s->sfd, POLLIN, 0 };
-		if (s->work.out_fd >= 0) {
+		if (s->work.out_fd >= 0 && !s->quiesced) {
 			out_i = (int)n;
 			pfd[n++] = (struct pollfd){ s->work.out_fd, POLLIN, 0 };
 		}
-		if (s->work.err_fd >= 0) {
+		if (s->work.err_fd >= 0 && !s->quiesced) {
 			err_i = (int)n;
 			pfd[n++] = (struct pollfd){ s->work.err_fd, POLLIN, 0 };
 		}
@@ -521,10 +650,12 @@ static void supervise(struct supervisor *s)
 			pfd[n++] = (struct pollfd){ s->channel.fd, POLLIN, 0 };
 		}
 		sess_i = n;
-		n += sessions_poll_add(pfd + n, POLL_MAX - n);
-		if (s->exited && !s->exit_sent)
-			consider(s->exited_at + MM_DRAIN_AFTER_EXIT_MS, &next);
-		consider(s->poweroff_at, &next);
+		if (!s->quiesced) {
+			n += sessions_poll_add(pfd + n, POLL_MAX - n);
+			if (s->exited && !s->exit_sent)
+				consider(s->drain_from + MM_DRAIN_AFTER_EXIT_MS, &next);
+			consider(s->poweroff_at, &next);
+		}
 		consider(s->channel_resume_at, &next);
 		if (next > 0) {
 			now = now_ms();
@@ -547,9 +678,11 @@ static void supervise(struct supervisor *s)
 		now = now_ms();
 		if (s->channel_resume_at > 0 && now >= s->channel_resume_at)
 			s->channel_resume_at = 0;
+		if (s->quiesced)
+			continue;
 		if (s->exited && !s->exit_sent &&
 		    ((s->work.out_fd < 0 && s->work.err_fd < 0) ||
-		     now >= s->exited_at + MM_DRAIN_AFTER_EXIT_MS))
+		     now >= s->drain_from + MM_DRAIN_AFTER_EXIT_MS))
 			report_exit(s);
 		if (s->poweroff_at > 0 && now >= s->poweroff_at) {
 			log_debug("no POWEROFF within %d ms of EXIT", POWEROFF_WAIT_MS);
@@ -630,15 +763,13 @@ int main(void)
 		fail_start(s, err, MM_STATUS_NOT_FOUND);
 	}
 	s->version = config.version;
-	if (config.hostname != NULL && !s->host_mode)
-		pid1_set_hostname(config.hostname);
-	/* The network comes up before the workload, which may need it at once. A host
-	 * test only validates (above): it must not touch the host's eth0 or /etc. */
-	if (!s->host_mode && net_apply(&config.net, err, sizeof err) != 0)
+	/* The identity, network included, is set before the workload, which may need it
+	 * at once. */
+	if (apply_identity(s, &config.id, err, sizeof err) != 0)
 		fail_start(s, err, MM_STATUS_NOT_FOUND);
 
 	s->stay_up = (config.flags & MM_FLAG_STAY_UP) != 0;
-	s->sessions_allowed = s->version >= 2;
+	s->configured = true;
 	status = spawn_process(&config.proc, &s->work, err, sizeof err);
 	if (status != 0)
 		fail_start(s, err, status);

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <net/route.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -66,8 +67,33 @@ static int iface_ioctl(int fd, int request, const char *what, struct ifreq *ifr,
 	return net_fail(err, errlen, NET_IFACE ": %s: %s", what, strerror(errno));
 }
 
-/* Address, netmask, up, default route: what `ifconfig eth0 A netmask M up` and
- * `route add default gw G` do. */
+/* Takes eth0 down (a no-op at boot): its MAC can change only while it is down, and
+ * the routes through it go with it, so none of a previous identity is left. */
+static int link_down(int fd, struct ifreq *ifr, char *err, size_t errlen)
+{
+	if (iface_ioctl(fd, SIOCGIFFLAGS, "SIOCGIFFLAGS", ifr, err, errlen) != 0)
+		return -1;
+	ifr->ifr_flags &= ~IFF_UP;
+	return iface_ioctl(fd, SIOCSIFFLAGS, "SIOCSIFFLAGS", ifr, err, errlen);
+}
+
+static int set_mac(int fd, struct ifreq *ifr, const uint8_t mac[MM_MAC_LEN], char *err,
+		   size_t errlen)
+{
+	ifr->ifr_hwaddr.sa_family = ARPHRD_ETHER;
+	memcpy(ifr->ifr_hwaddr.sa_data, mac, MM_MAC_LEN);
+	if (iface_ioctl(fd, SIOCSIFHWADDR, "SIOCSIFHWADDR", ifr, err, errlen) != 0)
+		return -1;
+	log_debug(NET_IFACE ": MAC %02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3],
+		  mac[4], mac[5]);
+	return 0;
+}
+
+/* Down, MAC, address, netmask, up, default route: what `ifconfig eth0 down hw ether M`,
+ * `ifconfig eth0 A netmask M up` and `route add default gw G` do. The same steps set
+ * the identity at boot (CONFIG) and replace it after a restore (IDENTITY): the new
+ * address replaces the old one, and the default route, gone with the link, is added
+ * again. */
 static int configure_interface(const struct mm_net *net, char *err, size_t errlen)
 {
 	struct ifreq ifr;
@@ -80,6 +106,9 @@ static int configure_interface(const struct mm_net *net, char *err, size_t errle
 		return net_fail(err, errlen, "socket: %s", strerror(errno));
 	memset(&ifr, 0, sizeof ifr);
 	memcpy(ifr.ifr_name, NET_IFACE, sizeof NET_IFACE);
+	if (link_down(fd, &ifr, err, errlen) != 0 ||
+	    (net->has_mac && set_mac(fd, &ifr, net->mac, err, errlen) != 0))
+		goto out;
 	set_inet(&ifr.ifr_addr, net->addr);
 	if (iface_ioctl(fd, SIOCSIFADDR, "SIOCSIFADDR", &ifr, err, errlen) != 0)
 		goto out;

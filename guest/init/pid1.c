@@ -16,9 +16,11 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "protocol.h"
 
 #define CMDLINE_MAX 4096
 #define CONSOLE_PATH "/dev/console"
@@ -232,6 +234,58 @@ void pid1_set_hostname(const char *name)
 		log_error("sethostname %s: %s", name, strerror(errno));
 	else
 		log_debug("hostname %s", name);
+}
+
+void pid1_set_clock(uint64_t ns)
+{
+	struct timespec ts = { (time_t)(ns / 1000000000u), (long)(ns % 1000000000u) };
+
+	if (clock_settime(CLOCK_REALTIME, &ts) != 0)
+		log_error("clock_settime %llu ns: %s", (unsigned long long)ns, strerror(errno));
+	else
+		log_debug("clock set to %llu.%09ld", (unsigned long long)ts.tv_sec, ts.tv_nsec);
+}
+
+/* From linux/random.h, which musl's headers do not include. */
+#ifndef RNDADDENTROPY
+#define RNDADDENTROPY _IOW('R', 0x03, int[2])
+#endif
+#ifndef RNDRESEEDCRNG
+#define RNDRESEEDCRNG _IO('R', 0x07)
+#endif
+#define RANDOM_DEVICE "/dev/urandom"
+#define BITS_PER_BYTE 8
+
+/* RNDADDENTROPY's argument: struct rand_pool_info with room for the largest seed. */
+struct entropy_request {
+	int entropy_count;   /* bits credited */
+	int buf_size;        /* bytes in buf */
+	uint32_t buf[MM_MAX_SEED / sizeof(uint32_t)];
+};
+
+void pid1_add_entropy(const uint8_t *seed, size_t len)
+{
+	static struct entropy_request req;
+	int fd;
+
+	if (len > sizeof req.buf)
+		len = sizeof req.buf;   /* cannot happen: SEED is validated */
+	req.entropy_count = (int)(len * BITS_PER_BYTE);
+	req.buf_size = (int)len;
+	memcpy(req.buf, seed, len);
+	fd = open(RANDOM_DEVICE, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		log_error(RANDOM_DEVICE ": %s", strerror(errno));
+		return;
+	}
+	if (ioctl(fd, RNDADDENTROPY, &req) != 0)
+		log_error("RNDADDENTROPY: %s", strerror(errno));
+	else if (ioctl(fd, RNDRESEEDCRNG) != 0 && errno != EINVAL && errno != ENOTTY)
+		log_error("RNDRESEEDCRNG: %s", strerror(errno));   /* before 4.17: no such ioctl */
+	else
+		log_debug("added %zu bytes of entropy", len);
+	close(fd);
+	explicit_bzero(&req, sizeof req);
 }
 
 void boot_options_parse(const char *cmdline, struct boot_options *opts)

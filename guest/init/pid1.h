@@ -1,9 +1,11 @@
-/* What only PID 1 of a guest does: console, mounts, loopback, hostname, power off.
- * None of it runs in host-test mode. */
+/* What only PID 1 of a guest does: console, mounts, loopback, hostname, clock,
+ * entropy, power off. None of it runs in host-test mode. */
 #ifndef MM_PID1_H
 #define MM_PID1_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 struct boot_options {
 	bool probe;   /* mm.probe=1 */
@@ -17,6 +19,13 @@ void pid1_setup_early(void);
 /* The remaining mounts and the loopback interface; failures are logged with mm.debug=1. */
 void pid1_setup(void);
 void pid1_set_hostname(const char *name);
+/* Sets the wall clock (CLOCK_REALTIME) to ns since the Unix epoch. A failure is
+ * logged, never fatal. */
+void pid1_set_clock(uint64_t ns);
+/* Mixes seed into the kernel's entropy pool, credited in full, and reseeds the RNG so
+ * that no two restores of one snapshot share random numbers. A failure is logged,
+ * never fatal. */
+void pid1_add_entropy(const uint8_t *seed, size_t len);
 /* Grows the root ext4 online to the size of its block device (mm run --disk-size). */
 void pid1_grow_root(void);
 /* Pure: reads mm.* options from a kernel command line. */

@@ -1,5 +1,6 @@
-/* Frame framing and CONFIG validation for mm-init. Every length read from the peer
- * is checked against a named limit before it is used; nothing here does I/O. */
+/* Frame framing and CONFIG, EXEC and IDENTITY validation for mm-init. Every length
+ * read from the peer is checked against a named limit before it is used; nothing here
+ * does I/O. */
 #include "protocol.h"
 
 #include <arpa/inet.h>
@@ -122,6 +123,9 @@ static const char *tag_name(uint8_t tag)
 	case MM_TAG_NET_GATEWAY: return "NET_GATEWAY";
 	case MM_TAG_DNS: return "DNS";
 	case MM_TAG_HOSTS: return "HOSTS";
+	case MM_TAG_NET_MAC: return "NET_MAC";
+	case MM_TAG_CLOCK: return "CLOCK";
+	case MM_TAG_SEED: return "SEED";
 	default: return "?";
 	}
 }
@@ -201,6 +205,41 @@ bool mm_is_ip_address(const char *s)
 		return true;
 	return strlen(s) < MM_IPV6_TEXT_MAX && strchr(s, ':') != NULL &&
 	       inet_pton(AF_INET6, s, v6) == 1;
+}
+
+static int hex_digit(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+bool mm_parse_mac(const char *s, uint8_t out[MM_MAC_LEN])
+{
+	uint8_t mac[MM_MAC_LEN];
+
+	if (strlen(s) != MM_MAC_TEXT_LEN)
+		return false;
+	for (int i = 0; i < MM_MAC_LEN; i++, s += 3) {
+		int hi = hex_digit(s[0]), lo = hex_digit(s[1]);
+
+		if (hi < 0 || lo < 0 || (i < MM_MAC_LEN - 1 && s[2] != ':'))
+			return false;
+		mac[i] = (uint8_t)(hi << 4 | lo);
+	}
+	memcpy(out, mac, sizeof mac);
+	return true;
+}
+
+bool mm_mac_assignable(const uint8_t mac[MM_MAC_LEN])
+{
+	static const uint8_t zero[MM_MAC_LEN];
+
+	return (mac[0] & 1) == 0 && memcmp(mac, zero, MM_MAC_LEN) != 0;
 }
 
 /* An address a machine can have or route through: not 0/8, loopback, multicast or
@@ -303,40 +342,71 @@ static int check_hosts_line(const char *s, char *err, size_t errlen)
 	return 0;
 }
 
-/* A record that is not in the set the payload's kind and version define. */
-enum record_set { RECORDS_CONFIG_V1, RECORDS_CONFIG_V2, RECORDS_EXEC };
+/* The payloads a record counts in, as bits: outside its payload's set a record is
+ * skipped like an unknown tag. */
+enum record_set {
+	IN_CONFIG_V1 = 1 << 0,
+	IN_CONFIG_V2 = 1 << 1,
+	IN_CONFIG_V3 = 1 << 2,
+	IN_EXEC = 1 << 3,
+	IN_IDENTITY = 1 << 4,
+};
+#define IN_CONFIG (IN_CONFIG_V1 | IN_CONFIG_V2 | IN_CONFIG_V3)
+
+static const uint8_t record_sets[] = {
+	[MM_TAG_ARG] = IN_CONFIG | IN_EXEC,
+	[MM_TAG_ENV] = IN_CONFIG | IN_EXEC,
+	[MM_TAG_CWD] = IN_CONFIG | IN_EXEC,
+	[MM_TAG_USER] = IN_CONFIG | IN_EXEC,
+	[MM_TAG_HOSTNAME] = IN_CONFIG | IN_IDENTITY,
+	[MM_TAG_FLAGS] = IN_CONFIG,
+	[MM_TAG_TTY] = IN_EXEC,
+	[MM_TAG_STDIN] = IN_EXEC,
+	[MM_TAG_NET_ADDR] = IN_CONFIG_V2 | IN_CONFIG_V3 | IN_IDENTITY,
+	[MM_TAG_NET_GATEWAY] = IN_CONFIG_V2 | IN_CONFIG_V3 | IN_IDENTITY,
+	[MM_TAG_DNS] = IN_CONFIG_V2 | IN_CONFIG_V3 | IN_IDENTITY,
+	[MM_TAG_HOSTS] = IN_CONFIG_V2 | IN_CONFIG_V3 | IN_IDENTITY,
+	[MM_TAG_NET_MAC] = IN_CONFIG_V3 | IN_IDENTITY,
+	[MM_TAG_CLOCK] = IN_CONFIG_V3 | IN_IDENTITY,
+	[MM_TAG_SEED] = IN_CONFIG_V3 | IN_IDENTITY,
+};
 
 static bool record_known(enum record_set set, uint8_t tag)
 {
-	switch (tag) {
-	case MM_TAG_ARG:
-	case MM_TAG_ENV:
-	case MM_TAG_CWD:
-	case MM_TAG_USER:
-		return true;
-	case MM_TAG_HOSTNAME:
-	case MM_TAG_FLAGS:
-		return set != RECORDS_EXEC;
-	case MM_TAG_TTY:
-	case MM_TAG_STDIN:
-		return set == RECORDS_EXEC;
-	case MM_TAG_NET_ADDR:
-	case MM_TAG_NET_GATEWAY:
-	case MM_TAG_DNS:
-	case MM_TAG_HOSTS:
-		return set == RECORDS_CONFIG_V2;
-	default:
-		return false;
-	}
+	return tag < sizeof record_sets && (record_sets[tag] & set) != 0;
 }
 
-/* The records of a CONFIG (cfg set) or EXEC (cfg NULL) payload from byte off on. */
+/* Where a payload's records go: proc for CONFIG and EXEC, flags for CONFIG, id for
+ * CONFIG and IDENTITY (NULL where the payload has none). */
+struct record_target {
+	struct mm_process *proc;
+	uint32_t *flags;
+	struct mm_identity *id;
+	struct string_store st;
+};
+
+/* NET_MAC: at most one, "aa:bb:cc:dd:ee:ff", an address a NIC may have. */
+static int parse_net_mac(struct mm_net *net, const char *s, char *err, size_t errlen)
+{
+	if (net->has_mac)
+		return fail_net(err, errlen, "more than one NET_MAC record");
+	if (!mm_parse_mac(s, net->mac))
+		return fail_net(err, errlen, "NET_MAC \"%.64s\" is not aa:bb:cc:dd:ee:ff", s);
+	if (!mm_mac_assignable(net->mac))
+		return fail_net(err, errlen, "NET_MAC \"%s\" is not a unicast address", s);
+	net->has_mac = true;
+	return MM_PARSE_OK;
+}
+
+/* The records of a payload from byte off on, those of set into t. */
 static int parse_records(enum record_set set, const uint8_t *payload, size_t len, size_t off,
-			 struct mm_process *proc, struct mm_config *cfg, struct string_store *st,
-			 char *err, size_t errlen)
+			 struct record_target *t, char *err, size_t errlen)
 {
 	bool has_flags = false, has_tty = false;
-	struct mm_net *net = cfg != NULL ? &cfg->net : NULL;
+	struct mm_process *proc = t->proc;
+	struct mm_identity *id = t->id;
+	struct mm_net *net = id != NULL ? &id->net : NULL;
+	struct string_store *st = &t->st;
 
 	while (off < len) {
 		uint8_t tag;
@@ -393,7 +463,7 @@ static int parse_records(enum record_set set, const uint8_t *payload, size_t len
 				return fail(err, errlen, "HOSTNAME is %zu bytes (max %d)", rlen,
 					    MM_MAX_HOSTNAME);
 			if ((s = copy_string(st, tag, value, rlen, err, errlen)) == NULL ||
-			    set_once(&cfg->hostname, s, tag, err, errlen) != 0)
+			    set_once(&id->hostname, s, tag, err, errlen) != 0)
 				return -1;
 			if (s[0] == '\0')
 				return fail(err, errlen, "HOSTNAME is empty");
@@ -403,7 +473,7 @@ static int parse_records(enum record_set set, const uint8_t *payload, size_t len
 				return fail(err, errlen, "more than one FLAGS record");
 			if (rlen != 4)
 				return fail(err, errlen, "FLAGS record is %zu bytes (must be 4)", rlen);
-			cfg->flags = mm_get_u32(value);
+			*t->flags = mm_get_u32(value);
 			has_flags = true;
 			break;
 		case MM_TAG_TTY:
@@ -456,10 +526,36 @@ static int parse_records(enum record_set set, const uint8_t *payload, size_t len
 				return MM_PARSE_NET;
 			net->hosts[net->hosts_count++] = s;
 			break;
+		case MM_TAG_NET_MAC:
+			if ((s = copy_string(st, tag, value, rlen, err, errlen)) == NULL)
+				return MM_PARSE_NET;
+			if (parse_net_mac(net, s, err, errlen) != 0)
+				return MM_PARSE_NET;
+			break;
+		case MM_TAG_CLOCK:
+			if (id->has_clock)
+				return fail(err, errlen, "more than one CLOCK record");
+			if (rlen != MM_CLOCK_LEN)
+				return fail(err, errlen, "CLOCK record is %zu bytes (must be %d)", rlen,
+					    MM_CLOCK_LEN);
+			id->clock_ns = mm_get_u64(value);
+			id->has_clock = true;
+			break;
+		case MM_TAG_SEED:
+			if (id->seed_len != 0)
+				return fail(err, errlen, "more than one SEED record");
+			if (rlen < MM_MIN_SEED || rlen > MM_MAX_SEED)
+				return fail(err, errlen, "SEED record is %zu bytes (must be %d-%d)", rlen,
+					    MM_MIN_SEED, MM_MAX_SEED);
+			memcpy(id->seed, value, rlen);
+			id->seed_len = rlen;
+			break;
 		default:
 			break;
 		}
 	}
+	if (proc == NULL)
+		return 0;   /* IDENTITY starts no process */
 	if (proc->argc == 0)
 		return fail(err, errlen, "no ARG record (argv[0] is required)");
 	proc->argv[proc->argc] = NULL;
@@ -483,10 +579,16 @@ static int check_net(const struct mm_net *net, char *err, size_t errlen)
 	return 0;
 }
 
+static enum record_set config_set(uint16_t version)
+{
+	return version >= 3 ? IN_CONFIG_V3 : version == 2 ? IN_CONFIG_V2 : IN_CONFIG_V1;
+}
+
 int mm_config_parse(struct mm_config *cfg, const uint8_t *payload, size_t len,
 		    char *err, size_t errlen)
 {
-	struct string_store st = { cfg->strings, sizeof cfg->strings, &cfg->strings_used };
+	struct record_target t = { &cfg->proc, &cfg->flags, &cfg->id,
+				   { cfg->strings, sizeof cfg->strings, &cfg->strings_used } };
 	int r;
 
 	memset(cfg, 0, offsetof(struct mm_config, strings));
@@ -497,17 +599,17 @@ int mm_config_parse(struct mm_config *cfg, const uint8_t *payload, size_t len,
 	if (cfg->version < MM_PROTOCOL_MIN || cfg->version > MM_PROTOCOL_MAX)
 		return fail(err, errlen, "version %u is not supported (this agent speaks %d..%d)",
 			    cfg->version, MM_PROTOCOL_MIN, MM_PROTOCOL_MAX);
-	r = parse_records(cfg->version >= 2 ? RECORDS_CONFIG_V2 : RECORDS_CONFIG_V1, payload, len,
-			  2, &cfg->proc, cfg, &st, err, errlen);
+	r = parse_records(config_set(cfg->version), payload, len, 2, &t, err, errlen);
 	if (r != 0)
 		return r;
-	return check_net(&cfg->net, err, errlen) != 0 ? MM_PARSE_NET : MM_PARSE_OK;
+	return check_net(&cfg->id.net, err, errlen) != 0 ? MM_PARSE_NET : MM_PARSE_OK;
 }
 
 int mm_exec_parse(struct mm_exec *ex, uint16_t version, const uint8_t *payload, size_t len,
 		  char *err, size_t errlen)
 {
-	struct string_store st = { ex->strings, sizeof ex->strings, &ex->strings_used };
+	struct record_target t = { &ex->proc, NULL, NULL,
+				   { ex->strings, sizeof ex->strings, &ex->strings_used } };
 	uint16_t v;
 
 	memset(ex, 0, offsetof(struct mm_exec, strings));
@@ -517,5 +619,26 @@ int mm_exec_parse(struct mm_exec *ex, uint16_t version, const uint8_t *payload, 
 	v = mm_get_u16(payload);
 	if (v != version)
 		return fail(err, errlen, "EXEC version %u is not the agreed version %u", v, version);
-	return parse_records(RECORDS_EXEC, payload, len, 2, &ex->proc, NULL, &st, err, errlen);
+	return parse_records(IN_EXEC, payload, len, 2, &t, err, errlen);
+}
+
+int mm_identity_parse(struct mm_identity_msg *msg, uint16_t version, const uint8_t *payload,
+		      size_t len, char *err, size_t errlen)
+{
+	struct record_target t = { NULL, NULL, &msg->id,
+				   { msg->strings, sizeof msg->strings, &msg->strings_used } };
+	uint16_t v;
+	int r;
+
+	memset(msg, 0, offsetof(struct mm_identity_msg, strings));
+	msg->strings_used = 0;
+	if (len < 2)
+		return fail(err, errlen, "IDENTITY payload of %zu bytes has no version", len);
+	v = mm_get_u16(payload);
+	if (v != version)
+		return fail(err, errlen, "IDENTITY version %u is not the agreed version %u", v, version);
+	r = parse_records(IN_IDENTITY, payload, len, 2, &t, err, errlen);
+	if (r != 0)
+		return r;
+	return check_net(&msg->id.net, err, errlen) != 0 ? MM_PARSE_NET : MM_PARSE_OK;
 }

@@ -1,5 +1,6 @@
 /* The host<->guest channel protocol (docs/PROTOCOL.md): frame, record and session
- * limits, a bounded frame receiver and the CONFIG and EXEC parsers. Pure: no I/O. */
+ * limits, a bounded frame receiver and the CONFIG, EXEC and IDENTITY parsers.
+ * Pure: no I/O. */
 #ifndef MM_PROTOCOL_H
 #define MM_PROTOCOL_H
 
@@ -8,8 +9,8 @@
 #include <stdint.h>
 
 #define MM_PROTOCOL_MIN 1                        /* offered in HELLO */
-#define MM_PROTOCOL_MAX 2
-#define MM_AGENT_NAME "mm-init/0.2"
+#define MM_PROTOCOL_MAX 3
+#define MM_AGENT_NAME "mm-init/0.3"
 #define MM_MAX_AGENT_NAME 64
 
 #define MM_LEN_FIELD 4                          /* the u32 `len` */
@@ -35,6 +36,13 @@
 #define MM_IPV6_TEXT_MAX 46                     /* INET6_ADDRSTRLEN */
 #define MM_DRAIN_AFTER_EXIT_MS 500              /* output still read after a process exits */
 
+/* Version 3 */
+#define MM_MAC_LEN 6                            /* bytes of an Ethernet address */
+#define MM_MAC_TEXT_LEN 17                      /* "aa:bb:cc:dd:ee:ff" */
+#define MM_CLOCK_LEN 8                          /* CLOCK: u64 nanoseconds */
+#define MM_MIN_SEED 16                          /* SEED: bytes of entropy */
+#define MM_MAX_SEED 512
+
 #define MM_STREAM_CONTROL 0
 
 enum mm_frame_type {
@@ -51,6 +59,11 @@ enum mm_frame_type {
 	MM_EXEC = 0x0B,       /* v2 */
 	MM_RESIZE = 0x0C,
 	MM_WINDOW = 0x0D,
+	MM_QUIESCE = 0x0E,    /* v3 */
+	MM_QUIESCED = 0x0F,
+	MM_RESUME = 0x10,
+	MM_IDENTITY = 0x11,
+	MM_IDENTITY_RESULT = 0x12,
 };
 
 enum mm_config_tag {
@@ -66,6 +79,9 @@ enum mm_config_tag {
 	MM_TAG_NET_GATEWAY = 10,
 	MM_TAG_DNS = 11,
 	MM_TAG_HOSTS = 12,
+	MM_TAG_NET_MAC = 13,     /* v3, CONFIG and IDENTITY */
+	MM_TAG_CLOCK = 14,
+	MM_TAG_SEED = 15,
 };
 
 /* What a parser reports; the ERROR code the guest answers with follows from it. */
@@ -120,8 +136,10 @@ struct mm_process {
 	bool stdin_open;                /* EXEC's STDIN record: the host sends STDIN */
 };
 
-/* The machine's network identity (CONFIG v2), already validated. */
+/* The machine's network identity (CONFIG v2, IDENTITY v3), already validated. */
 struct mm_net {
+	bool has_mac;                   /* v3 NET_MAC */
+	uint8_t mac[MM_MAC_LEN];
 	bool has_addr;
 	uint32_t addr;                  /* host byte order */
 	unsigned prefix;                /* 1..32 */
@@ -133,12 +151,22 @@ struct mm_net {
 	char *hosts[MM_MAX_HOSTS];      /* "address name..." */
 };
 
+/* What makes one machine not another: CONFIG sets it, IDENTITY (v3) renews it after
+ * a restore or a fork. Already validated. */
+struct mm_identity {
+	bool has_clock;                 /* v3 CLOCK */
+	uint64_t clock_ns;              /* since the Unix epoch */
+	size_t seed_len;                /* v3 SEED: 0 if absent, else MM_MIN_SEED..MM_MAX_SEED */
+	uint8_t seed[MM_MAX_SEED];
+	char *hostname;                 /* NULL if absent */
+	struct mm_net net;
+};
+
 struct mm_config {
 	uint16_t version;
 	struct mm_process proc;
-	char *hostname;
 	uint32_t flags;
-	struct mm_net net;
+	struct mm_identity id;
 	/* Every string, NUL-terminated. A record costs 3 header bytes and its copy one
 	 * NUL, so the copies of one payload always fit in MM_MAX_PAYLOAD bytes. */
 	char strings[MM_MAX_PAYLOAD];
@@ -147,6 +175,13 @@ struct mm_config {
 
 struct mm_exec {
 	struct mm_process proc;
+	char strings[MM_MAX_PAYLOAD];   /* as in mm_config */
+	size_t strings_used;
+};
+
+/* An IDENTITY payload (v3). */
+struct mm_identity_msg {
+	struct mm_identity id;
 	char strings[MM_MAX_PAYLOAD];   /* as in mm_config */
 	size_t strings_used;
 };
@@ -165,10 +200,20 @@ int mm_config_parse(struct mm_config *cfg, const uint8_t *payload, size_t len,
 int mm_exec_parse(struct mm_exec *ex, uint16_t version, const uint8_t *payload, size_t len,
 		  char *err, size_t errlen);
 
+/* Parses and validates an IDENTITY payload (CONFIG's shape; HOSTNAME, the NET records,
+ * CLOCK and SEED count) under the version agreed in CONFIG: MM_PARSE_OK, or
+ * MM_PARSE_CONFIG or MM_PARSE_NET with a reason in err. */
+int mm_identity_parse(struct mm_identity_msg *msg, uint16_t version, const uint8_t *payload,
+		      size_t len, char *err, size_t errlen);
+
 /* Strict dotted quad ("10.0.0.1": four decimal parts 0-255, no leading zeros). */
 bool mm_parse_ipv4(const char *s, uint32_t *out);
 /* An IPv4 or IPv6 address in text form. */
 bool mm_is_ip_address(const char *s);
+/* "aa:bb:cc:dd:ee:ff" exactly: six pairs of hex digits (either case) joined by ':'. */
+bool mm_parse_mac(const char *s, uint8_t out[MM_MAC_LEN]);
+/* An address a NIC may have: unicast (bit 0 of the first octet clear), not all zero. */
+bool mm_mac_assignable(const uint8_t mac[MM_MAC_LEN]);
 
 static inline uint16_t mm_get_u16(const uint8_t *p)
 {
@@ -178,6 +223,11 @@ static inline uint16_t mm_get_u16(const uint8_t *p)
 static inline uint32_t mm_get_u32(const uint8_t *p)
 {
 	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline uint64_t mm_get_u64(const uint8_t *p)
+{
+	return (uint64_t)mm_get_u32(p) << 32 | mm_get_u32(p + 4);
 }
 
 static inline void mm_put_u16(uint8_t *p, uint16_t v)

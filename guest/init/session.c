@@ -453,3 +453,21 @@ void sessions_signal_all(int sig)
 		if (sessions[i].stream != 0 && !sessions[i].reaped)
 			kill(-sessions[i].pid, sig);
 }
+
+void sessions_end_all(void)
+{
+	sessions_signal_all(SIGKILL);
+	for (size_t i = 0; i < MM_MAX_SESSIONS; i++) {
+		if (sessions[i].stream == 0)
+			continue;
+		log_debug("session %lu: ended without EXIT", (unsigned long)sessions[i].stream);
+		free_session(&sessions[i]);
+	}
+}
+
+void sessions_resume(int64_t now)
+{
+	for (size_t i = 0; i < MM_MAX_SESSIONS; i++)
+		if (sessions[i].stream != 0 && sessions[i].reaped)
+			sessions[i].drain_until = now + MM_DRAIN_AFTER_EXIT_MS;
+}

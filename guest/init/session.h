@@ -37,5 +37,11 @@ bool sessions_reaped(pid_t pid, int wait_status, int64_t now);
 void sessions_tick(int64_t now, int64_t *next);
 /* Signals every live session's process group (host-test mode's shutdown). */
 void sessions_signal_all(int sig);
+/* IDENTITY (v3): ends every session without EXIT: SIGKILL to the process group of
+ * each whose process is still running, then its fds and slot are freed. */
+void sessions_end_all(void);
+/* Leaving quiesce (v3) at time now: the waits for the output of ended processes,
+ * during which none was read, start over. */
+void sessions_resume(int64_t now);
 
 #endif

@@ -29,6 +29,11 @@ export const T = {
   EXEC: 11,
   RESIZE: 12,
   WINDOW: 13,
+  QUIESCE: 14,
+  QUIESCED: 15,
+  RESUME: 16,
+  IDENTITY: 17,
+  IDENTITY_RESULT: 18,
 };
 export const TAG = {
   ARG: 1,
@@ -43,6 +48,9 @@ export const TAG = {
   NET_GATEWAY: 10,
   DNS: 11,
   HOSTS: 12,
+  NET_MAC: 13,
+  CLOCK: 14,
+  SEED: 15,
 };
 export const INITIAL_WINDOW = 256 * 1024;
 export const MAX_PAYLOAD = 65536;
@@ -89,9 +97,9 @@ export function record(tag, value) {
   return Buffer.concat([head, bytes]);
 }
 
-/** CONFIG's and EXEC's payload: u16 version, then records. */
+/** CONFIG's, EXEC's and IDENTITY's payload: u16 version, then records. */
 export function encodeRecords({
-  args,
+  args = [],
   env = [],
   cwd,
   user,
@@ -100,6 +108,9 @@ export function encodeRecords({
   net,
   tty,
   stdin,
+  mac,
+  clockNs,
+  seed,
   version = 1,
   extra = [],
 }) {
@@ -118,6 +129,9 @@ export function encodeRecords({
   if (net?.gateway !== undefined) parts.push(record(TAG.NET_GATEWAY, net.gateway));
   for (const d of net?.dns ?? []) parts.push(record(TAG.DNS, d));
   for (const h of net?.hosts ?? []) parts.push(record(TAG.HOSTS, h));
+  if (mac !== undefined) parts.push(record(TAG.NET_MAC, mac));
+  if (clockNs !== undefined) parts.push(record(TAG.CLOCK, u64(clockNs)));
+  if (seed !== undefined) parts.push(record(TAG.SEED, seed));
   if (tty !== undefined) parts.push(record(TAG.TTY, winsize(tty.rows, tty.cols)));
   if (stdin) parts.push(record(TAG.STDIN, Buffer.alloc(0)));
   parts.push(...extra);
@@ -126,6 +140,11 @@ export function encodeRecords({
 
 export function encodeConfig(config) {
   return encodeFrame(T.CONFIG, encodeRecords(config));
+}
+
+/** An IDENTITY frame (v3): CONFIG's records without the process. */
+export function encodeIdentity(identity = {}, stream = 0) {
+  return encodeFrame(T.IDENTITY, encodeRecords({ version: 3, ...identity }), stream);
 }
 
 export function winsize(rows, cols) {
@@ -138,6 +157,11 @@ export function winsize(rows, cols) {
 export const u32 = (n) => {
   const b = Buffer.alloc(4);
   b.writeUInt32BE(n);
+  return b;
+};
+export const u64 = (n) => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(n));
   return b;
 };
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));

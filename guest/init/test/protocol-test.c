@@ -1,5 +1,6 @@
-/* Unit tests for protocol.c: frame receiver, CONFIG and EXEC validation, limit by
- * limit. Built and run by `make check`; prints one line per failure, exits non-zero. */
+/* Unit tests for protocol.c: frame receiver, CONFIG, EXEC and IDENTITY validation,
+ * limit by limit. Built and run by `make check`; prints one line per failure, exits
+ * non-zero. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,7 @@
 static int failures;
 static struct mm_config cfg;
 static struct mm_exec ex;
+static struct mm_identity_msg idm;
 static uint8_t payload[BUF_MAX];
 static size_t plen;
 static char err[MM_MAX_ERROR + 1];
@@ -63,13 +65,13 @@ static void test_config(void)
 	CHECK(cfg.proc.argc == 2 && strcmp(cfg.proc.argv[1], "-c") == 0 && cfg.proc.argv[2] == NULL);
 	CHECK(cfg.proc.envc == 1 && strcmp(cfg.proc.envp[0], "A=1") == 0 && cfg.proc.envp[1] == NULL);
 	CHECK(strcmp(cfg.proc.cwd, "/srv") == 0 && strcmp(cfg.proc.user, "1000:1000") == 0);
-	CHECK(strcmp(cfg.hostname, "box") == 0 && cfg.flags == MM_FLAG_STAY_UP);
+	CHECK(strcmp(cfg.id.hostname, "box") == 0 && cfg.flags == MM_FLAG_STAY_UP);
 
 	begin(1);
 	CHECK(parse() != 0 && strstr(err, "no ARG") != NULL);
-	begin(3);
+	begin(4);
 	str(MM_TAG_ARG, "sh");
-	CHECK(parse() != 0 && strstr(err, "version 3") != NULL);
+	CHECK(parse() != 0 && strstr(err, "version 4 is not supported (this agent speaks 1..3)") != NULL);
 	begin(0);
 	str(MM_TAG_ARG, "sh");
 	CHECK(parse() != 0 && strstr(err, "version 0") != NULL);
@@ -180,7 +182,7 @@ static void test_config_v2(void)
 	str(MM_TAG_NET_ADDR, "not an address");
 	str(MM_TAG_DNS, "nope");
 	record(MM_TAG_TTY, winsize, 4);
-	CHECK(parse() == MM_PARSE_OK && !cfg.net.has_addr && cfg.net.dns_count == 0 && !cfg.proc.tty);
+	CHECK(parse() == MM_PARSE_OK && !cfg.id.net.has_addr && cfg.id.net.dns_count == 0 && !cfg.proc.tty);
 
 	begin(2);
 	str(MM_TAG_ARG, "x");
@@ -193,10 +195,10 @@ static void test_config_v2(void)
 	record(MM_TAG_TTY, winsize, 4);
 	record(MM_TAG_STDIN, "", 0);
 	CHECK(parse() == MM_PARSE_OK);
-	CHECK(cfg.version == 2 && cfg.net.has_addr && cfg.net.addr == 0x0a580005 &&
-	      cfg.net.prefix == 16 && cfg.net.has_gateway && cfg.net.gateway == 0x0a580001);
-	CHECK(cfg.net.dns_count == 2 && strcmp(cfg.net.dns[1], "2001:db8::53") == 0);
-	CHECK(cfg.net.hosts_count == 2 && strcmp(cfg.net.hosts[0], "10.88.0.5 web web.local") == 0);
+	CHECK(cfg.version == 2 && cfg.id.net.has_addr && cfg.id.net.addr == 0x0a580005 &&
+	      cfg.id.net.prefix == 16 && cfg.id.net.has_gateway && cfg.id.net.gateway == 0x0a580001);
+	CHECK(cfg.id.net.dns_count == 2 && strcmp(cfg.id.net.dns[1], "2001:db8::53") == 0);
+	CHECK(cfg.id.net.hosts_count == 2 && strcmp(cfg.id.net.hosts[0], "10.88.0.5 web web.local") == 0);
 	CHECK(!cfg.proc.tty && !cfg.proc.stdin_open);
 
 	/* NET_ADDR: a.b.c.d/len, len 1-32, a host address. */
@@ -262,7 +264,7 @@ static void test_config_v2(void)
 	str(MM_TAG_ARG, "x");
 	for (int i = 0; i < MM_MAX_DNS; i++)
 		str(MM_TAG_DNS, "1.1.1.1");
-	CHECK(parse() == MM_PARSE_OK && cfg.net.dns_count == MM_MAX_DNS);
+	CHECK(parse() == MM_PARSE_OK && cfg.id.net.dns_count == MM_MAX_DNS);
 	str(MM_TAG_DNS, "1.1.1.1");
 	CHECK(parse() == MM_PARSE_NET && strstr(err, "more than 3 DNS") != NULL);
 	static const char *const bad_dns[] = { "resolver", "1.1.1", "fe80::1%eth0", "1.1.1.1 ",
@@ -279,7 +281,7 @@ static void test_config_v2(void)
 	str(MM_TAG_ARG, "x");
 	for (int i = 0; i < MM_MAX_HOSTS; i++)
 		str(MM_TAG_HOSTS, "10.0.0.1 a");
-	CHECK(parse() == MM_PARSE_OK && cfg.net.hosts_count == MM_MAX_HOSTS);
+	CHECK(parse() == MM_PARSE_OK && cfg.id.net.hosts_count == MM_MAX_HOSTS);
 	str(MM_TAG_HOSTS, "10.0.0.1 a");
 	CHECK(parse() == MM_PARSE_NET && strstr(err, "more than 16 HOSTS") != NULL);
 	static const char *const bad_hosts[] = {
@@ -393,6 +395,195 @@ static void test_exec(void)
 	}
 }
 
+static const uint8_t clock_ns[8] = { 0x17, 0x9a, 0x5b, 0x2c, 0x01, 0x02, 0x03, 0x04 };
+static uint8_t seed[MM_MAX_SEED + 1];
+
+static int parse_identity(uint16_t version)
+{
+	return mm_identity_parse(&idm, version, payload, plen, err, sizeof err);
+}
+
+static void test_mac(void)
+{
+	uint8_t mac[MM_MAC_LEN];
+	static const uint8_t want[MM_MAC_LEN] = { 0x52, 0x54, 0x00, 0xab, 0xcd, 0xef };
+
+	CHECK(mm_parse_mac("52:54:00:ab:cd:ef", mac) && memcmp(mac, want, sizeof mac) == 0);
+	CHECK(mm_parse_mac("52:54:00:AB:Cd:eF", mac) && memcmp(mac, want, sizeof mac) == 0);
+	CHECK(mm_parse_mac("ff:ff:ff:ff:ff:ff", mac) && mac[0] == 0xff && mac[5] == 0xff);
+	static const char *const bad[] = {
+		"", "52:54:00:ab:cd", "52:54:00:ab:cd:ef:", "52:54:00:ab:cd:e", "52-54-00-ab-cd-ef",
+		"5254.00ab.cdef", "52:54:00:ab:cd:eg", "52:54:00:ab:cd:ef ", " 2:54:00:ab:cd:ef",
+		"525:4:00:ab:cd:ef", "52:54:00:ab:cd:+f", "52:54:00:ab:cd:0x", "52:54::0:ab:cd:ef",
+		"52:54:00:ab:cd:eff",
+	};
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+		CHECK(!mm_parse_mac(bad[i], mac));
+
+	CHECK(mm_mac_assignable(want));
+	CHECK(mm_parse_mac("02:00:00:00:00:00", mac) && mm_mac_assignable(mac));
+	CHECK(mm_parse_mac("00:00:00:00:00:00", mac) && !mm_mac_assignable(mac));
+	CHECK(mm_parse_mac("01:00:5e:00:00:01", mac) && !mm_mac_assignable(mac));   /* multicast */
+	CHECK(mm_parse_mac("ff:ff:ff:ff:ff:ff", mac) && !mm_mac_assignable(mac));   /* broadcast */
+	CHECK(mm_parse_mac("53:54:00:ab:cd:ef", mac) && !mm_mac_assignable(mac));
+}
+
+static void test_config_v3(void)
+{
+	/* v1 and v2 ignore the v3 records, however broken. */
+	for (uint16_t v = 1; v <= 2; v++) {
+		begin(v);
+		str(MM_TAG_ARG, "x");
+		str(MM_TAG_NET_MAC, "nope");
+		record(MM_TAG_CLOCK, "abc", 3);
+		record(MM_TAG_SEED, "short", 5);
+		CHECK(parse() == MM_PARSE_OK && !cfg.id.net.has_mac && !cfg.id.has_clock &&
+		      cfg.id.seed_len == 0);
+	}
+
+	begin(3);
+	str(MM_TAG_ARG, "x");
+	str(MM_TAG_HOSTNAME, "box");
+	str(MM_TAG_NET_ADDR, "10.88.0.5/16");
+	str(MM_TAG_NET_MAC, "52:54:00:AB:cd:ef");
+	record(MM_TAG_CLOCK, clock_ns, sizeof clock_ns);
+	record(MM_TAG_SEED, seed, MM_MIN_SEED);
+	str(99, "from the future");
+	CHECK(parse() == MM_PARSE_OK);
+	CHECK(cfg.version == 3 && strcmp(cfg.id.hostname, "box") == 0 && cfg.id.net.has_addr);
+	CHECK(cfg.id.net.has_mac && cfg.id.net.mac[0] == 0x52 && cfg.id.net.mac[3] == 0xab &&
+	      cfg.id.net.mac[5] == 0xef);
+	CHECK(cfg.id.has_clock && cfg.id.clock_ns == 0x179a5b2c01020304ull);
+	CHECK(cfg.id.seed_len == MM_MIN_SEED && memcmp(cfg.id.seed, seed, MM_MIN_SEED) == 0);
+
+	/* A SEED of binary bytes, NULs included, of the largest size. */
+	begin(3);
+	str(MM_TAG_ARG, "x");
+	record(MM_TAG_SEED, seed, MM_MAX_SEED);
+	CHECK(parse() == MM_PARSE_OK && cfg.id.seed_len == MM_MAX_SEED &&
+	      memcmp(cfg.id.seed, seed, MM_MAX_SEED) == 0);
+
+	/* Sizes and repeats: CONFIG errors for CLOCK and SEED, NET errors for NET_MAC. */
+	static const size_t bad_clock[] = { 0, 4, 7, 9 };
+	for (size_t i = 0; i < sizeof bad_clock / sizeof bad_clock[0]; i++) {
+		begin(3);
+		str(MM_TAG_ARG, "x");
+		record(MM_TAG_CLOCK, seed, bad_clock[i]);
+		CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "CLOCK record is") != NULL);
+	}
+	begin(3);
+	str(MM_TAG_ARG, "x");
+	record(MM_TAG_CLOCK, clock_ns, 8);
+	record(MM_TAG_CLOCK, clock_ns, 8);
+	CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "more than one CLOCK") != NULL);
+	static const size_t bad_seed[] = { 0, 1, MM_MIN_SEED - 1, MM_MAX_SEED + 1 };
+	for (size_t i = 0; i < sizeof bad_seed / sizeof bad_seed[0]; i++) {
+		begin(3);
+		str(MM_TAG_ARG, "x");
+		record(MM_TAG_SEED, seed, bad_seed[i]);
+		CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "SEED record is") != NULL &&
+		      strstr(err, "16-512") != NULL);
+	}
+	begin(3);
+	str(MM_TAG_ARG, "x");
+	record(MM_TAG_SEED, seed, 32);
+	record(MM_TAG_SEED, seed, 32);
+	CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "more than one SEED") != NULL);
+	static const char *const bad_mac[] = { "52:54:00:ab:cd", "01:00:5e:00:00:01",
+					       "00:00:00:00:00:00", "52:54:00:ab:cd:ef\n" };
+	for (size_t i = 0; i < sizeof bad_mac / sizeof bad_mac[0]; i++) {
+		begin(3);
+		str(MM_TAG_ARG, "x");
+		str(MM_TAG_NET_MAC, bad_mac[i]);
+		CHECK(parse() == MM_PARSE_NET && strstr(err, "NET_MAC") != NULL);
+	}
+	begin(3);
+	str(MM_TAG_ARG, "x");
+	str(MM_TAG_NET_MAC, "52:54:00:ab:cd:ef");
+	str(MM_TAG_NET_MAC, "52:54:00:ab:cd:ee");
+	CHECK(parse() == MM_PARSE_NET && strstr(err, "more than one NET_MAC") != NULL);
+	begin(3);
+	str(MM_TAG_ARG, "x");
+	record(MM_TAG_NET_MAC, "52:54:00:ab:cd\0e", 17);
+	CHECK(parse() == MM_PARSE_NET && strstr(err, "NUL") != NULL);
+
+	/* EXEC ignores them, like HOSTNAME. */
+	begin(3);
+	str(MM_TAG_ARG, "sh");
+	str(MM_TAG_NET_MAC, "bad");
+	record(MM_TAG_CLOCK, "x", 1);
+	record(MM_TAG_SEED, "x", 1);
+	CHECK(parse_exec(3) == MM_PARSE_OK);
+}
+
+static void test_identity(void)
+{
+	uint8_t flags[4] = { 0, 0, 0, 1 };
+
+	begin(3);
+	str(MM_TAG_HOSTNAME, "fork-1");
+	str(MM_TAG_NET_MAC, "52:54:00:12:34:56");
+	str(MM_TAG_NET_ADDR, "10.88.0.6/16");
+	str(MM_TAG_NET_GATEWAY, "10.88.0.1");
+	str(MM_TAG_DNS, "10.88.0.1");
+	str(MM_TAG_HOSTS, "10.88.0.6 fork-1");
+	record(MM_TAG_CLOCK, clock_ns, 8);
+	record(MM_TAG_SEED, seed, 64);
+	/* Records that mean nothing in IDENTITY are ignored, however broken. */
+	str(MM_TAG_ARG, "ignored");
+	str(MM_TAG_ENV, "NOEQUALS");
+	str(MM_TAG_CWD, "relative");
+	record(MM_TAG_FLAGS, flags, 2);
+	record(MM_TAG_TTY, winsize, 3);
+	str(99, "from the future");
+	CHECK(parse_identity(3) == MM_PARSE_OK);
+	CHECK(strcmp(idm.id.hostname, "fork-1") == 0);
+	CHECK(idm.id.net.has_mac && idm.id.net.mac[5] == 0x56 && idm.id.net.has_addr &&
+	      idm.id.net.addr == 0x0a580006 && idm.id.net.has_gateway);
+	CHECK(idm.id.net.dns_count == 1 && idm.id.net.hosts_count == 1);
+	CHECK(idm.id.has_clock && idm.id.seed_len == 64);
+
+	/* Empty: nothing to apply, still valid (the sessions end, the guest resumes). */
+	begin(3);
+	CHECK(parse_identity(3) == MM_PARSE_OK && idm.id.hostname == NULL && !idm.id.net.has_addr &&
+	      !idm.id.net.has_mac && !idm.id.has_clock && idm.id.seed_len == 0);
+
+	/* The version must be the agreed one; CONFIG's rules otherwise. */
+	CHECK(parse_identity(2) == MM_PARSE_CONFIG &&
+	      strstr(err, "IDENTITY version 3 is not the agreed version 2") != NULL);
+	plen = 1;
+	CHECK(parse_identity(3) == MM_PARSE_CONFIG && strstr(err, "no version") != NULL);
+	begin(3);
+	str(MM_TAG_HOSTNAME, "");
+	CHECK(parse_identity(3) == MM_PARSE_CONFIG && strstr(err, "HOSTNAME is empty") != NULL);
+	begin(3);
+	str(MM_TAG_HOSTNAME, "a");
+	str(MM_TAG_HOSTNAME, "b");
+	CHECK(parse_identity(3) == MM_PARSE_CONFIG && strstr(err, "more than one HOSTNAME") != NULL);
+	begin(3);
+	record(MM_TAG_SEED, seed, 8);
+	CHECK(parse_identity(3) == MM_PARSE_CONFIG && strstr(err, "SEED") != NULL);
+	begin(3);
+	record(MM_TAG_CLOCK, clock_ns, 4);
+	CHECK(parse_identity(3) == MM_PARSE_CONFIG && strstr(err, "CLOCK") != NULL);
+	begin(3);
+	str(MM_TAG_NET_MAC, "01:02:03:04:05:06");
+	CHECK(parse_identity(3) == MM_PARSE_NET && strstr(err, "unicast") != NULL);
+	begin(3);
+	str(MM_TAG_NET_GATEWAY, "10.0.0.1");
+	CHECK(parse_identity(3) == MM_PARSE_NET && strstr(err, "without NET_ADDR") != NULL);
+	begin(3);
+	str(MM_TAG_NET_ADDR, "10.0.0.0/8");
+	CHECK(parse_identity(3) == MM_PARSE_NET && strstr(err, "NET_ADDR") != NULL);
+	begin(3);
+	str(MM_TAG_HOSTS, "10.0.0.1 a\nb");
+	CHECK(parse_identity(3) == MM_PARSE_NET && strstr(err, "HOSTS") != NULL);
+	begin(3);
+	str(MM_TAG_HOSTNAME, "a");
+	payload[plen++] = MM_TAG_HOSTNAME;
+	CHECK(parse_identity(3) == MM_PARSE_CONFIG && strstr(err, "truncated") != NULL);
+}
+
 static void test_ipv4(void)
 {
 	uint32_t a = 0;
@@ -481,9 +672,14 @@ static void test_utf8(void)
 
 int main(void)
 {
+	for (size_t i = 0; i < sizeof seed; i++)
+		seed[i] = (uint8_t)(i * 7);   /* some NULs among them */
 	test_config();
 	test_config_v2();
 	test_exec();
+	test_mac();
+	test_config_v3();
+	test_identity();
 	test_ipv4();
 	test_utf8();
 	test_rx();
