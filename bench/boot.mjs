@@ -32,7 +32,7 @@ const time = (cmd, args, opts = {}) => {
 };
 
 // Warm up: builds the shared base rootfs and caches the acceleration verdict.
-time(mm, ["run", "--rm", "--", "true"]);
+time(mm, ["run", "--rm", "--cold", "--", "true"]);
 const paths = defaultPaths(env);
 const base = await defaultImageRootfs(paths, initPath(env));
 const kernel = kernelPath(paths, env);
@@ -77,13 +77,13 @@ for (let i = 0; i < N; i++) {
   const ra = time("qemu-system-x86_64", bare);
   if (!ra.out.includes("workload-ran")) throw new Error(`bare boot did not run the workload: ${ra.out.slice(-300)}`);
   a.push(ra.ms);
-  b.push(time(mm, ["run", "--rm", "--", "true"]).ms);
-  uptime.push(Number(time(mm, ["run", "--rm", "--", "cat", "/proc/uptime"]).out.split(" ")[0]) * 1000);
+  b.push(time(mm, ["run", "--rm", "--cold", "--", "true"]).ms);
+  uptime.push(Number(time(mm, ["run", "--rm", "--cold", "--", "cat", "/proc/uptime"]).out.split(" ")[0]) * 1000);
 }
 
 // Resident memory of an idle guest's VMM.
 const rec = JSON.parse(
-  execFileSync(mm, ["run", "-d", "--json", "--name", "rss", "--", "sleep", "60"], { env, encoding: "utf8" }),
+  execFileSync(mm, ["run", "-d", "--cold", "--json", "--name", "rss", "--", "sleep", "60"], { env, encoding: "utf8" }),
 );
 await new Promise((r) => setTimeout(r, 1000));
 const status = readFileSync(`/proc/${rec.pids.vmm}/status`, "utf8");
@@ -96,7 +96,7 @@ rmSync(state, { recursive: true, force: true });
 const ma = median(a);
 const mb = median(b);
 const qemuVersion = execFileSync("qemu-system-x86_64", ["--version"], { encoding: "utf8" }).split("\n")[0];
-const section = `## boot — \`mm run --rm -- true\` vs the bare QEMU command line
+const section = `## boot — \`mm run --rm --cold -- true\` vs the bare QEMU command line
 
 Run: \`node bench/boot.mjs ${N}\` on ${new Date().toISOString().slice(0, 10)}. Machine: ${cpus()[0]?.model} × ${cpus().length}, ${Math.round(totalmem() / 2 ** 30)} GiB,
 host kernel ${release()}, ${qemuVersion}, guest kernel \`${kernel}\`, accel **${accel}**${accel === "tcg" ? " (TCG: emulation, not a security boundary)" : ""}.
@@ -105,7 +105,7 @@ The two commands ran interleaved, ${N} times each.
 | measure | median | all runs (ms) |
 | --- | --- | --- |
 | (a) bare QEMU: same kernel, rootfs and machine flags; \`init=/bin/sh -c "true; poweroff -f"\` | ${ma.toFixed(0)} ms | ${a.map((x) => x.toFixed(0)).join(", ")} |
-| (b) \`mm run --rm -- true\` (CLI start, state, overlay, boot, agent protocol, power-off, cleanup) | ${mb.toFixed(0)} ms | ${b.map((x) => x.toFixed(0)).join(", ")} |
+| (b) \`mm run --rm --cold -- true\` (CLI start, state, overlay, boot, agent protocol, power-off, cleanup) | ${mb.toFixed(0)} ms | ${b.map((x) => x.toFixed(0)).join(", ")} |
 | **ratio b/a** (target ≤ 1.15) | **${(mb / ma).toFixed(2)}** | |
 | guest kernel clock when the workload runs (\`/proc/uptime\`) | ${median(uptime).toFixed(0)} ms | ${uptime.map((x) => x.toFixed(0)).join(", ")} |
 | VMM resident memory, idle 256 MiB guest (VmRSS of QEMU) | ${rssMb.toFixed(0)} MB | |

@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { execFile, execFileSync } from "node:child_process";
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, truncateSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, truncateSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
@@ -259,23 +259,38 @@ describe("faults", () => {
     ok(await h.mm(["snapshot", "create", "counter", "--tag", "after-kill"]), "snapshot after kill");
   });
 
-  test("a full disk during a snapshot leaves no snapshot and the machine running", async () => {
+  test("a full disk during a snapshot leaves no snapshot; the machine pauses, and carries on once there is room", async () => {
     const small = mkdtempSync(join(tmpdir(), "mm-snap-full-"));
     execFileSync("mount", ["-t", "tmpfs", "-o", "size=96m", "tmpfs", small]);
     const env = { MM_STATE: small, MM_TEMPLATES: "0", MM_SHM: `${h.env.MM_SHM}-full` };
     try {
       ok(await h.mm(["run", "-d", "--network", "none", "--name", "tight", "--", "sh", "-c", COUNTER], env), "run");
-      // Fill what is left, then snapshot: its RAM copy cannot fit.
+      // Fill what is left, then snapshot: it cannot fit.
       execFileSync("sh", ["-c", `dd if=/dev/zero of="${join(small, "filler")}" bs=1M count=128 status=none || true`]);
       const r = await h.mm(["snapshot", "create", "tight"], env);
       assert.equal(r.code, 125);
       assert.match(r.stderr, /MM_DISK_FULL|MM_SNAPSHOT_FAILED/);
       assert.equal((await h.mm(["snapshot", "ls", "-q"], env)).stdout, "");
+      assert.deepEqual(
+        (existsSync(join(small, "snapshots")) ? readdirSync(join(small, "snapshots")) : []).filter((n) =>
+          n.startsWith(".staging"),
+        ),
+        [],
+        "no partial snapshot is left",
+      );
       const m = JSON.parse((await h.mm(["inspect", "tight"], env)).stdout) as M[];
       assert.equal(m[0]?.state, "running");
+      // The guest's own writes may have hit the full disk too (QEMU then pauses it): with
+      // room again it carries on, its counter still counting.
+      rmSync(join(small, "filler"));
       const e = await h.mm(["exec", "tight", "cat", "/tmp/count"], env);
       assert.equal(e.code, 0, e.stderr);
-      rmSync(join(small, "filler"));
+      await until(
+        async () =>
+          Number((await h.mm(["exec", "tight", "cat", "/tmp/count"], env)).stdout) > Number(e.stdout) || undefined,
+        20_000,
+        "counting",
+      );
       ok(await h.mm(["snapshot", "create", "tight"], env), "snapshot once there is room");
     } finally {
       await h.mm(["rm", "-f", "tight"], env);

@@ -127,6 +127,7 @@ export class Supervisor {
   private memoryShared = true;
   private compat: Compat | null = null;
   private capturing = false;
+  private diskFullTimer: NodeJS.Timeout | null = null;
   /** Work that must finish before the supervisor exits (a template being recorded). */
   private readonly background: Promise<unknown>[] = [];
 
@@ -340,6 +341,27 @@ export class Supervisor {
         log.write("console", d);
         consoleTail.push(d);
       },
+      onEvent: (e) => {
+        // A full host disk: QEMU pauses the guest rather than fail its writes (nothing is
+        // lost). Say so once, then try to carry on every second until there is room.
+        if (e.event === "BLOCK_IO_ERROR" && e.data?.nospace === true && !this.diskFullTimer) {
+          io.onWarning?.("the host disk is full: the machine is paused until there is room again");
+          log.write("console", Buffer.from("mm: host disk full, machine paused until there is room\n"));
+          this.diskFullTimer = setInterval(() => {
+            void this.vm
+              ?.qmp("query-status")
+              .then(async (st) => {
+                const status = (st as { status?: string }).status;
+                if (status === "io-error") await this.vm?.resume();
+                else if (status === "running" && this.diskFullTimer) {
+                  clearInterval(this.diskFullTimer);
+                  this.diskFullTimer = null;
+                }
+              })
+              .catch(() => undefined);
+          }, 1000);
+        }
+      },
     });
     this.vm = vm;
     trace("vmm connected");
@@ -484,6 +506,7 @@ export class Supervisor {
 
     const vmExit: VmExit = await vm.exited;
     trace("vmm exited");
+    if (this.diskFullTimer) clearInterval(this.diskFullTimer);
     (relay as Server | null)?.close();
     (control as Server | null)?.close();
     await rm(execSocket(paths, this.id), { force: true });

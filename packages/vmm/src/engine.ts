@@ -26,6 +26,8 @@ export interface BootSpec {
   readonly accel: Accel;
   /** Receives the guest's serial console, as QEMU writes it. */
   readonly onConsole?: (chunk: Buffer) => void;
+  /** Receives the VMM's asynchronous events (QMP events: STOP, BLOCK_IO_ERROR, …). */
+  readonly onEvent?: (event: { readonly event: string; readonly data?: Record<string, unknown> }) => void;
   /** Whether the guest carries an agent channel (the probe boots without one). */
   readonly agentChannel: boolean;
   /** Further disks after the root disk (guests find them by their virtio serial). */

@@ -144,7 +144,7 @@ class QemuVm implements RunningVm {
 
   constructor(
     private readonly child: ChildProcess,
-    spec: BootSpec,
+    private readonly spec: BootSpec,
     private readonly migrateSocket: string,
   ) {
     child.stdout?.on("data", (d: Buffer) => spec.onConsole?.(d));
@@ -177,6 +177,8 @@ class QemuVm implements RunningVm {
 
   attach(qmp: QmpClient, channel: Socket | null): void {
     this.qmpClient = qmp;
+    const onEvent = this.spec.onEvent;
+    if (onEvent) qmp.on("event", onEvent);
     this.channel = channel;
   }
 

@@ -1,0 +1,165 @@
+#!/usr/bin/env node
+// bench/start: how fast a machine starts, four ways, interleaved in one run (ratios):
+// a cold `mm run --rm --cold IMAGE -- echo hi`, the same from the image's template,
+// `podman run --rm` (runc) of the same image, and `mm fork` of a running machine.
+// Then memory: K forked clones against K cold machines (PSS of their VMMs).
+// Everything runs without a network (no NIC, podman --network none).
+// Writes the "start" section of docs/BENCHMARKS.md.   Usage: node bench/start.mjs [N] [K]
+
+import { execFileSync, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { cpus, release, tmpdir, totalmem } from "node:os";
+import { join, resolve } from "node:path";
+import { median, writeSection } from "./report.mjs";
+
+const root = resolve(import.meta.dirname, "..");
+const N = Number(process.argv[2] ?? 10);
+const K = Number(process.argv[3] ?? 4);
+const mm = join(root, "bin/mm");
+const { startRegistries } = await import(join(root, "test/fixtures/registry.mjs"));
+const { buildFixtureImages, pushFixtureImages } = await import(join(root, "test/fixtures/images.mjs"));
+
+for (const tool of ["podman", "runc"]) {
+  if (spawnSync("sh", ["-c", `command -v ${tool} || test -x /usr/sbin/${tool}`]).status !== 0) {
+    process.stderr.write(`bench/start: installing ${tool} (apt-get)\n`);
+    execFileSync("apt-get", ["install", "-y", "-q", tool], { stdio: "inherit", env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+  }
+}
+
+const work = mkdtempSync(join(tmpdir(), "mm-bench-start-"));
+const regs = await startRegistries({ dir: join(work, "registry") });
+const pushed = await pushFixtureImages(regs, await buildFixtureImages({ log: () => undefined }));
+const image = pushed.images.busybox.ref;
+const shm = `/dev/shm/mm-bench-start-${process.pid}`;
+const env = { ...process.env, MM_STATE: join(work, "state"), MM_SHM: shm, MM_NETWORK: "none" };
+// Podman in a private store, as the host's docs say it runs here (crun fails on this host's cgroups).
+const podman = [
+  "--root",
+  join(work, "podman/root"),
+  "--runroot",
+  join(work, "podman/run"),
+  "--storage-driver",
+  "overlay",
+];
+const podmanRun = [
+  ...podman,
+  "run",
+  "--rm",
+  "--runtime",
+  "/usr/sbin/runc",
+  "--network",
+  "none",
+  "--ulimit",
+  "nofile=1024:1024",
+  "--ulimit",
+  "nproc=1024:1024",
+  "--tls-verify=false",
+  image,
+  "echo",
+  "hi",
+];
+
+const time = (cmd, args) => {
+  const t = process.hrtime.bigint();
+  const r = spawnSync(cmd, args, { env, encoding: "utf8" });
+  const ms = Number(process.hrtime.bigint() - t) / 1e6;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} exited ${r.status}: ${r.stderr}`);
+  return { ms, out: r.stdout };
+};
+const mmJson = (args) => JSON.parse(execFileSync(mm, args, { env, encoding: "utf8" }));
+const insecure = ["--insecure-registry", regs.plain];
+const pss = (pid) => Number(/^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"))[1]) / 1024;
+const vmmPids = (names) => mmJson(["inspect", ...names]).map((r) => r.pids.vmm);
+const settle = () => new Promise((r) => setTimeout(r, 2000));
+
+const cold = [];
+const warm = [];
+const pod = [];
+const fork = [];
+let mem;
+let accel = "";
+try {
+  // Warm-up: pulls (both sides), builds the rootfs, makes the template, caches the accel verdict.
+  time(mm, ["pull", "-q", ...insecure, image]);
+  time("podman", [...podman, "pull", "-q", "--tls-verify=false", image]);
+  time(mm, ["run", "--rm", ...insecure, image, "--", "echo", "hi"]);
+  time("podman", podmanRun);
+  const parentRec = mmJson(["run", "-d", "--cold", "--json", "--name", "parent", ...insecure, image, "--", "sleep", "3600"]);
+  accel = parentRec.accel;
+
+  for (let i = 0; i < N; i++) {
+    const c = time(mm, ["run", "--rm", "--cold", ...insecure, image, "--", "echo", "hi"]);
+    const w = time(mm, ["run", "--rm", ...insecure, image, "--", "echo", "hi"]);
+    if (c.out !== "hi\n" || w.out !== "hi\n") throw new Error(`unexpected output: ${c.out} / ${w.out}`);
+    cold.push(c.ms);
+    warm.push(w.ms);
+    pod.push(time("podman", podmanRun).ms);
+    fork.push(time(mm, ["fork", "parent", `kid${i}`]).ms);
+    time(mm, ["rm", "-f", `kid${i}`]);
+  }
+  // Each run above must really have started from the template.
+  const probe = mmJson(["run", "-d", "--json", "--name", "probe", ...insecure, image, "--", "sleep", "60"]);
+  if (!String(mmJson(["inspect", probe.id])[0].boot).startsWith("template:")) throw new Error("template not used");
+  time(mm, ["rm", "-f", "probe"]);
+
+  // Memory: K clones of the parent against K cold machines, all idle (sleeping).
+  const clones = Array.from({ length: K }, (_, i) => `clone-${i + 1}`);
+  time(mm, ["fork", "parent", "clone", "--count", String(K)]);
+  await settle();
+  const clonePss = vmmPids(clones).map(pss);
+  const capture = mmJson(["snapshot", "ls", "--all", "--json"]).find((s) => s.kind === "fork");
+  const captureMb = (statSync(capture.files.ram.path).blocks * 512) / 2 ** 20;
+  time(mm, ["rm", "-f", ...clones]);
+  const colds = Array.from({ length: K }, (_, i) => `cold-${i + 1}`);
+  for (const n of colds) time(mm, ["run", "-d", "--cold", "--name", n, ...insecure, image, "--", "sleep", "3600"]);
+  await settle();
+  const coldPss = vmmPids(colds).map(pss);
+  time(mm, ["rm", "-f", ...colds]);
+  const parentPss = pss(vmmPids(["parent"])[0]);
+  mem = { clonePss, coldPss, captureMb, parentPss, ramMib: 256 };
+} finally {
+  spawnSync(mm, ["rm", "-f", "parent"], { env });
+  spawnSync("podman", [...podman, "system", "reset", "-f"], { stdio: "ignore" });
+  await regs.stop();
+  rmSync(work, { recursive: true, force: true });
+  rmSync(shm, { recursive: true, force: true });
+}
+
+const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+const [mc, mw, mp, mf] = [median(cold), median(warm), median(pod), median(fork)];
+const perClone = sum(mem.clonePss) / K;
+const perCold = sum(mem.coldPss) / K;
+const qemuVersion = execFileSync("qemu-system-x86_64", ["--version"], { encoding: "utf8" }).split("\n")[0];
+const podmanVersion = execFileSync("podman", ["--version"], { encoding: "utf8" }).trim();
+const row = (label, xs) => `| ${label} | ${median(xs).toFixed(0)} ms | ${xs.map((x) => x.toFixed(0)).join(", ")} |`;
+const section = `## start — cold boot vs template vs Podman vs fork, and the memory of forks
+
+Run: \`node bench/start.mjs ${N} ${K}\` on ${new Date().toISOString().slice(0, 10)}. Machine: ${cpus()[0]?.model} × ${cpus().length}, ${Math.round(totalmem() / 2 ** 30)} GiB,
+host kernel ${release()}, ${qemuVersion}, ${podmanVersion} with runc. Accel: **${accel}**${accel === "tcg" ? " (TCG: emulation, not a security boundary)" : ""}.
+Image: the fixture busybox (\`${image.replace(/^[^/]+\//, "REGISTRY/")}\`) for both mm and Podman; no network on either side.
+The four commands ran interleaved, ${N} times each; every mm machine has 1 vCPU and 256 MiB.
+
+| measure | median | all runs (ms) |
+| --- | --- | --- |
+${row("(a) `mm run --rm --cold IMAGE -- echo hi` (kernel boot)", cold)}
+${row("(b) `mm run --rm IMAGE -- echo hi` (from the image's template)", warm)}
+${row("(c) `podman run --rm --runtime runc --network none IMAGE echo hi`", pod)}
+${row("(d) `mm fork PARENT KID` (running parent → running clone, CLI to CLI)", fork)}
+| **template / Podman: b/c** (target ≤ 1.0) | **${(mw / mp).toFixed(2)}** | |
+| template / cold: b/a | ${(mw / mc).toFixed(2)} | |
+| **fork / cold boot: d/a** (target ≤ 0.1) | **${(mf / mc).toFixed(2)}** | |
+
+Memory of ${K} idle machines (PSS of each QEMU, from \`/proc/PID/smaps_rollup\`; the RAM file a
+machine maps counts in its PSS, shared pages divided among the processes that map them):
+
+| measure | value |
+| --- | --- |
+| ${K} forked clones: PSS each | ${mem.clonePss.map((x) => x.toFixed(0)).join(", ")} MB (sum ${sum(mem.clonePss).toFixed(0)} MB) |
+| ${K} cold machines: PSS each | ${mem.coldPss.map((x) => x.toFixed(0)).join(", ")} MB (sum ${sum(mem.coldPss).toFixed(0)} MB) |
+| the fork's RAM capture (shared memory, allocated; mapped by the clones) | ${mem.captureMb.toFixed(0)} MB |
+| per clone: PSS | ${perClone.toFixed(0)} MB = ${((perClone / mem.ramMib) * 100).toFixed(0)} % of its 256 MiB |
+| per clone, counting the whole capture too: (sum PSS + capture) / ${K} | ${((sum(mem.clonePss) + mem.captureMb) / K).toFixed(0)} MB = ${(((sum(mem.clonePss) + mem.captureMb) / K / mem.ramMib) * 100).toFixed(0)} % (target ≤ 25 %) |
+| per cold machine: PSS | ${perCold.toFixed(0)} MB |
+| clones / cold machines (sum of PSS) | ${(sum(mem.clonePss) / sum(mem.coldPss)).toFixed(2)} |
+`;
+writeSection("start", section);
