@@ -476,6 +476,7 @@ export function buildProgram(): Command {
           const r = await rt.images.remove(ref, inUse, opts.force);
           process.stdout.write(`Untagged: ${r.reference}\n`);
         }
+        await rt.removeOrphanTemplates();
       } finally {
         rt.close();
       }
@@ -489,8 +490,10 @@ export function buildProgram(): Command {
     .action(async (opts) => {
       const rt = runtime();
       try {
+        const templates = await rt.removeOrphanTemplates();
         const r = await rt.images.prune(imagesInUse(rt), await layersInUse(rt.paths, rt.store));
         r.freedBytes += await rt.collectGarbage();
+        r.removed += templates;
         process.stdout.write(
           opts.json
             ? `${JSON.stringify(r)}\n`

@@ -100,7 +100,7 @@ describe("CONFIG", () => {
         (args, envPairs, stayUp) => {
           const env = envPairs.map(([k, v]) => `${k}=${v}`);
           const cfg = decodeConfig(encodeConfig({ args, env, cwd: "/w", user: "1:2", hostname: "h", stayUp }));
-          assert.deepEqual(cfg, { version: 2, args, env, cwd: "/w", user: "1:2", hostname: "h", stayUp, stdin: false });
+          assert.deepEqual(cfg, { version: 3, args, env, cwd: "/w", user: "1:2", hostname: "h", stayUp, stdin: false });
         },
       ),
     );

@@ -7,16 +7,25 @@ import { connect, createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { encodeExit, encodeFrame, encodeHello, encodeU32, FrameType, INITIAL_WINDOW, MAX_PAYLOAD } from "@mm/core";
+import {
+  encodeExit,
+  encodeFrame,
+  encodeHello,
+  encodeU32,
+  FrameDecoder,
+  FrameType,
+  INITIAL_WINDOW,
+  MAX_PAYLOAD,
+} from "@mm/core";
 import fc from "fast-check";
-import { AgentSession } from "./agent-session.js";
+import { AgentSession, type RestoredChannel } from "./agent-session.js";
 
 const dir = mkdtempSync(join(tmpdir(), "mm-agent-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
 let n = 0;
 
 /** A connected pair: the host's AgentSession and the raw socket a fake guest writes to. */
-async function pair(): Promise<{ session: AgentSession; guest: Socket }> {
+async function pair(restored?: RestoredChannel): Promise<{ session: AgentSession; guest: Socket }> {
   const path = join(dir, `s${n++}.sock`);
   const server = createServer();
   await new Promise<void>((r) => server.listen(path, r));
@@ -24,7 +33,7 @@ async function pair(): Promise<{ session: AgentSession; guest: Socket }> {
   const guest = connect(path);
   const host = await accepted;
   server.close();
-  return { session: new AgentSession(host), guest };
+  return { session: new AgentSession(host, restored), guest };
 }
 
 const hello = (max = 2) => encodeFrame(FrameType.HELLO, encodeHello({ minVersion: 1, maxVersion: max, agent: "fake" }));
@@ -33,7 +42,8 @@ test("HELLO negotiates the highest common version", async () => {
   for (const [max, want] of [
     [1, 1],
     [2, 2],
-    [9, 2],
+    [3, 3],
+    [9, 3],
   ] as const) {
     const { session, guest } = await pair();
     const got = new Promise<number>((r) => session.once("hello", () => r(session.version)));
@@ -114,4 +124,68 @@ test("fuzz: random bytes after HELLO never throw on the host; the channel closes
     ),
     { numRuns: 60 },
   );
+});
+
+/** Frames the fake guest receives, in order. */
+function received(guest: Socket): { type: number; stream: number }[] {
+  const decoder = new FrameDecoder();
+  const got: { type: number; stream: number }[] = [];
+  guest.on("data", (d: Buffer) => {
+    for (const f of decoder.push(d)) got.push({ type: f.type, stream: f.stream });
+  });
+  return got;
+}
+const tick = () => new Promise((r) => setTimeout(r, 20));
+
+test("quiesce (v3): host frames wait until RESUME; a guest frame after QUIESCED ends the channel", async () => {
+  const { session, guest } = await pair();
+  const got = received(guest);
+  await new Promise<void>((r) => {
+    session.once("hello", () => r());
+    guest.write(hello(3));
+  });
+  session.sendConfig({ args: ["sleep", "1"], env: [] });
+  const quiesced = session.quiesce();
+  session.signal(15); // held: the guest must see nothing after QUIESCE
+  await tick();
+  assert.deepEqual(
+    got.map((f) => f.type),
+    [FrameType.CONFIG, FrameType.QUIESCE],
+  );
+  guest.write(encodeFrame(FrameType.QUIESCED));
+  await quiesced;
+  session.unquiesce();
+  await tick();
+  assert.deepEqual(
+    got.map((f) => f.type),
+    [FrameType.CONFIG, FrameType.QUIESCE, FrameType.RESUME, FrameType.SIGNAL],
+  );
+  // Quiesced again: now the guest breaks its promise of silence.
+  const again = session.quiesce();
+  guest.write(encodeFrame(FrameType.QUIESCED));
+  await again;
+  const err = new Promise<string>((r) => session.once("protocolError", (e) => r(e.message)));
+  guest.write(encodeFrame(FrameType.STDOUT, Buffer.from("x")));
+  assert.match(await err, /quiesced guest/);
+  guest.destroy();
+});
+
+test("identity (v3) resolves with the guest's IDENTITY_RESULT; a v2 guest cannot be quiesced", async () => {
+  // A restored guest: it said HELLO to the host its snapshot was taken on.
+  const { session, guest } = await pair({ version: 3, phase: "started" });
+  const got = received(guest);
+  const result = session.identity({ hostname: "clone", fresh: { mac: "52:54:00:00:00:02" } });
+  await tick();
+  assert.deepEqual(got.at(-1), { type: FrameType.IDENTITY, stream: 0 });
+  guest.write(encodeFrame(FrameType.IDENTITY_RESULT, Buffer.from("NET: no eth0")));
+  assert.equal(await result, "NET: no eth0");
+  guest.destroy();
+
+  const v2 = await pair();
+  await new Promise<void>((r) => {
+    v2.session.once("hello", () => r());
+    v2.guest.write(hello(2));
+  });
+  await assert.rejects(v2.session.quiesce(), (e: Error & { code?: string }) => e.code === "MM_AGENT_PROTOCOL");
+  v2.guest.destroy();
 });

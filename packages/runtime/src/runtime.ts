@@ -481,6 +481,18 @@ export class Runtime {
     return rec;
   }
 
+  /** Removes the templates of images that no reference names any more (`mm rmi`, `mm image prune`). */
+  async removeOrphanTemplates(): Promise<number> {
+    const named = new Set((await this.images.list()).map((i) => i.digest));
+    let removed = 0;
+    for (const t of this.templates()) {
+      if (!t.spec.imageDigest || named.has(t.spec.imageDigest)) continue;
+      await this.removeSnapshot(t.id);
+      removed++;
+    }
+    return removed;
+  }
+
   templates(): Snapshot[] {
     return this.store
       .snapshots()
@@ -502,8 +514,17 @@ export class Runtime {
   }
 }
 
-/** Image digests that machines and snapshots on this host still boot from (GC keeps them). */
+/**
+ * Image digests that machines and snapshots on this host still boot from (GC keeps
+ * them). Templates do not count: they are a cache of the image, and go with it.
+ */
 export function imagesInUse(rt: Runtime): Set<string> {
-  const specs = [...rt.list().map((r) => r.spec), ...rt.snapshots({ all: true }).map((s) => s.spec)];
+  const specs = [
+    ...rt.list().map((r) => r.spec),
+    ...rt
+      .snapshots({ all: true })
+      .filter((s) => s.kind !== "template")
+      .map((s) => s.spec),
+  ];
   return new Set(specs.flatMap((s) => (s.imageDigest ? [s.imageDigest] : [])));
 }
