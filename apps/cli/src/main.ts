@@ -643,7 +643,7 @@ export function buildProgram(): Command {
       }
     });
 
-  addSnapshotCommands(program, runtime, table);
+  addSnapshotCommands(program, runtime, table, ensureImage);
 
   program
     .command("__supervise", { hidden: true })

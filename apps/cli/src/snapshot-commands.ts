@@ -1,12 +1,14 @@
 // `mm snapshot`, `mm restore`, `mm fork`, `mm template` and `mm df`: thin renderings of
 // the runtime's snapshot operations (packages/runtime/src/snapshots.ts).
 
+import { randomBytes } from "node:crypto";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import type { Command } from "@commander-js/extra-typings";
-import { MmError } from "@mm/core";
+import { DEFAULT_IMAGE, MmError, parseCpus, parseDiskSize, parseMemory } from "@mm/core";
 import {
   allocatedBytes,
+  GUEST_BUSYBOX,
   layersDir,
   type MachineRecord,
   type Runtime,
@@ -18,6 +20,7 @@ import { ago } from "./format.js";
 
 type Table = (head: string[], rows: string[][]) => string;
 
+const collect = (v: string, prev: string[]) => [...prev, v];
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
 function snapshotJson(s: Snapshot) {
@@ -42,7 +45,19 @@ function failedStart(r: MachineRecord): MachineRecord {
   return r;
 }
 
-export function addSnapshotCommands(program: Command, runtime: () => Runtime, table: Table): void {
+/** Resolves (pulling if needed) an image for `mm template create`, as `mm run` does. */
+type ResolveImage = (
+  rt: Runtime,
+  image: string,
+  opts: { insecureRegistry: string[]; platform?: string; pull: "missing" },
+) => ReturnType<Runtime["images"]["ensure"]>;
+
+export function addSnapshotCommands(
+  program: Command,
+  runtime: () => Runtime,
+  table: Table,
+  resolveImage: ResolveImage,
+): void {
   const withRuntime =
     <A extends unknown[]>(fn: (rt: Runtime, ...a: A) => Promise<void> | void) =>
     async (...a: A) => {
@@ -168,6 +183,58 @@ export function addSnapshotCommands(program: Command, runtime: () => Runtime, ta
   const tmpl = program
     .command("template")
     .description("booted images that `mm run` starts from instead of a cold boot");
+  tmpl
+    .command("create")
+    .description("boot an image once and keep it as a template (what an image's first `mm run` does)")
+    .argument("[image]", "image (default: the embedded busybox image)")
+    .option("--cpus <n>", "virtual CPUs of the machines it serves", "1")
+    .option("-m, --memory <size>", "memory of the machines it serves", "256")
+    .option("--network <mode>", "bridge or none: the machines it serves have a NIC or not")
+    .option("--disk-size <size>", "root disk size of the machines it serves")
+    .option("--platform <os/arch[/variant]>", "platform to pull")
+    .option("--insecure-registry <host:port>", "allow plain HTTP to this loopback registry", collect, [] as string[])
+    .option("--json", "print JSON", false)
+    .action(
+      withRuntime(async (rt, image, opts) => {
+        const pulled =
+          image === undefined || image === DEFAULT_IMAGE
+            ? undefined
+            : await resolveImage(rt, image, {
+                insecureRegistry: opts.insecureRegistry,
+                pull: "missing",
+                ...(opts.platform !== undefined && { platform: opts.platform }),
+              });
+        if (opts.network !== undefined && opts.network !== "bridge" && opts.network !== "none") {
+          throw new MmError("MM_USAGE", `--network "${opts.network}": use bridge or none`);
+        }
+        const rec = rt.create({
+          name: `template-${randomBytes(4).toString("hex")}`,
+          ...(pulled && { image: pulled }),
+          cpus: parseCpus(opts.cpus),
+          memoryMib: parseMemory(opts.memory),
+          ...(opts.diskSize !== undefined && { diskSizeMib: parseDiskSize(opts.diskSize) }),
+          ...(opts.network !== undefined && { network: { mode: opts.network } }),
+          // The template is taken before the workload starts; mm's own busybox needs nothing of the image.
+          entrypoint: [GUEST_BUSYBOX],
+          command: ["true"],
+        });
+        try {
+          const outcome = await rt.runAttached(rec.id, { onWarning: (m) => process.stderr.write(`mm: ${m}\n`) });
+          if (outcome.error) throw outcome.error;
+          const mode = rt.store.get(rec.id).bootMode ?? "";
+          const short = mode.startsWith("template:") ? mode.slice("template:".length) : null;
+          const t = short
+            ? rt.templates().find((x) => x.id.startsWith(short))
+            : rt.templates().find((x) => x.machineId === rec.id);
+          if (!t) throw new MmError("MM_SNAPSHOT_FAILED", "the image booted, but no template was recorded");
+          process.stdout.write(
+            opts.json ? `${JSON.stringify({ ...snapshotJson(t), existed: short !== null })}\n` : `${t.id}\n`,
+          );
+        } finally {
+          await rt.remove(rec.id, { force: true });
+        }
+      }),
+    );
   tmpl
     .command("ls")
     .description("list templates")

@@ -193,6 +193,39 @@ describe("templates", () => {
     ok(await h.mm(["rm", "-f", "warm", "icy"]), "rm");
   });
 
+  test("a template is made for one kernel build: another kernel boots cold and gets its own", async () => {
+    const other = mkdtempSync(join(tmpdir(), "mm-kernel-"));
+    const kernel = join(h.env.MM_CACHE || "/var/cache/mm", "kernels/default/vmlinux");
+    copyFileSync(kernel, join(other, "vmlinux"));
+    const env = { MM_KERNEL: join(other, "vmlinux") };
+    try {
+      const count = async () => (JSON.parse((await h.mm(["template", "ls", "--json"])).stdout) as unknown[]).length;
+      const before = await count();
+      ok(await h.mm(["run", "-d", "--name", "k1", "--", "sleep", "60"], env), "run");
+      assert.equal((await inspect("k1")).boot, "cold");
+      await until(async () => ((await count()) === before + 1 ? true : undefined), 30_000, "a new template");
+      ok(await h.mm(["run", "-d", "--name", "k2", "--", "sleep", "60"], env), "run");
+      assert.match((await inspect("k2")).boot ?? "", /^template:/);
+      ok(await h.mm(["rm", "-f", "k1", "k2"]), "rm");
+    } finally {
+      rmSync(other, { recursive: true, force: true });
+    }
+  });
+
+  test("mm template create makes one ahead of the first run, or names the one there is", async () => {
+    const r = await h.mm(["template", "create", "--network", "none", "--json"]);
+    ok(r, "template create");
+    const t = JSON.parse(r.stdout) as { id: string; existed: boolean };
+    const again = JSON.parse((await h.mm(["template", "create", "--network", "none", "--json"])).stdout) as {
+      id: string;
+      existed: boolean;
+    };
+    assert.deepEqual([again.id, again.existed], [t.id, true]);
+    ok(await h.mm(["run", "-d", "--network", "none", "--name", "nonet", "--", "sleep", "60"]), "run");
+    assert.equal((await inspect("nonet")).boot, `template:${t.id.slice(0, 12)}`);
+    ok(await h.mm(["rm", "-f", "nonet"]), "rm");
+  });
+
   test("mm template rm removes it; the next run boots cold and makes a new one", async () => {
     const before = JSON.parse((await h.mm(["template", "ls", "--json"])).stdout) as { id: string }[];
     ok(await h.mm(["template", "rm", ...before.map((t) => t.id)]), "template rm");
@@ -241,6 +274,29 @@ describe("faults", () => {
     assert.match(r.stderr, /MM_SNAPSHOT_INCOMPATIBLE.*guest kernel/s);
     assert.equal((await h.mm(["inspect", "elsewhere"])).code, 125, "no machine was created");
     ok(await h.mm(["snapshot", "rm", "counter:k"]), "snapshot rm");
+  });
+
+  test("kill -9 of the supervisor mid-snapshot: the machine is cleanly stopped, and boots again with its disk", async () => {
+    ok(
+      await h.mm(["run", "-d", "--name", "victim", "--", "sh", "-c", `echo kept > /root/file; sync; ${COUNTER}`]),
+      "run",
+    );
+    await until(async () => ((await sh("victim", "cat /root/file")) === "kept" ? true : undefined), 10_000);
+    const sup = (JSON.parse((await h.mm(["inspect", "victim"])).stdout) as { pids: { supervisor: number } }[])[0]?.pids
+      .supervisor as number;
+    const child = h.spawnMm(["snapshot", "create", "victim", "--tag", "cut"]);
+    await new Promise((r) => setTimeout(r, 150));
+    process.kill(sup, "SIGKILL");
+    await new Promise((r) => child.once("close", r));
+    // Its VMM died with it (pdeathsig): the machine is failed, not half-running.
+    const m = await until(async () => {
+      const x = await inspect("victim");
+      return x.state === "failed" ? x : undefined;
+    }, 10_000);
+    assert.match(JSON.stringify(m.error), /MM_SUPERVISOR_LOST/);
+    ok(await h.mm(["start", "victim"]), "start again");
+    assert.equal(await sh("victim", "cat /root/file"), "kept");
+    ok(await h.mm(["rm", "-f", "victim"]), "rm");
   });
 
   test("kill -9 of `mm snapshot create` mid-capture: the machine keeps running and stays usable", async () => {

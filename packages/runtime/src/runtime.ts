@@ -103,7 +103,7 @@ export class Runtime {
   async engine(): Promise<Engine> {
     if (!this.engineInstance) {
       const tscKhz = await hostTscKhz();
-      this.engineInstance = new QemuEngine(tscKhz !== undefined ? { tscKhz } : {});
+      this.engineInstance = new QemuEngine({ cacheDir: this.paths.cache, ...(tscKhz !== undefined && { tscKhz }) });
     }
     return this.engineInstance;
   }
@@ -197,7 +197,7 @@ export class Runtime {
       const rec = this.reconcile(this.store.get(id));
       if (done(rec)) return rec;
       if (Date.now() > deadline) throw new MmError("MM_BOOT_TIMEOUT", `machine ${rec.spec.name} is still ${rec.state}`);
-      await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 10));
     }
   }
 

@@ -283,7 +283,8 @@ export class Supervisor {
             return false;
           },
         );
-        if (usable) restore = { snap, memory: "copy" };
+        // Mapped copy-on-write: every machine started from the template shares its pages.
+        if (usable) restore = { snap, memory: "cow" };
       } else {
         makeTemplate = key;
       }
@@ -460,6 +461,8 @@ export class Supervisor {
     session.on("exit", (st) => {
       trace("exit");
       exitStatus = st;
+      // A --rm machine's disk goes with it: no clean power-off needed, end the VMM now.
+      if (rec.spec.autoRemove) return void vm.kill();
       session.poweroff();
       this.stopTimers.push(setTimeout(() => void vm.terminate(1000), POWEROFF_GRACE_MS));
     });

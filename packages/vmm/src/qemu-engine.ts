@@ -4,7 +4,7 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream, constants as fsc } from "node:fs";
-import { access, mkdir, rm, stat } from "node:fs/promises";
+import { access, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -20,6 +20,8 @@ const CONNECT_TIMEOUT_MS = 15_000;
 export interface QemuEngineOptions {
   readonly qemuBinary?: string;
   readonly tscKhz?: number;
+  /** Where the VMM's version line is remembered per binary (saves a process per boot). */
+  readonly cacheDir?: string;
 }
 
 export async function findExecutable(name: string): Promise<string | null> {
@@ -67,10 +69,20 @@ export class QemuEngine implements Engine {
   fingerprint(): Promise<string> {
     this.fingerprintValue ??= (async () => {
       const qemu = await this.binary();
-      const [{ stdout }, st] = await Promise.all([promisify(execFile)(qemu, ["--version"]), stat(qemu)]);
-      const version = stdout.split("\n")[0]?.trim() ?? "";
-      const build = createHash("sha256").update(`${version}\0${st.size}\0${st.mtimeMs}`).digest("hex").slice(0, 16);
-      return `${this.name}/${version.replace(/^QEMU emulator version /, "")}/${build}`;
+      const st = await stat(qemu);
+      const build = createHash("sha256").update(`${qemu}\0${st.ino}\0${st.size}\0${st.mtimeMs}`).digest("hex");
+      const cached = this.options.cacheDir ? join(this.options.cacheDir, "engine", `qemu-${build.slice(0, 16)}`) : null;
+      const remembered = cached ? await readFile(cached, "utf8").catch(() => null) : null;
+      if (remembered) return remembered;
+      const { stdout } = await promisify(execFile)(qemu, ["--version"]);
+      const version = (stdout.split("\n")[0]?.trim() ?? "").replace(/^QEMU emulator version /, "");
+      const value = `${this.name}/${version}/${build.slice(0, 16)}`;
+      if (cached) {
+        await mkdir(join(cached, ".."), { recursive: true })
+          .then(() => writeFile(cached, value))
+          .catch(() => undefined);
+      }
+      return value;
     })();
     return this.fingerprintValue;
   }
