@@ -79,7 +79,9 @@ export function addSnapshotCommands(
     .action(
       withRuntime(async (rt, machine, opts) => {
         const s = await rt.snapshot(machine, { ...(opts.tag !== undefined && { tag: opts.tag }) });
-        process.stdout.write(opts.json ? `${JSON.stringify(snapshotJson(s))}\n` : `${s.id}\n`);
+        process.stdout.write(
+          opts.json ? `${JSON.stringify({ ...snapshotJson(s), pausedMs: s.pausedMs })}\n` : `${s.id}\n`,
+        );
       }),
     );
   snap

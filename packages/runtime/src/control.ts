@@ -23,6 +23,8 @@ export interface CaptureResult {
   readonly memory: "file" | "stream";
   readonly agent: { readonly version: number; readonly phase: "config" | "started" };
   readonly compat: Compat;
+  /** How long the guest's vCPUs were stopped. */
+  readonly pausedMs: number;
 }
 
 /** Requests are tiny; anything longer is not a client of ours. */

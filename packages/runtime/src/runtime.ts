@@ -289,7 +289,7 @@ export class Runtime {
    * `mm snapshot create`: a running machine is captured live (disk, device state, RAM)
    * and carries on; a stopped one gets a disk-only snapshot.
    */
-  async snapshot(ref: string, opts: { tag?: string } = {}): Promise<Snapshot> {
+  async snapshot(ref: string, opts: { tag?: string } = {}): Promise<Snapshot & { pausedMs: number | null }> {
     const rec = this.find(ref);
     const tag = opts.tag ?? `snap-${this.store.snapshots().filter((s) => s.machine === rec.spec.name).length + 1}`;
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(tag)) {
@@ -309,7 +309,7 @@ export class Runtime {
     try {
       if (rec.state === "running") {
         const c = await requestCapture(controlSocket(this.paths, rec.id), { staging });
-        return await finalizeSnapshot(this.store, this.paths, staging, {
+        const snap = await finalizeSnapshot(this.store, this.paths, staging, {
           ...common,
           memory: c.memory,
           agent: c.agent,
@@ -319,6 +319,7 @@ export class Runtime {
           layer: c.layer,
           virtualSize: c.virtualSize,
         });
+        return { ...snap, pausedMs: c.pausedMs };
       }
       if (isActive(rec.state)) {
         throw new MmError("MM_MACHINE_RUNNING", `${rec.spec.name} is ${rec.state}`, {
@@ -332,7 +333,7 @@ export class Runtime {
       this.store.update(rec.id, { rootDisk: frozen.overlay });
       await rm(activeOverlay(this.paths, rec), { force: true });
       await mkdir(staging, { recursive: true, mode: 0o700 });
-      return await finalizeSnapshot(this.store, this.paths, staging, {
+      const snap = await finalizeSnapshot(this.store, this.paths, staging, {
         ...common,
         memory: null,
         agent: null,
@@ -342,6 +343,7 @@ export class Runtime {
         layer: frozen.layer,
         virtualSize: frozen.virtualSize,
       });
+      return { ...snap, pausedMs: null };
     } catch (e) {
       await rm(staging, { recursive: true, force: true });
       throw e;
@@ -371,7 +373,7 @@ export class Runtime {
       throw new MmError("MM_SNAPSHOT_HAS_CHILDREN", `${snap.id.slice(0, 12)} has ${list}`);
     }
     this.store.removeSnapshot(snap.id);
-    await removeSnapshotFiles(this.paths, snap, await layersInUse(this.paths, this.store));
+    await removeSnapshotFiles(this.paths, this.env, snap, await layersInUse(this.paths, this.store));
     return snap;
   }
 

@@ -68,6 +68,21 @@ export function shmDir(p: Paths, env: NodeJS.ProcessEnv = process.env): string {
 export const machineRamPath = (p: Paths, id: string, env?: NodeJS.ProcessEnv) =>
   join(shmDir(p, env), "machines", `${id}.ram`);
 
+/**
+ * A template's RAM, cached in shared memory: template starts copy it from there
+ * (tmpfs to tmpfs) rather than from the state directory's disk.
+ */
+export async function templateRamCache(paths: Paths, env: NodeJS.ProcessEnv, snap: Snapshot): Promise<string> {
+  if (!snap.ram) throw new MmError("MM_SNAPSHOT_CORRUPT", `template ${snap.id.slice(0, 12)} has no RAM file`);
+  const cached = join(shmDir(paths, env), "templates", `${snap.id}.ram`);
+  if (existsSync(cached)) return cached;
+  await mkdir(dirname(cached), { recursive: true, mode: 0o700 });
+  const tmp = `${cached}.${randomBytes(4).toString("hex")}`;
+  await runTool("cp", ["--sparse=always", snap.ram.path, tmp], "caching the template's RAM");
+  await rename(tmp, cached);
+  return cached;
+}
+
 /** The machine's writable overlay: the record's, or root.qcow2 in its directory. */
 export function activeOverlay(paths: Paths, rec: MachineRecord): string {
   return rec.rootDisk ?? join(machineDir(paths, rec.id), "root.qcow2");
@@ -324,8 +339,14 @@ export function childrenOf(store: Store, id: string): { machines: string[]; snap
 }
 
 /** Removes a (no longer recorded) snapshot's files; its layer only if nothing else is built on it. */
-export async function removeSnapshotFiles(paths: Paths, snap: Snapshot, layersStillUsed: Set<string>): Promise<void> {
+export async function removeSnapshotFiles(
+  paths: Paths,
+  env: NodeJS.ProcessEnv,
+  snap: Snapshot,
+  layersStillUsed: Set<string>,
+): Promise<void> {
   await rm(join(snapshotsDir(paths), snap.id), { recursive: true, force: true });
+  await rm(join(shmDir(paths, env), "templates", `${snap.id}.ram`), { force: true });
   // A fork's RAM capture lives in shared memory, outside the snapshot's directory.
   if (snap.ram && !snap.ram.path.startsWith(snapshotsDir(paths))) await rm(snap.ram.path, { force: true });
   if (!layersStillUsed.has(snap.disk.layer.path)) await rm(snap.disk.layer.path, { force: true });
@@ -385,6 +406,13 @@ export async function collectGarbage(
     if (!st || Date.now() - st.mtimeMs < 60_000) continue;
     freed += await allocatedBytes(p);
     await remove(p);
+  }
+  const templates = new Set(store.snapshots().map((s) => `${s.id}.ram`));
+  const tdir = join(shmDir(paths, env), "templates");
+  for (const name of await readdir(tdir).catch(() => [] as string[])) {
+    if (templates.has(name)) continue;
+    freed += await allocatedBytes(join(tdir, name));
+    await remove(join(tdir, name));
   }
   const live = new Set(store.list().map((m) => `${m.id}.ram`));
   const rdir = join(shmDir(paths, env), "machines");

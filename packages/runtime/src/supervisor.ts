@@ -49,6 +49,7 @@ import {
   type Snapshot,
   snapshotsDir,
   templateKey,
+  templateRamCache,
   toSnapshot,
   verifySnapshot,
 } from "./snapshots.js";
@@ -283,8 +284,9 @@ export class Supervisor {
             return false;
           },
         );
-        // Mapped copy-on-write: every machine started from the template shares its pages.
-        if (usable) restore = { snap, memory: "cow" };
+        // Copied (from a shared-memory cache of it, ~10 ms): the machine's RAM is then its
+        // own file, so it snapshots and forks as cheaply as a cold-booted one.
+        if (usable) restore = { snap, memory: "copy" };
       } else {
         makeTemplate = key;
       }
@@ -305,7 +307,11 @@ export class Supervisor {
     let memoryFile = { path: this.ramFile, shared: true };
     if (restore?.snap.memory === "file" && restore.snap.ram) {
       if (restore.memory === "cow") memoryFile = { path: restore.snap.ram.path, shared: false };
-      else await runTool("cp", ["--sparse=always", restore.snap.ram.path, this.ramFile], "copying the snapshot's RAM");
+      else {
+        const source =
+          restore.snap.kind === "template" ? await templateRamCache(paths, env, restore.snap) : restore.snap.ram.path;
+        await runTool("cp", ["--sparse=always", source, this.ramFile], "copying the snapshot's RAM");
+      }
     }
     this.memoryShared = memoryFile.shared;
     trace(`disk and memory (${bootMode})`);
@@ -578,25 +584,28 @@ export class Supervisor {
     this.capturing = true;
     const { paths, store } = this.ctx;
     let paused = false;
+    let pausedAt = 0;
+    // Prepared before the pause: the overlay the machine moves onto (its backing file,
+    // the frozen layer, is linked into place while paused).
+    const names = newLayerNames(paths, this.id);
     try {
+      const size = await this.rootVirtualSize(vm);
+      await mkdir(layersDir(paths), { recursive: true });
+      await mkdir(req.staging, { recursive: true, mode: 0o700 });
+      await createLayerOverlay(names.layer, names.overlay, size);
       if (phase === "started") await withTimeout(session.quiesce(), 10_000, "quiescing the agent channel");
       await vm.pause();
       paused = true;
-      const size = await this.rootVirtualSize(vm);
-      const names = newLayerNames(paths, this.id);
-      await mkdir(layersDir(paths), { recursive: true });
+      pausedAt = performance.now();
       await link(this.rootDisk, names.layer);
       try {
-        await createLayerOverlay(names.layer, names.overlay, size);
         await vm.freezeRoot(names.overlay);
       } catch (e) {
         await rm(names.layer, { force: true });
-        await rm(names.overlay, { force: true });
         throw e;
       }
       this.rootDisk = names.overlay;
       store.update(this.id, { rootDisk: names.overlay });
-      await mkdir(req.staging, { recursive: true, mode: 0o700 });
       const statePath = join(req.staging, "state");
       await vm.saveState(statePath, { ignoreSharedMemory: this.memoryShared });
       let ramPath: string | null = null;
@@ -605,6 +614,8 @@ export class Supervisor {
         await mkdir(join(ramPath, ".."), { recursive: true, mode: 0o700 });
         await runTool("cp", ["--sparse=always", this.ramFile, ramPath], "copying the machine's RAM");
       }
+      await vm.resume();
+      paused = false;
       return {
         layer: names.layer,
         virtualSize: size,
@@ -613,8 +624,10 @@ export class Supervisor {
         memory: this.memoryShared ? "file" : "stream",
         agent: { version: session.version, phase },
         compat: this.compat as Compat,
+        pausedMs: Math.round(performance.now() - pausedAt),
       };
     } catch (e) {
+      if (this.rootDisk !== names.overlay) await rm(names.overlay, { force: true });
       const err = e instanceof MmError ? e : mapFsError(e, "taking the snapshot");
       throw new MmError(err.code === "MM_DISK_FULL" ? "MM_DISK_FULL" : "MM_SNAPSHOT_FAILED", err.message, { cause: e });
     } finally {
