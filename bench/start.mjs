@@ -76,6 +76,7 @@ const cold = [];
 const warm = [];
 const pod = [];
 const fork = [];
+const pauses = [];
 let mem;
 let accel = "";
 try {
@@ -96,6 +97,7 @@ try {
     pod.push(time("podman", podmanRun).ms);
     fork.push(time(mm, ["fork", "parent", `kid${i}`]).ms);
     time(mm, ["rm", "-f", `kid${i}`]);
+    pauses.push(mmJson(["snapshot", "create", "parent", "--json"]).pausedMs);
   }
   // Each run above must really have started from the template.
   const probe = mmJson(["run", "-d", "--json", "--name", "probe", ...insecure, image, "--", "sleep", "60"]);
@@ -137,6 +139,7 @@ const section = `## start — cold boot vs template vs Podman vs fork, and the m
 Run: \`node bench/start.mjs ${N} ${K}\` on ${new Date().toISOString().slice(0, 10)}. Machine: ${cpus()[0]?.model} × ${cpus().length}, ${Math.round(totalmem() / 2 ** 30)} GiB,
 host kernel ${release()}, ${qemuVersion}, ${podmanVersion} with runc. Accel: **${accel}**${accel === "tcg" ? " (TCG: emulation, not a security boundary)" : ""}.
 Image: the fixture busybox (\`${image.replace(/^[^/]+\//, "REGISTRY/")}\`) for both mm and Podman; no network on either side.
+The parent of the forks and snapshots is a cold-booted \`sleep 3600\` of the same image.
 The four commands ran interleaved, ${N} times each; every mm machine has 1 vCPU and 256 MiB.
 
 | measure | median | all runs (ms) |
@@ -148,6 +151,7 @@ ${row("(d) `mm fork PARENT KID` (running parent → running clone, CLI to CLI)",
 | **template / Podman: b/c** (target ≤ 1.0) | **${(mw / mp).toFixed(2)}** | |
 | template / cold: b/a | ${(mw / mc).toFixed(2)} | |
 | **fork / cold boot: d/a** (target ≤ 0.1) | **${(mf / mc).toFixed(2)}** | |
+| pause of the parent during a live snapshot (\`snapshot create --json\` pausedMs) | ${median(pauses).toFixed(0)} ms | ${pauses.join(", ")} |
 
 Memory of ${K} idle machines (PSS of each QEMU, from \`/proc/PID/smaps_rollup\`; the RAM file a
 machine maps counts in its PSS, shared pages divided among the processes that map them):
