@@ -144,6 +144,23 @@ describe("fork", () => {
     assert.match(r.stderr, /hint: .*mm snapshot create/);
   });
 
+  test("a clone (RAM mapped copy-on-write) is snapshotted with its RAM in the state stream, and restores", async () => {
+    const s = JSON.parse((await h.mm(["snapshot", "create", "kid-2", "--tag", "deep", "--json"])).stdout) as {
+      memory: string;
+      parent: string;
+    };
+    assert.equal(s.memory, "stream");
+    assert.ok(s.parent, "it records the fork it came from");
+    const at = Number(await sh("kid-2", "cat /tmp/count"));
+    ok(await h.mm(["restore", "kid-2:deep", "grandkid"]), "restore");
+    assert.equal(await sh("grandkid", "cat /root/who"), "two");
+    const n = Number(await sh("grandkid", "cat /tmp/count"));
+    assert.ok(n > 5 && n <= at + 5, `grandkid resumed at ${n}, kid-2 was at ${at} after the snapshot`);
+    await until(async () => Number(await sh("grandkid", "cat /tmp/count")) > n || undefined, 20_000, "counting");
+    ok(await h.mm(["rm", "-f", "grandkid"]), "rm");
+    ok(await h.mm(["snapshot", "rm", "kid-2:deep"]), "snapshot rm");
+  });
+
   test("the fork's RAM capture goes when its last clone is removed", async () => {
     const captures = () => readdirSync(join(h.env.MM_SHM as string, "captures"));
     assert.equal(captures().length, 1);

@@ -431,7 +431,7 @@ export async function collectGarbage(
  */
 export async function releaseForkCapture(paths: Paths, store: Store, id: string): Promise<boolean> {
   const row = store.snapshot(id);
-  if (!row || row.kind !== "fork") return false;
+  if (row?.kind !== "fork") return false;
   const mode = `fork:${id.slice(0, 12)}`;
   const needed = store
     .list()
