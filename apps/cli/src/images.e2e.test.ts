@@ -86,26 +86,53 @@ function verify(expect: Expect[], out: string): void {
   }
 }
 
+/**
+ * Checks an image's files and commands from a cold boot, from the run that makes the
+ * image's template, and from the template: all three must see the same.
+ */
 async function checkImage(name: string) {
   const f = fx(name);
   // /dev is the guest kernel's devtmpfs at run time, as in a container: not the image's.
   const expect = f.expect.filter((e) => !e.path.startsWith("/dev/"));
-  const r = await h.mm(["run", "--rm", ...insecure, "--entrypoint", "sh", f.ref, "--", "-c", checkScript(expect)]);
-  assert.equal(r.code, 0, r.stderr);
-  verify(expect, r.stdout);
-  for (const c of f.commands) {
-    const out = await h.mm([
+  for (const mode of [["--cold"], [], []]) {
+    const r = await h.mm([
       "run",
       "--rm",
+      ...mode,
       ...insecure,
       "--entrypoint",
-      c.argv[0] as string,
+      "sh",
       f.ref,
       "--",
-      ...c.argv.slice(1),
+      "-c",
+      checkScript(expect),
     ]);
-    assert.equal(out.stdout, c.stdout, `${c.argv.join(" ")}: ${out.stderr}`);
+    assert.equal(r.code, 0, r.stderr);
+    verify(expect, r.stdout);
   }
+  for (const c of f.commands) {
+    for (const mode of [["--cold"], []]) {
+      const out = await h.mm([
+        "run",
+        "--rm",
+        ...mode,
+        ...insecure,
+        "--entrypoint",
+        c.argv[0] as string,
+        f.ref,
+        "--",
+        ...c.argv.slice(1),
+      ]);
+      assert.equal(out.stdout, c.stdout, `${mode.join("")} ${c.argv.join(" ")}: ${out.stderr}`);
+    }
+  }
+  const templates = JSON.parse((await h.mm(["template", "ls", "--json"])).stdout) as { image: string }[];
+  // Templates are keyed by content: the same image from the other fixture registry shares one.
+  const repo = (ref: string) => ref.replace(/^[^/]+\//, "");
+  assert.ok(
+    templates.some((t) => repo(t.image) === repo(f.ref)),
+    `a template of ${f.ref} among ${templates.map((t) => t.image)}`,
+  );
 }
 
 describe("pull", () => {
