@@ -7,6 +7,7 @@
 // Writes the "start" section of docs/BENCHMARKS.md.   Usage: node bench/start.mjs [N] [K]
 
 import { execFileSync, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
@@ -17,12 +18,20 @@ const N = Number(process.argv[2] ?? 10);
 const K = Number(process.argv[3] ?? 4);
 const mm = join(root, "bin/mm");
 const { startRegistries } = await import(join(root, "test/fixtures/registry.mjs"));
+const { QemuEngine, hostTscKhz } = await import(join(root, "packages/vmm/dist/index.js"));
+const { AgentSession, TOOLS_SERIAL, defaultPaths, kernelPath } = await import(
+  join(root, "packages/runtime/dist/index.js")
+);
+const { freshIdentity: fresh } = await import(join(root, "packages/core/dist/index.js"));
 const { buildFixtureImages, pushFixtureImages } = await import(join(root, "test/fixtures/images.mjs"));
 
 for (const tool of ["podman", "runc"]) {
   if (spawnSync("sh", ["-c", `command -v ${tool} || test -x /usr/sbin/${tool}`]).status !== 0) {
     process.stderr.write(`bench/start: installing ${tool} (apt-get)\n`);
-    execFileSync("apt-get", ["install", "-y", "-q", tool], { stdio: "inherit", env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" } });
+    execFileSync("apt-get", ["install", "-y", "-q", tool], {
+      stdio: "inherit",
+      env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
+    });
   }
 }
 
@@ -59,6 +68,71 @@ const podmanRun = [
   "hi",
 ];
 
+/**
+ * The engine's floor for one start from a snapshot, with no mm process in the way: a new
+ * QEMU restores the snapshot's state (RAM mapped copy-on-write, overlay made beforehand),
+ * runs, and the guest answers: for a template, CONFIG `echo hi` until EXIT; for a running
+ * machine's snapshot (a fork), IDENTITY until IDENTITY_RESULT. What remains is QEMU's own
+ * start, the state load and the guest's work under this accelerator.
+ */
+async function engineFloor(snap, i) {
+  const paths = defaultPaths(env);
+  const overlay = join(work, `floor-${i}.qcow2`);
+  execFileSync("qemu-img", [
+    "create",
+    "-q",
+    "-f",
+    "qcow2",
+    "-u",
+    "-b",
+    snap.files.layer.path,
+    "-F",
+    "qcow2",
+    overlay,
+    "1G",
+  ]);
+  const engine = new QemuEngine({ tscKhz: await hostTscKhz() });
+  const t = process.hrtime.bigint();
+  const vm = await engine.boot({
+    id: `floor-${i}`,
+    runDir: join(work, `floor-run-${i}`),
+    kernel: kernelPath(paths, env),
+    kernelArgs: [],
+    rootDisk: { path: overlay, format: "qcow2", readOnly: false },
+    cpus: 1,
+    memoryMib: 256,
+    accel,
+    agentChannel: true,
+    extraDisks: [
+      {
+        path: join(paths.state, "guest-tools", snap.compat.tools),
+        format: "raw",
+        readOnly: true,
+        serial: TOOLS_SERIAL,
+      },
+    ],
+    memoryFile: { path: snap.files.ram.path, shared: false },
+    incoming: true,
+  });
+  try {
+    await vm.loadState(snap.files.state.path, { ignoreSharedMemory: true });
+    const session = new AgentSession(vm.channel, snap.agent);
+    await vm.resume();
+    if (snap.agent.phase === "config") {
+      const exited = new Promise((r) => session.once("exit", r));
+      session.sendConfig({ args: ["echo", "hi"], env: [], fresh: fresh(randomBytes) });
+      await exited;
+    } else {
+      const result = await session.identity({ hostname: "floor", fresh: fresh(randomBytes) });
+      if (result !== "") throw new Error(`identity: ${result}`);
+    }
+    return Number(process.hrtime.bigint() - t) / 1e6;
+  } finally {
+    await vm.kill();
+    rmSync(overlay, { force: true });
+  }
+}
+
 const time = (cmd, args) => {
   const t = process.hrtime.bigint();
   const r = spawnSync(cmd, args, { env, encoding: "utf8" });
@@ -77,6 +151,8 @@ const warm = [];
 const pod = [];
 const fork = [];
 const pauses = [];
+const floorTemplate = [];
+const floorFork = [];
 let mem;
 let accel = "";
 try {
@@ -85,7 +161,19 @@ try {
   time("podman", [...podman, "pull", "-q", "--tls-verify=false", image]);
   time(mm, ["run", "--rm", ...insecure, image, "--", "echo", "hi"]);
   time("podman", podmanRun);
-  const parentRec = mmJson(["run", "-d", "--cold", "--json", "--name", "parent", ...insecure, image, "--", "sleep", "3600"]);
+  const parentRec = mmJson([
+    "run",
+    "-d",
+    "--cold",
+    "--json",
+    "--name",
+    "parent",
+    ...insecure,
+    image,
+    "--",
+    "sleep",
+    "3600",
+  ]);
   accel = parentRec.accel;
 
   for (let i = 0; i < N; i++) {
@@ -98,6 +186,13 @@ try {
     fork.push(time(mm, ["fork", "parent", `kid${i}`]).ms);
     time(mm, ["rm", "-f", `kid${i}`]);
     pauses.push(mmJson(["snapshot", "create", "parent", "--json"]).pausedMs);
+  }
+  // The engine's floors, from the image's template and from a snapshot of the running parent.
+  const template = mmJson(["template", "ls", "--json"]).find((t) => t.files.layer && t.compat && !t.compat.nic);
+  const running = mmJson(["snapshot", "ls", "--json"]).find((x) => x.machine === "parent");
+  for (let i = 0; i < N; i++) {
+    floorTemplate.push(await engineFloor(template, i));
+    floorFork.push(await engineFloor(running, i));
   }
   // Each run above must really have started from the template.
   const probe = mmJson(["run", "-d", "--json", "--name", "probe", ...insecure, image, "--", "sleep", "60"]);
@@ -151,6 +246,10 @@ ${row("(d) `mm fork PARENT KID` (running parent → running clone, CLI to CLI)",
 | **template / Podman: b/c** (target ≤ 1.0) | **${(mw / mp).toFixed(2)}** | |
 | template / cold: b/a | ${(mw / mc).toFixed(2)} | |
 | **fork / cold boot: d/a** (target ≤ 0.1) | **${(mf / mc).toFixed(2)}** | |
+| (e) engine floor from the template: QEMU start, state load, CONFIG \`echo hi\` → EXIT (no mm process) | ${median(floorTemplate).toFixed(0)} ms | ${floorTemplate.map((x) => x.toFixed(0)).join(", ")} |
+| (f) engine floor from a running machine's snapshot: QEMU start, state load, IDENTITY → result | ${median(floorFork).toFixed(0)} ms | ${floorFork.map((x) => x.toFixed(0)).join(", ")} |
+| engine floor from the template / Podman: e/c | ${(median(floorTemplate) / mp).toFixed(2)} | |
+| (pause + f) / cold boot: the fork's engine floor against a cold boot | ${((median(pauses) + median(floorFork)) / mc).toFixed(2)} | |
 | pause of the parent during a live snapshot (\`snapshot create --json\` pausedMs) | ${median(pauses).toFixed(0)} ms | ${pauses.join(", ")} |
 
 Memory of ${K} idle machines (PSS of each QEMU, from \`/proc/PID/smaps_rollup\`; the RAM file a

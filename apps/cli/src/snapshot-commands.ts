@@ -31,6 +31,7 @@ function snapshotJson(s: Snapshot) {
     tag: s.tag,
     image: s.spec.image,
     memory: s.memory,
+    agent: s.agent,
     createdAt: s.createdAt,
     parent: s.parent,
     compat: s.compat,

@@ -15,6 +15,7 @@ import {
   type FreshIdentity,
   freshIdentity,
   type GuestError,
+  isMmError,
   MmError,
   type NetworkIdentity,
   parseSignal,
@@ -422,7 +423,12 @@ export class Supervisor {
         .then(
           ({ recorded }) => {
             trace("template captured");
-            this.background.push(recorded.catch((e: Error) => io.onWarning?.(`template not saved: ${e.message}`)));
+            this.background.push(
+              recorded.catch((e: Error) => {
+                // Another run of the same image made the same template at the same moment: fine.
+                if (!isMmError(e, "MM_SNAPSHOT_EXISTS")) io.onWarning?.(`template not saved: ${e.message}`);
+              }),
+            );
           },
           (e: Error) => io.onWarning?.(`template not saved: ${e.message}`),
         )
