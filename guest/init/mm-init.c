@@ -1,12 +1,12 @@
 /* mm-init: PID 1 of a MicroMachines guest. It mounts what a container expects, gets
- * its CONFIG over the host channel, sets up the network, runs the workload, relays its
- * output, exit and signals, serves exec sessions, quiesces for a snapshot and takes a
- * new identity after a restore (docs/PROTOCOL.md, v1 to v3), and powers the machine
- * off.
+ * its CONFIG over the host channel, sets up the network, mounts the volumes, runs the
+ * workload, relays its output, exit and signals, serves exec sessions, quiesces for a
+ * snapshot and takes a new identity after a restore (docs/PROTOCOL.md, v1 to v4), and
+ * powers the machine off.
  *
  * main() reads like a script: options → signals → system → channel → CONFIG →
- * identity (clock, entropy, hostname, network) → spawn → loop { reap, forward, pump,
- * serve sessions, quiesce } → EXIT → await POWEROFF → power off.
+ * identity (clock, entropy, hostname, network) → volumes → spawn → loop { reap,
+ * forward, pump, serve sessions, quiesce } → EXIT → await POWEROFF → power off.
  * Setup failures bail with a message; after that nothing exits without shutting down.
  *
  * When not PID 1 (getpid() != 1) it runs as an ordinary process for host tests: the
@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "channel.h"
+#include "disk.h"
 #include "log.h"
 #include "net.h"
 #include "pid1.h"
@@ -72,6 +73,7 @@ struct supervisor {
 	bool exit_sent;
 	bool stay_up;
 	int64_t poweroff_at;           /* >0: shut down at this time */
+	size_t volumes_mounted;        /* v4: CONFIG's volumes mounted (the first ones), to unmount */
 };
 
 static struct supervisor sup;
@@ -167,6 +169,7 @@ static void shut_down(struct supervisor *s, int host_status)
 	}
 	if (s->host_mode)
 		exit(host_status);
+	disk_unmount_volumes(&config.mounts, s->volumes_mounted);
 	sync();
 	if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL) != 0)
 		log_debug("remount / read-only: %s", strerror(errno));
@@ -435,6 +438,21 @@ static int apply_identity(struct supervisor *s, const struct mm_identity *id, ch
 	if (id->hostname != NULL)
 		pid1_set_hostname(id->hostname);
 	return net_apply(&id->net, err, errlen);
+}
+
+/* Mounts CONFIG's volumes (v4) in order: -1 with "MOUNT: ..." in err if one fails. A
+ * host test only validates: it must not mount anything on the host. */
+static int mount_volumes(struct supervisor *s, char *err, size_t errlen)
+{
+	if (!s->host_mode)
+		return disk_mount_volumes(&config.mounts, &s->volumes_mounted, err, errlen);
+	for (size_t i = 0; i < config.mounts.count; i++) {
+		const struct mm_mount *m = &config.mounts.list[i];
+
+		log_debug("volume %s at %s%s: not mounted in host-test mode", m->serial, m->path,
+			  m->read_only ? ", read-only" : "");
+	}
+	return 0;
 }
 
 /* QUIESCE: QUIESCED is the last frame until the guest leaves quiesce. Meanwhile no
@@ -766,6 +784,9 @@ int main(void)
 	/* The identity, network included, is set before the workload, which may need it
 	 * at once. */
 	if (apply_identity(s, &config.id, err, sizeof err) != 0)
+		fail_start(s, err, MM_STATUS_NOT_FOUND);
+	/* Then the volumes (v4), which the workload may need at once as well. */
+	if (mount_volumes(s, err, sizeof err) != 0)
 		fail_start(s, err, MM_STATUS_NOT_FOUND);
 
 	s->stay_up = (config.flags & MM_FLAG_STAY_UP) != 0;

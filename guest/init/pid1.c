@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "disk.h"
 #include "log.h"
 #include "protocol.h"
 
@@ -127,46 +128,19 @@ static void loopback_up(void)
  * virtio serial is TOOLS_SERIAL; it is mounted at TOOLS_DIR when present. */
 #define TOOLS_SERIAL "mm-tools"
 #define TOOLS_DIR "/.mm/tools"
-#define BLOCK_CLASS "/sys/block"
-#define SERIAL_MAX 32
-#define DEVPATH_MAX 64
 
 static void mount_tools(void)
 {
-	DIR *dir = opendir(BLOCK_CLASS);
-	struct dirent *de;
+	char dev[DISK_DEV_MAX];
 
-	if (dir == NULL)
+	if (disk_find("/", TOOLS_SERIAL, dev, sizeof dev) != 0)
 		return;
-	while ((de = readdir(dir)) != NULL) {
-		char path[DEVPATH_MAX + 32], serial[SERIAL_MAX + 1], dev[DEVPATH_MAX];
-		ssize_t n;
-		int fd;
-
-		if (strncmp(de->d_name, "vd", 2) != 0 || strlen(de->d_name) > 16)
-			continue;
-		snprintf(path, sizeof path, BLOCK_CLASS "/%s/serial", de->d_name);
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		n = read(fd, serial, SERIAL_MAX);
-		close(fd);
-		if (n <= 0)
-			continue;
-		serial[n] = '\0';
-		serial[strcspn(serial, "\n")] = '\0';
-		if (strcmp(serial, TOOLS_SERIAL) != 0)
-			continue;
-		snprintf(dev, sizeof dev, "/dev/%s", de->d_name);
-		if (mkdir(TOOLS_DIR, 0755) != 0 && errno != EEXIST)
-			log_debug("%s: %s", TOOLS_DIR, strerror(errno));
-		if (mount(dev, TOOLS_DIR, "ext4", MS_RDONLY | MS_NODEV | MS_NOSUID, NULL) != 0)
-			log_error("mounting the tools disk %s: %s", dev, strerror(errno));
-		else
-			log_debug("tools disk %s on %s", dev, TOOLS_DIR);
-		break;
-	}
-	closedir(dir);
+	if (mkdir(TOOLS_DIR, 0755) != 0 && errno != EEXIST)
+		log_debug("%s: %s", TOOLS_DIR, strerror(errno));
+	if (mount(dev, TOOLS_DIR, "ext4", MS_RDONLY | MS_NODEV | MS_NOSUID, NULL) != 0)
+		log_error("mounting the tools disk %s: %s", dev, strerror(errno));
+	else
+		log_debug("tools disk %s on %s", dev, TOOLS_DIR);
 }
 
 void pid1_setup(void)

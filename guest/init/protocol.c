@@ -126,6 +126,7 @@ static const char *tag_name(uint8_t tag)
 	case MM_TAG_NET_MAC: return "NET_MAC";
 	case MM_TAG_CLOCK: return "CLOCK";
 	case MM_TAG_SEED: return "SEED";
+	case MM_TAG_MOUNT: return "MOUNT";
 	default: return "?";
 	}
 }
@@ -137,21 +138,13 @@ struct string_store {
 	size_t *used;
 };
 
-/* Copies a string record into the store; NULL with err set if it breaks a rule. */
-static char *copy_string(struct string_store *st, uint8_t tag, const uint8_t *value,
-			 size_t len, char *err, size_t errlen)
+/* Copies len bytes, already checked, into the store as a string; NULL with err set if
+ * the store is full. */
+static char *store_string(struct string_store *st, const uint8_t *value, size_t len,
+			  char *err, size_t errlen)
 {
 	char *s;
 
-	if (len > MM_MAX_STRING) {
-		fail(err, errlen, "%s record is %zu bytes (max %d)", tag_name(tag), len,
-		     MM_MAX_STRING);
-		return NULL;
-	}
-	if (memchr(value, '\0', len) != NULL) {
-		fail(err, errlen, "%s record contains a NUL byte", tag_name(tag));
-		return NULL;
-	}
 	if (len + 1 > st->cap - *st->used) {
 		fail(err, errlen, "strings exceed %zu bytes", st->cap);
 		return NULL;
@@ -161,6 +154,22 @@ static char *copy_string(struct string_store *st, uint8_t tag, const uint8_t *va
 	s[len] = '\0';
 	*st->used += len + 1;
 	return s;
+}
+
+/* Copies a string record into the store; NULL with err set if it breaks a rule. */
+static char *copy_string(struct string_store *st, uint8_t tag, const uint8_t *value,
+			 size_t len, char *err, size_t errlen)
+{
+	if (len > MM_MAX_STRING) {
+		fail(err, errlen, "%s record is %zu bytes (max %d)", tag_name(tag), len,
+		     MM_MAX_STRING);
+		return NULL;
+	}
+	if (memchr(value, '\0', len) != NULL) {
+		fail(err, errlen, "%s record contains a NUL byte", tag_name(tag));
+		return NULL;
+	}
+	return store_string(st, value, len, err, errlen);
 }
 
 /* A record that may appear once: rejects a second one. */
@@ -292,18 +301,22 @@ static int parse_net_addr(struct mm_net *net, const char *s, char *err, size_t e
 	return 0;
 }
 
-/* A name in a HOSTS line: letters, digits, '.', '-', '_'. */
+/* A character of a host name (HOSTS) or a disk serial (MOUNT): letters, digits, '.',
+ * '-', '_'. */
+static bool name_char_ok(char c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+	       c == '.' || c == '-' || c == '_';
+}
+
+/* A name in a HOSTS line. */
 static bool host_name_ok(const char *s, size_t len)
 {
 	if (len == 0 || len > MM_MAX_HOST_NAME)
 		return false;
-	for (size_t i = 0; i < len; i++) {
-		char c = s[i];
-
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-		      c == '.' || c == '-' || c == '_'))
+	for (size_t i = 0; i < len; i++)
+		if (!name_char_ok(s[i]))
 			return false;
-	}
 	return true;
 }
 
@@ -350,8 +363,12 @@ enum record_set {
 	IN_CONFIG_V3 = 1 << 2,
 	IN_EXEC = 1 << 3,
 	IN_IDENTITY = 1 << 4,
+	IN_CONFIG_V4 = 1 << 5,
 };
-#define IN_CONFIG (IN_CONFIG_V1 | IN_CONFIG_V2 | IN_CONFIG_V3)
+#define IN_CONFIG_FROM_V4 IN_CONFIG_V4
+#define IN_CONFIG_FROM_V3 (IN_CONFIG_V3 | IN_CONFIG_FROM_V4)
+#define IN_CONFIG_FROM_V2 (IN_CONFIG_V2 | IN_CONFIG_FROM_V3)
+#define IN_CONFIG (IN_CONFIG_V1 | IN_CONFIG_FROM_V2)
 
 static const uint8_t record_sets[] = {
 	[MM_TAG_ARG] = IN_CONFIG | IN_EXEC,
@@ -362,13 +379,14 @@ static const uint8_t record_sets[] = {
 	[MM_TAG_FLAGS] = IN_CONFIG,
 	[MM_TAG_TTY] = IN_EXEC,
 	[MM_TAG_STDIN] = IN_EXEC,
-	[MM_TAG_NET_ADDR] = IN_CONFIG_V2 | IN_CONFIG_V3 | IN_IDENTITY,
-	[MM_TAG_NET_GATEWAY] = IN_CONFIG_V2 | IN_CONFIG_V3 | IN_IDENTITY,
-	[MM_TAG_DNS] = IN_CONFIG_V2 | IN_CONFIG_V3 | IN_IDENTITY,
-	[MM_TAG_HOSTS] = IN_CONFIG_V2 | IN_CONFIG_V3 | IN_IDENTITY,
-	[MM_TAG_NET_MAC] = IN_CONFIG_V3 | IN_IDENTITY,
-	[MM_TAG_CLOCK] = IN_CONFIG_V3 | IN_IDENTITY,
-	[MM_TAG_SEED] = IN_CONFIG_V3 | IN_IDENTITY,
+	[MM_TAG_NET_ADDR] = IN_CONFIG_FROM_V2 | IN_IDENTITY,
+	[MM_TAG_NET_GATEWAY] = IN_CONFIG_FROM_V2 | IN_IDENTITY,
+	[MM_TAG_DNS] = IN_CONFIG_FROM_V2 | IN_IDENTITY,
+	[MM_TAG_HOSTS] = IN_CONFIG_FROM_V2 | IN_IDENTITY,
+	[MM_TAG_NET_MAC] = IN_CONFIG_FROM_V3 | IN_IDENTITY,
+	[MM_TAG_CLOCK] = IN_CONFIG_FROM_V3 | IN_IDENTITY,
+	[MM_TAG_SEED] = IN_CONFIG_FROM_V3 | IN_IDENTITY,
+	[MM_TAG_MOUNT] = IN_CONFIG_FROM_V4,
 };
 
 static bool record_known(enum record_set set, uint8_t tag)
@@ -376,12 +394,13 @@ static bool record_known(enum record_set set, uint8_t tag)
 	return tag < sizeof record_sets && (record_sets[tag] & set) != 0;
 }
 
-/* Where a payload's records go: proc for CONFIG and EXEC, flags for CONFIG, id for
- * CONFIG and IDENTITY (NULL where the payload has none). */
+/* Where a payload's records go: proc for CONFIG and EXEC, flags and mounts for CONFIG,
+ * id for CONFIG and IDENTITY (NULL where the payload has none). */
 struct record_target {
 	struct mm_process *proc;
 	uint32_t *flags;
 	struct mm_identity *id;
+	struct mm_mounts *mounts;
 	struct string_store st;
 };
 
@@ -396,6 +415,116 @@ static int parse_net_mac(struct mm_net *net, const char *s, char *err, size_t er
 		return fail_net(err, errlen, "NET_MAC \"%s\" is not a unicast address", s);
 	net->has_mac = true;
 	return MM_PARSE_OK;
+}
+
+/* Directories that are mm's (/.mm) or the kernel's: no volume goes on or under them. */
+static const char *const reserved_dirs[] = { "proc", "sys", "dev", ".mm" };
+
+/* Moves *p to the next component of a path that is neither empty nor "." and returns
+ * its length: 0 at the end of the path. */
+static size_t next_component(const char **p)
+{
+	for (;;) {
+		size_t n;
+
+		*p += strspn(*p, "/");
+		n = strcspn(*p, "/");
+		if (n != 1 || **p != '.')
+			return n;
+		*p += n;
+	}
+}
+
+/* Two paths that name the same place without looking at the filesystem: "/data",
+ * "/data/" and "//./data" do. */
+static bool same_path(const char *a, const char *b)
+{
+	size_t na, nb;
+
+	do {
+		na = next_component(&a);
+		nb = next_component(&b);
+		if (na != nb || memcmp(a, b, na) != 0)
+			return false;
+		a += na;
+		b += nb;
+	} while (na > 0);
+	return true;
+}
+
+/* The reserved directory a path's first component names, or NULL. */
+static const char *reserved_dir(const char *name, size_t len)
+{
+	for (size_t i = 0; i < sizeof reserved_dirs / sizeof reserved_dirs[0]; i++)
+		if (strlen(reserved_dirs[i]) == len && memcmp(name, reserved_dirs[i], len) == 0)
+			return reserved_dirs[i];
+	return NULL;
+}
+
+/* A MOUNT's mount point: absolute, no ".." component, not "/" itself, not on or under
+ * a reserved directory. */
+static int check_mount_path(const char *path, char *err, size_t errlen)
+{
+	const char *p = path, *reserved;
+	size_t n, components = 0;
+
+	if (path[0] != '/')
+		return fail(err, errlen, "MOUNT path \"%.64s\" is not absolute", path);
+	for (; (n = next_component(&p)) > 0; p += n, components++) {
+		if (n == 2 && memcmp(p, "..", 2) == 0)
+			return fail(err, errlen, "MOUNT path \"%.64s\" has a .. component", path);
+		if (components == 0 && (reserved = reserved_dir(p, n)) != NULL)
+			return fail(err, errlen, "MOUNT path \"%.64s\" is in /%s (reserved)", path,
+				    reserved);
+	}
+	if (components == 0)
+		return fail(err, errlen, "MOUNT path \"%.64s\" is the root directory", path);
+	return 0;
+}
+
+/* MOUNT: u8 flags (bit 0 read-only), the disk's serial, NUL, the mount point. At most
+ * MM_MAX_MOUNTS, and no serial or mount point twice. */
+static int parse_mount(struct mm_mounts *mounts, struct string_store *st, const uint8_t *value,
+		       size_t len, char *err, size_t errlen)
+{
+	struct mm_mount m;
+	const uint8_t *nul;
+	size_t serial_len, path_len;
+
+	if (mounts->count == MM_MAX_MOUNTS)
+		return fail(err, errlen, "more than %d MOUNT records", MM_MAX_MOUNTS);
+	if (len == 0)
+		return fail(err, errlen, "MOUNT record is empty (no flags)");
+	if ((value[0] & ~MM_MOUNT_READ_ONLY) != 0)
+		return fail(err, errlen, "MOUNT flags 0x%02x: only bit 0 (read-only) is defined",
+			    value[0]);
+	if ((nul = memchr(value + 1, '\0', len - 1)) == NULL)
+		return fail(err, errlen, "MOUNT record has no NUL after the serial");
+	serial_len = (size_t)(nul - (value + 1));
+	if (serial_len == 0 || serial_len > MM_MAX_SERIAL)
+		return fail(err, errlen, "MOUNT serial is %zu bytes (must be 1-%d)", serial_len,
+			    MM_MAX_SERIAL);
+	for (size_t i = 0; i < serial_len; i++)
+		if (!name_char_ok((char)value[1 + i]))
+			return fail(err, errlen, "MOUNT serial has a byte outside A-Z a-z 0-9 _ . -");
+	path_len = len - 1 - serial_len - 1;
+	if (path_len > MM_MAX_STRING)
+		return fail(err, errlen, "MOUNT path is %zu bytes (max %d)", path_len, MM_MAX_STRING);
+	if (memchr(nul + 1, '\0', path_len) != NULL)
+		return fail(err, errlen, "MOUNT path contains a NUL byte");
+	m.read_only = (value[0] & MM_MOUNT_READ_ONLY) != 0;
+	if ((m.serial = store_string(st, value + 1, serial_len, err, errlen)) == NULL ||
+	    (m.path = store_string(st, nul + 1, path_len, err, errlen)) == NULL ||
+	    check_mount_path(m.path, err, errlen) != 0)
+		return -1;
+	for (size_t i = 0; i < mounts->count; i++) {
+		if (strcmp(mounts->list[i].serial, m.serial) == 0)
+			return fail(err, errlen, "two MOUNT records for serial %s", m.serial);
+		if (same_path(mounts->list[i].path, m.path))
+			return fail(err, errlen, "two MOUNT records at \"%.64s\"", m.path);
+	}
+	mounts->list[mounts->count++] = m;
+	return 0;
 }
 
 /* The records of a payload from byte off on, those of set into t. */
@@ -550,6 +679,10 @@ static int parse_records(enum record_set set, const uint8_t *payload, size_t len
 			memcpy(id->seed, value, rlen);
 			id->seed_len = rlen;
 			break;
+		case MM_TAG_MOUNT:
+			if (parse_mount(t->mounts, st, value, rlen, err, errlen) != 0)
+				return -1;
+			break;
 		default:
 			break;
 		}
@@ -581,13 +714,18 @@ static int check_net(const struct mm_net *net, char *err, size_t errlen)
 
 static enum record_set config_set(uint16_t version)
 {
-	return version >= 3 ? IN_CONFIG_V3 : version == 2 ? IN_CONFIG_V2 : IN_CONFIG_V1;
+	switch (version) {
+	case 1: return IN_CONFIG_V1;
+	case 2: return IN_CONFIG_V2;
+	case 3: return IN_CONFIG_V3;
+	default: return IN_CONFIG_V4;
+	}
 }
 
 int mm_config_parse(struct mm_config *cfg, const uint8_t *payload, size_t len,
 		    char *err, size_t errlen)
 {
-	struct record_target t = { &cfg->proc, &cfg->flags, &cfg->id,
+	struct record_target t = { &cfg->proc, &cfg->flags, &cfg->id, &cfg->mounts,
 				   { cfg->strings, sizeof cfg->strings, &cfg->strings_used } };
 	int r;
 
@@ -608,7 +746,7 @@ int mm_config_parse(struct mm_config *cfg, const uint8_t *payload, size_t len,
 int mm_exec_parse(struct mm_exec *ex, uint16_t version, const uint8_t *payload, size_t len,
 		  char *err, size_t errlen)
 {
-	struct record_target t = { &ex->proc, NULL, NULL,
+	struct record_target t = { &ex->proc, NULL, NULL, NULL,
 				   { ex->strings, sizeof ex->strings, &ex->strings_used } };
 	uint16_t v;
 
@@ -625,7 +763,7 @@ int mm_exec_parse(struct mm_exec *ex, uint16_t version, const uint8_t *payload, 
 int mm_identity_parse(struct mm_identity_msg *msg, uint16_t version, const uint8_t *payload,
 		      size_t len, char *err, size_t errlen)
 {
-	struct record_target t = { NULL, NULL, &msg->id,
+	struct record_target t = { NULL, NULL, &msg->id, NULL,
 				   { msg->strings, sizeof msg->strings, &msg->strings_used } };
 	uint16_t v;
 	int r;

@@ -9,8 +9,8 @@
 #include <stdint.h>
 
 #define MM_PROTOCOL_MIN 1                        /* offered in HELLO */
-#define MM_PROTOCOL_MAX 3
-#define MM_AGENT_NAME "mm-init/0.3"
+#define MM_PROTOCOL_MAX 4
+#define MM_AGENT_NAME "mm-init/0.4"
 #define MM_MAX_AGENT_NAME 64
 
 #define MM_LEN_FIELD 4                          /* the u32 `len` */
@@ -42,6 +42,11 @@
 #define MM_CLOCK_LEN 8                          /* CLOCK: u64 nanoseconds */
 #define MM_MIN_SEED 16                          /* SEED: bytes of entropy */
 #define MM_MAX_SEED 512
+
+/* Version 4 */
+#define MM_MAX_MOUNTS 16                        /* MOUNT records in one CONFIG */
+#define MM_MAX_SERIAL 20                        /* a virtio-blk serial (VIRTIO_BLK_ID_BYTES) */
+#define MM_MOUNT_READ_ONLY 0x1u                 /* MOUNT flags: bit 0 */
 
 #define MM_STREAM_CONTROL 0
 
@@ -82,6 +87,7 @@ enum mm_config_tag {
 	MM_TAG_NET_MAC = 13,     /* v3, CONFIG and IDENTITY */
 	MM_TAG_CLOCK = 14,
 	MM_TAG_SEED = 15,
+	MM_TAG_MOUNT = 16,       /* v4, CONFIG only */
 };
 
 /* What a parser reports; the ERROR code the guest answers with follows from it. */
@@ -162,13 +168,27 @@ struct mm_identity {
 	struct mm_net net;
 };
 
+/* A volume to mount before the workload starts (CONFIG v4), already validated. */
+struct mm_mount {
+	bool read_only;
+	char *serial;                   /* the disk's virtio serial: 1-20 of A-Z a-z 0-9 _ . - */
+	char *path;                     /* absolute, no "..", not "/", not in /proc /sys /dev /.mm */
+};
+
+struct mm_mounts {
+	size_t count;
+	struct mm_mount list[MM_MAX_MOUNTS];   /* in the records' order */
+};
+
 struct mm_config {
 	uint16_t version;
 	struct mm_process proc;
 	uint32_t flags;
 	struct mm_identity id;
+	struct mm_mounts mounts;        /* v4 */
 	/* Every string, NUL-terminated. A record costs 3 header bytes and its copy one
-	 * NUL, so the copies of one payload always fit in MM_MAX_PAYLOAD bytes. */
+	 * NUL (a MOUNT's two copies, serial and path, take its flags byte's place too), so
+	 * the copies of one payload always fit in MM_MAX_PAYLOAD bytes. */
 	char strings[MM_MAX_PAYLOAD];
 	size_t strings_used;
 };

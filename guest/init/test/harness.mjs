@@ -51,7 +51,9 @@ export const TAG = {
   NET_MAC: 13,
   CLOCK: 14,
   SEED: 15,
+  MOUNT: 16,
 };
+export const MOUNT_READ_ONLY = 1;
 export const INITIAL_WINDOW = 256 * 1024;
 export const MAX_PAYLOAD = 65536;
 export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -89,6 +91,14 @@ export class FrameDecoder {
   }
 }
 
+/** A MOUNT record (v4): u8 flags, the disk's serial, NUL, the mount point. */
+export function mountRecord({ serial, path, readOnly = false, flags = readOnly ? MOUNT_READ_ONLY : 0 }) {
+  return record(
+    TAG.MOUNT,
+    Buffer.concat([Buffer.from([flags]), Buffer.from(serial), Buffer.alloc(1), Buffer.from(path)]),
+  );
+}
+
 export function record(tag, value) {
   const bytes = typeof value === "string" ? Buffer.from(value) : value;
   const head = Buffer.alloc(3);
@@ -111,6 +121,7 @@ export function encodeRecords({
   mac,
   clockNs,
   seed,
+  mounts = [],
   version = 1,
   extra = [],
 }) {
@@ -132,6 +143,7 @@ export function encodeRecords({
   if (mac !== undefined) parts.push(record(TAG.NET_MAC, mac));
   if (clockNs !== undefined) parts.push(record(TAG.CLOCK, u64(clockNs)));
   if (seed !== undefined) parts.push(record(TAG.SEED, seed));
+  parts.push(...mounts.map(mountRecord));
   if (tty !== undefined) parts.push(record(TAG.TTY, winsize(tty.rows, tty.cols)));
   if (stdin) parts.push(record(TAG.STDIN, Buffer.alloc(0)));
   parts.push(...extra);

@@ -1,5 +1,5 @@
 /* Unit tests for protocol.c: frame receiver, CONFIG, EXEC and IDENTITY validation,
- * limit by limit. Built and run by `make check`; prints one line per failure, exits
+ * limit by limit, MOUNT records (v4) rule by rule. Built and run by `make check`; prints one line per failure, exits
  * non-zero. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,9 +69,9 @@ static void test_config(void)
 
 	begin(1);
 	CHECK(parse() != 0 && strstr(err, "no ARG") != NULL);
-	begin(4);
+	begin(5);
 	str(MM_TAG_ARG, "sh");
-	CHECK(parse() != 0 && strstr(err, "version 4 is not supported (this agent speaks 1..3)") != NULL);
+	CHECK(parse() != 0 && strstr(err, "version 5 is not supported (this agent speaks 1..4)") != NULL);
 	begin(0);
 	str(MM_TAG_ARG, "sh");
 	CHECK(parse() != 0 && strstr(err, "version 0") != NULL);
@@ -516,6 +516,202 @@ static void test_config_v3(void)
 	CHECK(parse_exec(3) == MM_PARSE_OK);
 }
 
+/* A MOUNT record's value: u8 flags, the serial, NUL, the mount point. */
+static void mount(uint8_t flags, const char *serial, const char *path)
+{
+	static uint8_t value[1 + MM_MAX_SERIAL + 8 + 1 + MM_MAX_STRING + 8];
+	size_t serial_len = strlen(serial), path_len = strlen(path);
+
+	value[0] = flags;
+	memcpy(value + 1, serial, serial_len);
+	value[1 + serial_len] = '\0';
+	memcpy(value + 2 + serial_len, path, path_len);
+	record(MM_TAG_MOUNT, value, 2 + serial_len + path_len);
+}
+
+/* A CONFIG v4 with one MOUNT record: the parser's verdict. */
+static int parse_one_mount(uint8_t flags, const char *serial, const char *path)
+{
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	mount(flags, serial, path);
+	return parse();
+}
+
+static void test_config_v4(void)
+{
+	static char long_path[MM_MAX_STRING + 2];
+
+	/* v1 to v3 ignore MOUNT, however broken; so do EXEC and IDENTITY under v4. */
+	for (uint16_t v = 1; v <= 3; v++) {
+		begin(v);
+		str(MM_TAG_ARG, "x");
+		mount(0xff, "bad serial!", "relative");
+		record(MM_TAG_MOUNT, "", 0);
+		CHECK(parse() == MM_PARSE_OK && cfg.mounts.count == 0);
+	}
+	begin(4);
+	str(MM_TAG_ARG, "sh");
+	mount(0xff, "", "/proc");
+	CHECK(parse_exec(4) == MM_PARSE_OK);
+	begin(4);
+	str(MM_TAG_HOSTNAME, "h");
+	mount(0, "vol", "..");
+	CHECK(parse_identity(4) == MM_PARSE_OK && idm.id.hostname != NULL);
+
+	/* The fields, in order; v4 keeps the v2 and v3 records. */
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	mount(0, "vol-data_1.a", "/var/lib/data");
+	mount(MM_MOUNT_READ_ONLY, "ABCDEFGHIJKLMNOPQRST", "/srv/ro/");
+	str(MM_TAG_NET_ADDR, "10.88.0.5/16");
+	str(MM_TAG_NET_MAC, "52:54:00:ab:cd:ef");
+	CHECK(parse() == MM_PARSE_OK && cfg.version == 4 && cfg.mounts.count == 2);
+	CHECK(!cfg.mounts.list[0].read_only && strcmp(cfg.mounts.list[0].serial, "vol-data_1.a") == 0 &&
+	      strcmp(cfg.mounts.list[0].path, "/var/lib/data") == 0);
+	CHECK(cfg.mounts.list[1].read_only && strcmp(cfg.mounts.list[1].serial, "ABCDEFGHIJKLMNOPQRST") == 0 &&
+	      strcmp(cfg.mounts.list[1].path, "/srv/ro/") == 0);
+	CHECK(cfg.id.net.has_addr && cfg.id.net.has_mac);
+
+	/* Paths that are fine: the reserved names deeper down or as a part of a name, dots. */
+	static const char *const good_path[] = {
+		"/data", "/srv/proc", "/procs", "/proc.d", "/devices", "/.mmx", "/mm", "/a/./b",
+		"/a..b/...", "//data", "/data/", "/x/.mm", "/ünïcode", "/a b",
+	};
+	for (size_t i = 0; i < sizeof good_path / sizeof good_path[0]; i++)
+		CHECK(parse_one_mount(0, "v", good_path[i]) == MM_PARSE_OK &&
+		      strcmp(cfg.mounts.list[0].path, good_path[i]) == 0);
+	memset(long_path, 'p', MM_MAX_STRING);
+	long_path[0] = '/';
+	CHECK(parse_one_mount(0, "v", long_path) == MM_PARSE_OK);
+	long_path[MM_MAX_STRING] = 'p';
+	CHECK(parse_one_mount(0, "v", long_path) == MM_PARSE_CONFIG &&
+	      strstr(err, "MOUNT path is 4097 bytes (max 4096)") != NULL);
+
+	/* Flags: bit 0 only. */
+	for (unsigned bit = 1; bit < 8; bit++) {
+		CHECK(parse_one_mount((uint8_t)(1u << bit | 1u), "v", "/data") == MM_PARSE_CONFIG &&
+		      strstr(err, "MOUNT flags 0x") != NULL && strstr(err, "only bit 0") != NULL);
+	}
+
+	/* Serial: 1-20 of A-Z a-z 0-9 _ . - */
+	static const char *const bad_serial[] = { "a b", "vol/1", "vol:1", "vol\n", "\xc3\xa9", "+", "vol*" };
+	for (size_t i = 0; i < sizeof bad_serial / sizeof bad_serial[0]; i++)
+		CHECK(parse_one_mount(0, bad_serial[i], "/data") == MM_PARSE_CONFIG &&
+		      strstr(err, "MOUNT serial has a byte outside") != NULL);
+	CHECK(parse_one_mount(0, "", "/data") == MM_PARSE_CONFIG &&
+	      strstr(err, "MOUNT serial is 0 bytes (must be 1-20)") != NULL);
+	CHECK(parse_one_mount(0, "ABCDEFGHIJKLMNOPQRSTU", "/data") == MM_PARSE_CONFIG &&
+	      strstr(err, "MOUNT serial is 21 bytes (must be 1-20)") != NULL);
+
+	/* Mount points. */
+	static const struct { const char *path, *why; } bad_path[] = {
+		{ "data", "is not absolute" }, { "", "is not absolute" }, { "./data", "is not absolute" },
+		{ "/", "is the root directory" }, { "//", "is the root directory" },
+		{ "/./", "is the root directory" }, { "/.", "is the root directory" },
+		{ "/..", "has a .. component" }, { "/data/..", "has a .. component" },
+		{ "/data/../etc", "has a .. component" }, { "/a/../../b", "has a .. component" },
+		{ "/proc", "is in /proc (reserved)" }, { "/proc/x", "is in /proc (reserved)" },
+		{ "/sys/fs/x", "is in /sys (reserved)" }, { "/dev", "is in /dev (reserved)" },
+		{ "/dev/shm/x", "is in /dev (reserved)" }, { "/.mm", "is in /.mm (reserved)" },
+		{ "/.mm/x", "is in /.mm (reserved)" }, { "/.mm/tools", "is in /.mm (reserved)" },
+		{ "//proc/x", "is in /proc (reserved)" }, { "/./sys", "is in /sys (reserved)" },
+		{ "/dev/", "is in /dev (reserved)" },
+	};
+	for (size_t i = 0; i < sizeof bad_path / sizeof bad_path[0]; i++) {
+		CHECK(parse_one_mount(0, "v", bad_path[i].path) == MM_PARSE_CONFIG &&
+		      strncmp(err, "MOUNT path \"", 12) == 0 && strstr(err, bad_path[i].why) != NULL);
+	}
+
+	/* The record's shape: a flags byte, a NUL after the serial, no NUL in the path. */
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	record(MM_TAG_MOUNT, "", 0);
+	CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "MOUNT record is empty") != NULL);
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	record(MM_TAG_MOUNT, "\0vol", 4);
+	CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "no NUL after the serial") != NULL);
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	record(MM_TAG_MOUNT, "\0", 1);
+	CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "no NUL after the serial") != NULL);
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	record(MM_TAG_MOUNT, "\0vol/data", 9);
+	CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "no NUL after the serial") != NULL);
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	record(MM_TAG_MOUNT, "\0vol\0/da\0ta", 12);
+	CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "MOUNT path contains a NUL byte") != NULL);
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	record(MM_TAG_MOUNT, "\0vol\0", 5);
+	CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "is not absolute") != NULL);
+
+	/* At most MM_MAX_MOUNTS, no serial and no mount point twice. */
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	for (int i = 0; i < MM_MAX_MOUNTS; i++) {
+		char serial[8], path[16];
+
+		snprintf(serial, sizeof serial, "v%d", i);
+		snprintf(path, sizeof path, "/data/%d", i);
+		mount(0, serial, path);
+	}
+	CHECK(parse() == MM_PARSE_OK && cfg.mounts.count == MM_MAX_MOUNTS &&
+	      strcmp(cfg.mounts.list[15].path, "/data/15") == 0);
+	mount(0, "v16", "/data/16");
+	CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "more than 16 MOUNT records") != NULL);
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	mount(0, "vol", "/a");
+	mount(MM_MOUNT_READ_ONLY, "vol", "/b");
+	CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "two MOUNT records for serial vol") != NULL);
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	mount(0, "Vol", "/a");
+	mount(0, "vol", "/b");
+	CHECK(parse() == MM_PARSE_OK);   /* serials are case-sensitive, as sysfs shows them */
+	static const char *const same_as_data[] = { "/data", "/data/", "//data", "/./data/.", "/data//" };
+	for (size_t i = 0; i < sizeof same_as_data / sizeof same_as_data[0]; i++) {
+		begin(4);
+		str(MM_TAG_ARG, "x");
+		mount(0, "a", "/data");
+		mount(0, "b", same_as_data[i]);
+		CHECK(parse() == MM_PARSE_CONFIG && strstr(err, "two MOUNT records at \"") != NULL);
+	}
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	mount(0, "a", "/data");
+	mount(0, "b", "/data/sub");
+	mount(0, "c", "/dat");
+	mount(0, "d", "/data2");
+	CHECK(parse() == MM_PARSE_OK && cfg.mounts.count == 4);   /* nested is fine */
+
+	/* A MOUNT error is CONFIG, also beside NET records. */
+	begin(4);
+	str(MM_TAG_ARG, "x");
+	str(MM_TAG_NET_ADDR, "10.88.0.5/16");
+	mount(0, "v", "/proc/x");
+	CHECK(parse() == MM_PARSE_CONFIG);
+
+	/* A payload of MM_MAX_PAYLOAD bytes, mostly MOUNT records, fits the string store. */
+	begin(4);
+	long_path[4000] = '\0';
+	for (int i = 0; i < MM_MAX_MOUNTS; i++) {
+		char serial[8];
+
+		snprintf(serial, sizeof serial, "v%d", i);
+		long_path[3999] = (char)('a' + i);
+		mount(1, serial, long_path);
+	}
+	record(MM_TAG_ARG, long_path + 1, MM_MAX_PAYLOAD - plen - 3);
+	CHECK(plen == MM_MAX_PAYLOAD);
+	CHECK(parse() == MM_PARSE_OK && cfg.mounts.count == MM_MAX_MOUNTS &&
+	      cfg.strings_used <= sizeof cfg.strings);
+}
+
 static void test_identity(void)
 {
 	uint8_t flags[4] = { 0, 0, 0, 1 };
@@ -679,6 +875,7 @@ int main(void)
 	test_exec();
 	test_mac();
 	test_config_v3();
+	test_config_v4();
 	test_identity();
 	test_ipv4();
 	test_utf8();

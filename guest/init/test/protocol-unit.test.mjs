@@ -1,5 +1,5 @@
-// Builds and runs mm-init's C unit tests (test/protocol-test.c, test/net-test.c) under
-// node's runner.
+// Builds and runs mm-init's C unit tests (test/protocol-test.c, test/net-test.c,
+// test/disk-test.c) under node's runner.
 
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -9,8 +9,9 @@ import { test } from "node:test";
 const dir = join(import.meta.dirname, "..");
 
 for (const [name, what] of [
-  ["protocol-test", "protocol unit tests (frames, CONFIG and EXEC records)"],
+  ["protocol-test", "protocol unit tests (frames, CONFIG, EXEC and IDENTITY records, MOUNT)"],
   ["net-test", "network file tests (/etc/resolv.conf, /etc/hosts, symlinks)"],
+  ["disk-test", "disk tests (a disk found by serial, mount points made)"],
 ]) {
   test(`mm-init's C ${what} pass`, () => {
     const build = spawnSync("make", ["-s", "-C", dir, `build/${name}`], { encoding: "utf8" });
