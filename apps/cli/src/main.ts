@@ -8,7 +8,16 @@ import { closeSync, openSync, readFileSync, readSync, statSync } from "node:fs";
 import { constants as osConstants } from "node:os";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError } from "@commander-js/extra-typings";
-import { DEFAULT_IMAGE, isActive, MmError, parseCpus, parseDiskSize, parseMemory, validateEnv } from "@mm/core";
+import {
+  DEFAULT_IMAGE,
+  isActive,
+  MmError,
+  parseCpus,
+  parseDiskSize,
+  parseMemory,
+  parseVolumeMount,
+  validateEnv,
+} from "@mm/core";
 import {
   copyIn,
   copyOut,
@@ -165,6 +174,12 @@ export function buildProgram(): Command {
     .option("--ssh", "start an SSH server in the guest for your public key (`mm ssh NAME`)", false)
     .option("--ssh-key <file.pub>", "public key to authorize (default: yours, ~/.ssh/id_*.pub)")
     .option("--ssh-user <user>", "user to log in as", "root")
+    .option(
+      "-v, --volume <NAME:/path[:ro]>",
+      "mount a named volume (repeatable; `mm volume create`)",
+      collect,
+      [] as string[],
+    )
     .option("--cold", "boot the kernel even if the image has a booted template", false)
     .option("--json", "machine-readable output", false)
     .passThroughOptions()
@@ -200,6 +215,7 @@ export function buildProgram(): Command {
           ...(opts.user !== undefined && { user: opts.user }),
           autoRemove: opts.rm,
           ...(opts.cold && { cold: true }),
+          ...(opts.volume.length > 0 && { volumes: opts.volume.map(parseVolumeMount) }),
           ...(diskSizeMib !== undefined && { diskSizeMib }),
           network: {
             ...(opts.network !== undefined && { mode: networkMode(opts.network) }),

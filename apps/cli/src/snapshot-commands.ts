@@ -272,6 +272,71 @@ export function addSnapshotCommands(
       }),
     );
 
+  const vol = program
+    .command("volume")
+    .description("named volumes: persistent disks that outlive machines (-v NAME:/path)");
+  vol
+    .command("create")
+    .description("create a volume (an ext4 disk, sparse: it takes the space its data takes)")
+    .argument("<name>")
+    .option("--size <size>", "capacity (e.g. 512M, 10G)", "1G")
+    .option("--json", "print JSON", false)
+    .action(
+      withRuntime(async (rt, name, opts) => {
+        const v = await rt.createVolume(name, parseDiskSize(opts.size) * 2 ** 20);
+        process.stdout.write(opts.json ? `${JSON.stringify(v)}\n` : `${v.name}\n`);
+      }),
+    );
+  vol
+    .command("ls")
+    .description("list volumes and the machines that name them")
+    .option("-q, --quiet", "print names only", false)
+    .option("--json", "print JSON", false)
+    .action(
+      withRuntime(async (rt, opts) => {
+        const list = rt.volumes();
+        if (opts.json) process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
+        else if (opts.quiet) process.stdout.write(list.map((v) => `${v.name}\n`).join(""));
+        else {
+          const rows: string[][] = [];
+          for (const v of list) {
+            rows.push([
+              v.name,
+              mib(v.sizeBytes),
+              mib(await allocatedBytes(v.path)),
+              v.attachedTo ?? "",
+              v.usedBy.join(", "),
+            ]);
+          }
+          process.stdout.write(table(["VOLUME", "SIZE", "USED ON DISK", "ATTACHED TO", "NAMED BY"], rows));
+        }
+      }),
+    );
+  vol
+    .command("inspect")
+    .description("a volume's record as JSON")
+    .argument("<names...>")
+    .action(
+      withRuntime(async (rt, names) => {
+        process.stdout.write(
+          `${JSON.stringify(
+            names.map((n) => rt.volume(n)),
+            null,
+            2,
+          )}\n`,
+        );
+      }),
+    );
+  vol
+    .command("rm")
+    .description("remove volumes and their data (refused while a machine names them)")
+    .argument("<names...>")
+    .action(
+      withRuntime(async (rt, names) => {
+        for (const n of names) process.stdout.write(`${(await rt.removeVolume(n)).name}\n`);
+      }),
+    );
+
   program
     .command("df")
     .description("disk and memory used by images, templates, snapshots, machines, and what GC would free")

@@ -231,6 +231,22 @@ export const ERRORS = {
     hint: "the message has the failing command; `mm doctor` checks and repairs the host network",
     exit: 125,
   },
+  MM_INVALID_VOLUME: {
+    summary: "invalid volume or mount",
+    hint: "write -v NAME:/path[:ro] with a volume from `mm volume ls`",
+    exit: 125,
+  },
+  MM_NO_SUCH_VOLUME: {
+    summary: "no such volume",
+    hint: "create it with `mm volume create NAME`; `mm volume ls` lists them",
+    exit: 125,
+  },
+  MM_VOLUME_EXISTS: { summary: "a volume with that name exists", hint: "pick another name, or use it", exit: 125 },
+  MM_VOLUME_IN_USE: {
+    summary: "the volume is in use",
+    hint: "a volume is attached to one running machine at a time, and removed only when no machine names it (`mm volume inspect NAME`)",
+    exit: 125,
+  },
   MM_SNAPSHOT_EXISTS: {
     summary: "that snapshot already exists",
     hint: "another process made the same template or tag at the same moment; list them with `mm snapshot ls`",

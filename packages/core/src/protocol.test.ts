@@ -100,7 +100,7 @@ describe("CONFIG", () => {
         (args, envPairs, stayUp) => {
           const env = envPairs.map(([k, v]) => `${k}=${v}`);
           const cfg = decodeConfig(encodeConfig({ args, env, cwd: "/w", user: "1:2", hostname: "h", stayUp }));
-          assert.deepEqual(cfg, { version: 3, args, env, cwd: "/w", user: "1:2", hostname: "h", stayUp, stdin: false });
+          assert.deepEqual(cfg, { version: 4, args, env, cwd: "/w", user: "1:2", hostname: "h", stayUp, stdin: false });
         },
       ),
     );
@@ -161,11 +161,27 @@ describe("protocol v2 records", () => {
     );
   });
 
+  test("v4 MOUNT records round-trip; a v3 guest cannot take volumes", () => {
+    const mounts = [
+      { serial: "mmv0", path: "/data", readOnly: false },
+      { serial: "mmv1", path: "/srv/ro dir", readOnly: true },
+    ];
+    assert.deepEqual(decodeConfig(encodeConfig({ args: ["a"], env: [], mounts })).mounts, mounts);
+    assert.throws(
+      () => encodeConfig({ args: ["a"], env: [], mounts }, 3),
+      (e) => isMmError(e, "MM_AGENT_PROTOCOL"),
+    );
+    assert.throws(
+      () => encodeConfig({ args: ["a"], env: [], mounts: [{ serial: "bad serial", path: "/d", readOnly: false }] }),
+      (e) => isMmError(e, "MM_USAGE"),
+    );
+  });
+
   test("IDENTITY carries hostname, network and fresh records, and needs v3", () => {
     const id = decodeConfig(encodeIdentity({ hostname: "clone-1", network: net, fresh: { mac: "52:54:00:00:00:01" } }));
     assert.deepEqual(
       [id.version, id.hostname, id.network, id.fresh],
-      [3, "clone-1", net, { mac: "52:54:00:00:00:01" }],
+      [4, "clone-1", net, { mac: "52:54:00:00:00:01" }],
     );
     assert.deepEqual(id.args, []);
     assert.throws(

@@ -4,7 +4,7 @@
 import { MmError } from "./errors.js";
 
 /** The highest version this host speaks; v1 guests are still served (docs/PROTOCOL.md). */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 export const MIN_PROTOCOL_VERSION = 1;
 export const INITIAL_WINDOW = 256 * 1024;
 export const MAX_SESSIONS = 64;
@@ -110,7 +110,9 @@ export const ConfigTag = {
   NET_MAC: 13,
   CLOCK: 14,
   SEED: 15,
+  MOUNT: 16,
 } as const;
+export const MAX_MOUNTS = 16;
 export const ConfigFlag = { STAY_UP: 1 } as const;
 
 export interface NetworkIdentity {
@@ -133,6 +135,14 @@ export interface WorkloadConfig {
   readonly network?: NetworkIdentity;
   /** Protocol v3 and later: what a restored guest needs to stop being its snapshot's twin. */
   readonly fresh?: FreshIdentity;
+  /** Protocol v4: disks (by virtio serial) the guest mounts before the workload starts. */
+  readonly mounts?: readonly GuestMount[];
+}
+
+export interface GuestMount {
+  readonly serial: string;
+  readonly path: string;
+  readonly readOnly: boolean;
 }
 
 /** Protocol v3: the parts of an identity a snapshot freezes and a restore must renew. */
@@ -222,6 +232,26 @@ export function encodeConfig(cfg: WorkloadConfig, version: number = PROTOCOL_VER
   w.add(ConfigTag.FLAGS, flags);
   if (cfg.network && version >= 2) addNetworkRecords(w, cfg.network);
   if (cfg.fresh && version >= 3) addFreshRecords(w, cfg.fresh);
+  if (cfg.mounts && cfg.mounts.length > 0) {
+    if (version < 4) {
+      throw new MmError("MM_AGENT_PROTOCOL", "the guest's mm-init is too old for volumes (protocol v4)", {
+        hint: "rebuild the image's root filesystem with a current mm-init (`mm image prune`, then run again)",
+      });
+    }
+    if (cfg.mounts.length > MAX_MOUNTS) throw new MmError("MM_USAGE", `more than ${MAX_MOUNTS} volumes`);
+    for (const m of cfg.mounts) {
+      if (!/^[A-Za-z0-9_.-]{1,20}$/.test(m.serial)) throw new MmError("MM_USAGE", `bad disk serial "${m.serial}"`);
+      w.add(
+        ConfigTag.MOUNT,
+        Buffer.concat([
+          Buffer.from([m.readOnly ? 1 : 0]),
+          Buffer.from(m.serial),
+          Buffer.from([0]),
+          checkString("mount point", m.path),
+        ]),
+      );
+    }
+  }
   return w.finish();
 }
 
@@ -305,6 +335,7 @@ export function decodeConfig(payload: Buffer): WorkloadConfig & ExecConfig & { v
   let mac: string | undefined;
   let clockNs: bigint | undefined;
   let seed: Buffer | undefined;
+  const mounts: GuestMount[] = [];
   let off = 2;
   while (off < payload.length) {
     if (off + 3 > payload.length) throw new MmError("MM_AGENT_PROTOCOL", "truncated CONFIG record");
@@ -364,6 +395,16 @@ export function decodeConfig(payload: Buffer): WorkloadConfig & ExecConfig & { v
       case ConfigTag.SEED:
         seed = Buffer.from(value);
         break;
+      case ConfigTag.MOUNT: {
+        const nul = value.indexOf(0, 1);
+        if (len < 3 || nul < 0) throw new MmError("MM_AGENT_PROTOCOL", "malformed MOUNT record");
+        mounts.push({
+          readOnly: (value.readUInt8(0) & 1) === 1,
+          serial: value.subarray(1, nul).toString("utf8"),
+          path: value.subarray(nul + 1).toString("utf8"),
+        });
+        break;
+      }
       default:
         break; // unknown tags are ignored (forward compatibility)
     }
@@ -379,6 +420,7 @@ export function decodeConfig(payload: Buffer): WorkloadConfig & ExecConfig & { v
     ...(hostname !== undefined && { hostname }),
     ...(tty && { tty }),
     ...(address !== undefined && { network: { address, ...(gateway !== undefined && { gateway }), dns, hosts } }),
+    ...(mounts.length > 0 && { mounts }),
     ...((mac !== undefined || clockNs !== undefined || seed !== undefined) && {
       fresh: {
         ...(mac !== undefined && { mac }),

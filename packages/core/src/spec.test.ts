@@ -9,6 +9,7 @@ import {
   parseDiskSize,
   parseMemory,
   parseSignal,
+  parseVolumeMount,
   validateEnv,
   validateName,
   workloadArgv,
@@ -105,4 +106,29 @@ test("stop signals by name or number", () => {
       () => parseSignal(bad),
       (e) => isMmError(e, "MM_USAGE"),
     );
+});
+
+test("-v NAME:/path[:ro|rw] parses; host paths, reserved and relative paths are MM_INVALID_VOLUME", () => {
+  assert.deepEqual(parseVolumeMount("data:/var/lib/db"), { name: "data", path: "/var/lib/db", readOnly: false });
+  assert.deepEqual(parseVolumeMount("cfg:/etc/app/:ro"), { name: "cfg", path: "/etc/app", readOnly: true });
+  assert.deepEqual(parseVolumeMount("v1:/x:rw").readOnly, false);
+  for (const bad of [
+    "data",
+    "/host:/guest",
+    "./rel:/x",
+    "data:rel",
+    "data:/",
+    "data:/a/../b",
+    "data:/proc/x",
+    "data:/.mm",
+    "data:/x:rx",
+    "-bad:/x",
+    "a:/b:ro:x",
+  ]) {
+    assert.throws(
+      () => parseVolumeMount(bad),
+      (e) => isMmError(e, "MM_INVALID_VOLUME"),
+      bad,
+    );
+  }
 });

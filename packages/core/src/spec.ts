@@ -59,6 +59,8 @@ export interface MachineSpec {
   readonly diskSizeMib?: number;
   /** Absent in records from before networking: treated as mode "none". */
   readonly network?: NetworkSpec;
+  /** `-v NAME:/path[:ro]`: named volumes (persistent ext4 disks) mounted in the guest. */
+  readonly volumes?: readonly VolumeMount[];
   /** `--ssh`: an SSH server in the guest, for these public keys, logging in as `user`. */
   readonly ssh?: { readonly authorizedKeys: readonly string[]; readonly user: string; readonly identityFile?: string };
   /**
@@ -113,7 +115,47 @@ export function parseCpus(text: string): number {
   return n;
 }
 
+export interface VolumeMount {
+  readonly name: string;
+  /** Absolute path in the guest. */
+  readonly path: string;
+  readonly readOnly: boolean;
+}
+
 const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
+
+/** Paths mm or the guest kernel owns: nothing is mounted over them. */
+const RESERVED_MOUNT = /^\/(proc|sys|dev|\.mm)(\/|$)/;
+
+/**
+ * Parses `-v NAME:/path[:ro|rw]` (Docker's form for named volumes). A host path
+ * (`/host:/guest`) is a bind mount, which needs virtio-fs: refused with a hint for now.
+ */
+export function parseVolumeMount(text: string): VolumeMount {
+  const parts = text.split(":");
+  const bad = (why: string) => new MmError("MM_INVALID_VOLUME", `-v "${text}": ${why}`);
+  if (parts.length < 2 || parts.length > 3) throw bad("write NAME:/path or NAME:/path:ro");
+  const [name, path, mode] = parts as [string, string, string | undefined];
+  if (name.startsWith("/") || name.startsWith(".")) {
+    throw new MmError("MM_INVALID_VOLUME", `-v "${text}": host directory mounts (virtio-fs) are not built yet`, {
+      hint: "use a named volume: mm volume create NAME, then -v NAME:/path",
+    });
+  }
+  validateVolumeName(name);
+  if (!path.startsWith("/") || path === "/" || path.split("/").includes("..") || path.includes("\0")) {
+    throw bad("the guest path must be absolute, not / and without ..");
+  }
+  if (RESERVED_MOUNT.test(path)) throw bad("/proc, /sys, /dev and /.mm cannot be mounted over");
+  if (mode !== undefined && mode !== "ro" && mode !== "rw") throw bad(`mode "${mode}": use ro or rw`);
+  return { name, path: path.replace(/\/+$/, ""), readOnly: mode === "ro" };
+}
+
+export function validateVolumeName(name: string): string {
+  if (!NAME_RE.test(name)) {
+    throw new MmError("MM_INVALID_VOLUME", `volume name "${name}": 1-63 of letters, digits, _ . - (not first)`);
+  }
+  return name;
+}
 
 export function validateName(name: string): string {
   if (!NAME_RE.test(name)) throw new MmError("MM_INVALID_NAME", `"${name}"`);

@@ -14,3 +14,4 @@ export * from "./snapshots.js";
 export * from "./ssh.js";
 export * from "./store.js";
 export * from "./supervisor.js";
+export * from "./volumes.js";

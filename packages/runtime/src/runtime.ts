@@ -17,6 +17,7 @@ import {
   MmError,
   machineId,
   type NetworkSpec,
+  type VolumeMount,
   validateEnv,
   validateName,
 } from "@mm/core";
@@ -52,6 +53,7 @@ import {
 } from "./snapshots.js";
 import { type MachineRecord, Store } from "./store.js";
 import { type RunIo, type RunOutcome, Supervisor } from "./supervisor.js";
+import { createVolume, DEFAULT_VOLUME_BYTES, findVolume, listVolumes, removeVolume, type Volume } from "./volumes.js";
 
 export interface CreateInput {
   readonly name?: string;
@@ -71,6 +73,8 @@ export interface CreateInput {
   /** Default: bridge (MM_NETWORK overrides the default). */
   readonly network?: Partial<NetworkSpec>;
   readonly ssh?: { readonly authorizedKeys: readonly string[]; readonly user: string; readonly identityFile?: string };
+  /** Named volumes to mount (`-v NAME:/path[:ro]`). */
+  readonly volumes?: readonly VolumeMount[];
 }
 
 export interface RuntimeOptions {
@@ -127,6 +131,7 @@ export class Runtime {
       ...(input.user !== undefined && { user: input.user }),
       ...(input.diskSizeMib !== undefined && { diskSizeMib: input.diskSizeMib }),
       ...(input.ssh && { ssh: input.ssh }),
+      ...(input.volumes && input.volumes.length > 0 && { volumes: [...input.volumes] }),
       network: {
         mode: input.network?.mode ?? (this.env.MM_NETWORK === "none" ? "none" : "bridge"),
         egress: input.network?.egress ?? "allow",
@@ -144,6 +149,13 @@ export class Runtime {
         .filter((r) => r.state !== "failed")
         .flatMap((r) => r.spec.network?.publish ?? []);
       checkPortConflicts(spec.network.publish, taken);
+    }
+    for (const [i, v] of (spec.volumes ?? []).entries()) {
+      findVolume(this.paths, this.store, [], v.name);
+      const earlier = (spec.volumes ?? []).slice(0, i);
+      if (earlier.some((e) => e.name === v.name || e.path === v.path)) {
+        throw new MmError("MM_INVALID_VOLUME", `-v ${v.name}:${v.path}: each volume and each path once`);
+      }
     }
     if (spec.workdir !== undefined && !spec.workdir.startsWith("/")) {
       throw new MmError("MM_USAGE", `working directory "${spec.workdir}" must be absolute`);
@@ -505,6 +517,22 @@ export class Runtime {
   /** Frees what nothing needs: unreferenced layers, unfinished captures, stale RAM files. */
   collectGarbage(opts: { dryRun?: boolean } = {}): Promise<number> {
     return collectGarbage(this.paths, this.store, this.env, opts);
+  }
+
+  createVolume(name: string, sizeBytes = DEFAULT_VOLUME_BYTES): Promise<Volume> {
+    return createVolume(this.paths, this.store, name, sizeBytes);
+  }
+
+  volumes(): Volume[] {
+    return listVolumes(this.paths, this.store, this.list());
+  }
+
+  volume(name: string): Volume {
+    return findVolume(this.paths, this.store, this.list(), name);
+  }
+
+  removeVolume(name: string): Promise<Volume> {
+    return removeVolume(this.paths, this.store, this.list(), name);
   }
 
   logs(ref: string): LogEntry[] {

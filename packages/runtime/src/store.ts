@@ -78,6 +78,11 @@ CREATE TABLE IF NOT EXISTS settings (
   key TEXT PRIMARY KEY,
   value TEXT NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS volumes (
+  name TEXT PRIMARY KEY,
+  size_bytes INTEGER NOT NULL,
+  created_at TEXT NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS snapshots (
   id TEXT PRIMARY KEY,
   kind TEXT NOT NULL,
@@ -123,6 +128,12 @@ function toRecord(r: Row): MachineRecord {
     rootDisk: r.root_disk ?? null,
     bootMode: r.boot_mode ?? null,
   };
+}
+
+export interface VolumeRow {
+  readonly name: string;
+  readonly sizeBytes: number;
+  readonly createdAt: string;
 }
 
 export interface SnapshotRow {
@@ -325,6 +336,31 @@ export class Store {
       }
       throw e;
     }
+  }
+
+  addVolume(v: VolumeRow): void {
+    try {
+      this.db
+        .prepare("INSERT INTO volumes (name, size_bytes, created_at) VALUES (?, ?, ?)")
+        .run(v.name, v.sizeBytes, v.createdAt);
+    } catch (e) {
+      if (/UNIQUE constraint failed/.test((e as Error).message)) throw new MmError("MM_VOLUME_EXISTS", `"${v.name}"`);
+      throw e;
+    }
+  }
+
+  volumes(): VolumeRow[] {
+    return (
+      this.db.prepare("SELECT * FROM volumes ORDER BY name").all() as {
+        name: string;
+        size_bytes: number;
+        created_at: string;
+      }[]
+    ).map((r) => ({ name: r.name, sizeBytes: r.size_bytes, createdAt: r.created_at }));
+  }
+
+  removeVolume(name: string): void {
+    this.db.prepare("DELETE FROM volumes WHERE name = ?").run(name);
   }
 
   snapshots(): SnapshotRow[] {

@@ -56,6 +56,7 @@ import {
 } from "./snapshots.js";
 import { ensureHostKey, startSshServer } from "./ssh.js";
 import type { MachineRecord, Store } from "./store.js";
+import { checkAttachable, volumeSerial } from "./volumes.js";
 
 export interface RunIo {
   /** Workload output; return false to apply back-pressure until `drain` is called. */
@@ -183,7 +184,11 @@ export class Supervisor {
       const outcome = await this.boot(rec, log, io);
       return outcome;
     } catch (e) {
-      const err = e instanceof MmError ? e : mapFsError(e, "starting the machine");
+      let err = e instanceof MmError ? e : mapFsError(e, "starting the machine");
+      // QEMU locks disk images: a volume another VMM holds is refused there at the latest.
+      if (err.code === "MM_QEMU_FAILED" && /Failed to get ".*" lock/.test(err.message) && rec.spec.volumes?.length) {
+        err = new MmError("MM_VOLUME_IN_USE", `a volume of ${rec.spec.name} is held by another VMM: ${err.message}`);
+      }
       await this.vm?.kill();
       rec = store.force(this.id, "failed", {
         error: { code: err.code, message: err.message },
@@ -218,7 +223,17 @@ export class Supervisor {
         hint: "apt-get install dropbear-bin patchelf (scripts/setup.sh does it)",
       });
     }
-    const config = workloadConfig(rec);
+    const volumes = checkAttachable(paths, store, store.list(), rec);
+    const config: WorkloadConfig = {
+      ...workloadConfig(rec),
+      ...(volumes.length > 0 && {
+        mounts: (rec.spec.volumes ?? []).map((v, i) => ({
+          serial: volumeSerial(i),
+          path: v.path,
+          readOnly: v.readOnly,
+        })),
+      }),
+    };
     const base = rec.spec.imageDigest
       ? await (async () => {
           const images = new Images(paths, env);
@@ -341,7 +356,15 @@ export class Supervisor {
       memoryMib: rec.spec.memoryMib,
       accel: accel.accel,
       agentChannel: true,
-      extraDisks: [{ path: tools.disk, format: "raw", readOnly: true, serial: TOOLS_SERIAL }],
+      extraDisks: [
+        { path: tools.disk, format: "raw", readOnly: true, serial: TOOLS_SERIAL },
+        ...volumes.map((v, i) => ({
+          path: v.path,
+          format: "raw" as const,
+          readOnly: rec.spec.volumes?.[i]?.readOnly ?? false,
+          serial: volumeSerial(i),
+        })),
+      ],
       memoryFile,
       incoming: restore !== null,
       ...(nic && { nic }),
@@ -474,7 +497,8 @@ export class Supervisor {
       trace("exit");
       exitStatus = st;
       // A --rm machine's disk goes with it: no clean power-off needed, end the VMM now.
-      if (rec.spec.autoRemove) return void vm.kill();
+      // Not with volumes: they outlive it, and the guest flushes and unmounts them at power-off.
+      if (rec.spec.autoRemove && !rec.spec.volumes?.length) return void vm.kill();
       session.poweroff();
       this.stopTimers.push(setTimeout(() => void vm.terminate(1000), POWEROFF_GRACE_MS));
     });
@@ -587,6 +611,11 @@ export class Supervisor {
     const phase = session.restorePhase;
     if (!phase) throw new MmError("MM_MACHINE_NOT_RUNNING", "the machine's workload has exited");
     if (this.capturing) throw new MmError("MM_SNAPSHOT_FAILED", "another snapshot of this machine is in progress");
+    if (this.ctx.store.get(this.id).spec.volumes?.length) {
+      throw new MmError("MM_SNAPSHOT_FAILED", "a running machine with volumes cannot be snapshotted yet", {
+        hint: "its volumes live outside the snapshot; stop it and take a disk-only snapshot (the volumes stay named)",
+      });
+    }
     this.capturing = true;
     const { paths, store } = this.ctx;
     let paused = false;
@@ -695,5 +724,6 @@ export class Supervisor {
 
 /** Whether this boot may start from (or make) the image's template. */
 function templatesEnabled(rec: MachineRecord, env: NodeJS.ProcessEnv): boolean {
-  return !rec.spec.cold && env.MM_TEMPLATES !== "0" && !env.MM_GUEST_DEBUG;
+  // A template's devices must match its restores': machines with volumes boot cold.
+  return !rec.spec.cold && env.MM_TEMPLATES !== "0" && !env.MM_GUEST_DEBUG && !rec.spec.volumes?.length;
 }
