@@ -41,6 +41,7 @@ import {
   type Supervisor,
 } from "@mm/runtime";
 import Table from "cli-table3";
+import { addDay2Commands } from "./day2-commands.js";
 import { execCommand } from "./exec.js";
 import { ago, commandText, statusText } from "./format.js";
 import { progressMode, pullRenderer } from "./progress.js";
@@ -660,6 +661,7 @@ export function buildProgram(): Command {
     });
 
   addSnapshotCommands(program, runtime, table, ensureImage);
+  addDay2Commands(program, runtime, table);
 
   program
     .command("__supervise", { hidden: true })

@@ -4,7 +4,7 @@
 
 import { chmod, rm } from "node:fs/promises";
 import { connect, createServer, type Server } from "node:net";
-import { type ErrorCode, isMmError, MmError } from "@mm/core";
+import { type ErrorCode, MmError } from "@mm/core";
 import type { Compat } from "./snapshots.js";
 
 export interface CaptureRequest {
@@ -30,10 +30,19 @@ export interface CaptureResult {
 /** Requests are tiny; anything longer is not a client of ours. */
 const MAX_REQUEST = 64 * 1024;
 
-export async function serveControl(
-  path: string,
-  capture: (req: CaptureRequest) => Promise<CaptureResult>,
-): Promise<Server> {
+export interface DiskStats {
+  readonly device: string;
+  readonly readBytes: number;
+  readonly writtenBytes: number;
+}
+
+export interface ControlHandlers {
+  capture(req: CaptureRequest): Promise<CaptureResult>;
+  /** The VMM's block I/O counters (QMP query-blockstats). */
+  diskStats(): Promise<DiskStats[]>;
+}
+
+export async function serveControl(path: string, handlers: ControlHandlers): Promise<Server> {
   await rm(path, { force: true });
   const server = createServer((sock) => {
     let text = "";
@@ -52,12 +61,18 @@ export async function serveControl(
         sock.end(`${JSON.stringify({ error: { code: "MM_USAGE", message: "bad request" } })}\n`);
         return;
       }
-      if (req.op !== "capture" || typeof req.staging !== "string") {
+      const work: Promise<unknown> | null =
+        req.op === "capture" && typeof req.staging === "string"
+          ? // The capture runs to its end even if the client goes away: the machine must be resumed.
+            handlers.capture({ staging: req.staging, ...(typeof req.ramPath === "string" && { ramPath: req.ramPath }) })
+          : req.op === "diskStats"
+            ? handlers.diskStats()
+            : null;
+      if (!work) {
         sock.end(`${JSON.stringify({ error: { code: "MM_USAGE", message: `unknown request ${req.op}` } })}\n`);
         return;
       }
-      // The capture runs to its end even if the client goes away: the machine must be resumed.
-      capture({ staging: req.staging, ...(typeof req.ramPath === "string" && { ramPath: req.ramPath }) }).then(
+      work.then(
         (result) => sock.end(`${JSON.stringify({ result })}\n`),
         (e: unknown) => {
           const err = e instanceof MmError ? e : new MmError("MM_INTERNAL", String(e));
@@ -76,6 +91,15 @@ export async function serveControl(
 
 /** Asks a running machine's supervisor to capture it. */
 export function requestCapture(path: string, req: CaptureRequest, timeoutMs = 120_000): Promise<CaptureResult> {
+  return request<CaptureResult>(path, { op: "capture", ...req }, timeoutMs);
+}
+
+/** Asks a running machine's supervisor for its VMM's disk counters. */
+export function requestDiskStats(path: string): Promise<DiskStats[]> {
+  return request<DiskStats[]>(path, { op: "diskStats" }, 10_000);
+}
+
+function request<T>(path: string, body: Record<string, unknown>, timeoutMs: number): Promise<T> {
   return new Promise((resolve, reject) => {
     const sock = connect(path);
     let text = "";
@@ -84,7 +108,7 @@ export function requestCapture(path: string, req: CaptureRequest, timeoutMs = 12
       reject(new MmError("MM_SNAPSHOT_FAILED", `the machine's supervisor did not answer within ${timeoutMs} ms`));
     }, timeoutMs);
     sock.setEncoding("utf8");
-    sock.on("connect", () => sock.write(`${JSON.stringify({ op: "capture", ...req })}\n`));
+    sock.on("connect", () => sock.write(`${JSON.stringify(body)}\n`));
     sock.on("data", (d: string) => {
       text += d;
     });
@@ -99,11 +123,9 @@ export function requestCapture(path: string, req: CaptureRequest, timeoutMs = 12
     sock.on("end", () => {
       clearTimeout(timer);
       try {
-        const reply = JSON.parse(text) as { result?: CaptureResult; error?: { code: string; message: string } };
-        if (reply.result) return resolve(reply.result);
-        const code = (reply.error?.code ?? "MM_INTERNAL") as ErrorCode;
-        const err = new MmError(code, reply.error?.message ?? "no reply");
-        reject(isMmError(err) ? err : new MmError("MM_INTERNAL", String(err)));
+        const reply = JSON.parse(text) as { result?: T; error?: { code: string; message: string } };
+        if (reply.result !== undefined) return resolve(reply.result);
+        reject(new MmError((reply.error?.code ?? "MM_INTERNAL") as ErrorCode, reply.error?.message ?? "no reply"));
       } catch {
         reject(new MmError("MM_SNAPSHOT_FAILED", "the machine's supervisor gave no answer"));
       }

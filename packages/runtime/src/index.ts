@@ -12,6 +12,7 @@ export * from "./paths.js";
 export * from "./runtime.js";
 export * from "./snapshots.js";
 export * from "./ssh.js";
+export * from "./stats.js";
 export * from "./store.js";
 export * from "./supervisor.js";
 export * from "./volumes.js";

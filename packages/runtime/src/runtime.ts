@@ -331,6 +331,7 @@ export class Runtime {
           layer: c.layer,
           virtualSize: c.virtualSize,
         });
+        this.store.addEvent(rec.id, rec.spec.name, "snapshot", { snapshot: snap.id, live: true, pausedMs: c.pausedMs });
         return { ...snap, pausedMs: c.pausedMs };
       }
       if (isActive(rec.state)) {
@@ -355,6 +356,7 @@ export class Runtime {
         layer: frozen.layer,
         virtualSize: frozen.virtualSize,
       });
+      this.store.addEvent(rec.id, rec.spec.name, "snapshot", { snapshot: snap.id, live: false });
       return { ...snap, pausedMs: null };
     } catch (e) {
       await rm(staging, { recursive: true, force: true });
@@ -417,6 +419,7 @@ export class Runtime {
       checkCompat(snap, { ...snap.compat, kernel, engine });
     }
     const rec = this.createFrom(snap, name, "copy");
+    this.store.addEvent(rec.id, name, "restore", { snapshot: snap.id, from: snap.machine });
     return this.startDetached(rec.id);
   }
 
@@ -469,6 +472,7 @@ export class Runtime {
       throw e;
     }
     const clones = names.map((n) => this.createFrom(snap, n, "cow"));
+    this.store.addEvent(parent.id, parent.spec.name, "fork", { clones: names, capture: snap.id });
     const started = await Promise.all(clones.map((c) => this.startDetached(c.id)));
     // Clones that failed to start no longer need the capture; if none runs, it goes now.
     await releaseForkCapture(this.paths, this.store, snap.id);

@@ -78,6 +78,14 @@ CREATE TABLE IF NOT EXISTS settings (
   key TEXT PRIMARY KEY,
   value TEXT NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  time TEXT NOT NULL,
+  machine_id TEXT NOT NULL,
+  machine TEXT NOT NULL,
+  type TEXT NOT NULL,
+  detail TEXT
+) STRICT;
 CREATE TABLE IF NOT EXISTS volumes (
   name TEXT PRIMARY KEY,
   size_bytes INTEGER NOT NULL,
@@ -129,6 +137,27 @@ function toRecord(r: Row): MachineRecord {
     bootMode: r.boot_mode ?? null,
   };
 }
+
+/** A lifecycle event (`mm events`), written in the same step as the change it reports. */
+export interface MachineEventRow {
+  readonly seq: number;
+  readonly time: string;
+  readonly machineId: string;
+  readonly machine: string;
+  /** create, start, ready, stop, exit, fail, destroy, snapshot, restore, fork */
+  readonly type: string;
+  readonly detail: Record<string, unknown> | null;
+}
+
+/** The event a state change reports. */
+const STATE_EVENT: Record<MachineState, string> = {
+  created: "create",
+  starting: "start",
+  running: "ready",
+  stopping: "stop",
+  exited: "exit",
+  failed: "fail",
+};
 
 export interface VolumeRow {
   readonly name: string;
@@ -208,6 +237,7 @@ export class Store {
       this.db
         .prepare("INSERT INTO machines (id, name, spec, state, created_at) VALUES (?, ?, ?, 'created', ?)")
         .run(id, spec.name, JSON.stringify(spec), new Date().toISOString());
+      this.addEvent(id, spec.name, "create", { image: spec.image });
     } catch (e) {
       if (/UNIQUE constraint failed: machines.name/.test((e as Error).message)) {
         throw new MmError("MM_NAME_IN_USE", `"${spec.name}"`);
@@ -249,6 +279,7 @@ export class Store {
       const current = this.get(id);
       const state = nextState(current.state, event);
       this.write(id, state, fields);
+      if (state !== current.state) this.stateEvent(current, state, fields);
       this.db.exec("COMMIT");
     } catch (e) {
       this.db.exec("ROLLBACK");
@@ -265,11 +296,15 @@ export class Store {
 
   /** Forces a state, bypassing the state machine: only for reconciling after a crash. */
   force(id: string, state: MachineState, fields: TransitionFields = {}): MachineRecord {
+    const current = this.get(id);
     this.write(id, state, fields);
+    if (state !== current.state) this.stateEvent(current, state, fields);
     return this.get(id);
   }
 
   remove(id: string): void {
+    const rec = this.db.prepare("SELECT name FROM machines WHERE id = ?").get(id) as { name: string } | undefined;
+    if (rec) this.addEvent(id, rec.name, "destroy", null);
     this.db.prepare("DELETE FROM machines WHERE id = ?").run(id);
     this.db.prepare("DELETE FROM leases WHERE machine_id = ?").run(id);
   }
@@ -336,6 +371,43 @@ export class Store {
       }
       throw e;
     }
+  }
+
+  addEvent(machineId: string, machine: string, type: string, detail: Record<string, unknown> | null): void {
+    this.db
+      .prepare("INSERT INTO events (time, machine_id, machine, type, detail) VALUES (?, ?, ?, ?, ?)")
+      .run(new Date().toISOString(), machineId, machine, type, detail ? JSON.stringify(detail) : null);
+  }
+
+  /** Events after `afterSeq`, oldest first (at most `limit`). */
+  events(afterSeq = 0, limit = 10_000): MachineEventRow[] {
+    return (
+      this.db.prepare("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?").all(afterSeq, limit) as {
+        seq: number;
+        time: string;
+        machine_id: string;
+        machine: string;
+        type: string;
+        detail: string | null;
+      }[]
+    ).map((r) => ({
+      seq: r.seq,
+      time: r.time,
+      machineId: r.machine_id,
+      machine: r.machine,
+      type: r.type,
+      detail: r.detail ? (JSON.parse(r.detail) as Record<string, unknown>) : null,
+    }));
+  }
+
+  private stateEvent(rec: MachineRecord, state: MachineState, fields: TransitionFields): void {
+    const detail =
+      state === "exited"
+        ? { exitCode: fields.exitCode ?? null, signal: fields.exitSignal ?? null }
+        : state === "failed"
+          ? { error: fields.error?.code ?? null, message: fields.error?.message ?? null }
+          : null;
+    this.addEvent(rec.id, rec.spec.name, STATE_EVENT[state], detail);
   }
 
   addVolume(v: VolumeRow): void {

@@ -24,7 +24,7 @@ import {
 } from "@mm/core";
 import { chooseAccel, describeExit, type Engine, type RunningVm, TCG_WARNING, type VmExit, withTimeout } from "@mm/vmm";
 import { AgentSession, type RestoredChannel } from "./agent-session.js";
-import { type CaptureRequest, type CaptureResult, serveControl } from "./control.js";
+import { type CaptureRequest, type CaptureResult, type DiskStats, serveControl } from "./control.js";
 import { createOverlay, defaultImageRootfs } from "./default-image.js";
 import { serveExecRelay } from "./exec-relay.js";
 import { runTool } from "./exec-tool.js";
@@ -471,7 +471,10 @@ export class Supervisor {
           trace("ssh");
         }
         relay = await serveExecRelay(execSocket(paths, this.id), () => (session.isClosed ? null : session));
-        control = await serveControl(controlSocket(paths, this.id), (req) => this.capture(req));
+        control = await serveControl(controlSocket(paths, this.id), {
+          capture: (req) => this.capture(req),
+          diskStats: () => this.diskStats(),
+        });
       } catch (e) {
         fail(e, "MM_EXEC_SETUP");
         return;
@@ -670,6 +673,16 @@ export class Supervisor {
       if (phase === "started") session.unquiesce();
       this.capturing = false;
     }
+  }
+
+  async diskStats(): Promise<DiskStats[]> {
+    const vm = this.vm;
+    if (!vm) throw new MmError("MM_MACHINE_NOT_RUNNING", "the machine is not running");
+    const stats = (await vm.qmp("query-blockstats")) as {
+      device: string;
+      stats: { rd_bytes: number; wr_bytes: number };
+    }[];
+    return stats.map((b) => ({ device: b.device, readBytes: b.stats.rd_bytes, writtenBytes: b.stats.wr_bytes }));
   }
 
   private async rootVirtualSize(vm: RunningVm): Promise<number> {

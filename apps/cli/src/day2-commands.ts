@@ -1,0 +1,144 @@
+// `mm events`, `mm stats` and `mm top`: watching machines on one host.
+
+import type { Command } from "@commander-js/extra-typings";
+import { MmError } from "@mm/core";
+import { guestProcesses, type MachineEventRow, type MachineStats, type Runtime, sampleStats } from "@mm/runtime";
+
+type Table = (head: string[], rows: string[][]) => string;
+
+/** `10m`, `90s`, `2h` ago, or an absolute time Date can parse (RFC 3339), as `docker events` takes. */
+export function parseTime(text: string, now = Date.now()): number {
+  const rel = /^(\d+)(ms|s|m|h)$/.exec(text);
+  if (rel) return now - Number(rel[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[rel[2] as "ms" | "s" | "m" | "h"];
+  // Absolute times must look like one (a date first): Date.parse("10") would be the year 2010.
+  const t = /^\d{4}-\d{2}-\d{2}/.test(text) ? Date.parse(text) : Number.NaN;
+  if (Number.isNaN(t)) throw new MmError("MM_USAGE", `"${text}" is neither a duration (10m, 90s) nor a time`);
+  return t;
+}
+
+function eventLine(e: MachineEventRow): string {
+  const detail = e.detail
+    ? Object.entries(e.detail)
+        .filter(([, v]) => v !== null && v !== undefined)
+        .map(([k, v]) => `${k}=${Array.isArray(v) ? v.join(",") : String(v)}`)
+        .join(", ")
+    : "";
+  return `${e.time} machine ${e.type} ${e.machine} (id=${e.machineId}${detail ? `, ${detail}` : ""})\n`;
+}
+
+const mib = (b: number | null) => (b === null ? "-" : `${(b / 2 ** 20).toFixed(1)}MiB`);
+const bytes = (b: number) =>
+  b >= 2 ** 30
+    ? `${(b / 2 ** 30).toFixed(2)}GiB`
+    : b >= 2 ** 20
+      ? `${(b / 2 ** 20).toFixed(1)}MiB`
+      : `${(b / 1024).toFixed(1)}KiB`;
+
+function statsRows(list: readonly MachineStats[]): string[][] {
+  return list.map((s) => [
+    s.id,
+    s.name,
+    `${s.cpuPercent.toFixed(1)}%`,
+    `${mib(s.memory.guestUsedBytes)} / ${mib(s.memory.guestTotalBytes)}`,
+    mib(s.memory.hostRssBytes),
+    `${bytes(s.disk.readBytes)} / ${bytes(s.disk.writtenBytes)}`,
+    s.net ? `${bytes(s.net.rxBytes)} / ${bytes(s.net.txBytes)}` : "-",
+  ]);
+}
+
+export function addDay2Commands(program: Command, runtime: () => Runtime, table: Table): void {
+  program
+    .command("events")
+    .description("lifecycle events (create, start, ready, stop, exit, fail, destroy, snapshot, restore, fork)")
+    .option("--since <time>", "from this time or this long ago (10m, 2h, RFC 3339)")
+    .option("--until <time>", "up to this time, then return (without it: keep following)")
+    .option("--machine <name>", "only this machine's events")
+    .option("--json", "one JSON object per line", false)
+    .action(async (opts) => {
+      const rt = runtime();
+      const since = opts.since !== undefined ? parseTime(opts.since) : Date.now();
+      const until = opts.until !== undefined ? parseTime(opts.until) : null;
+      let stop = false;
+      const onInt = () => {
+        stop = true;
+      };
+      process.once("SIGINT", onInt);
+      try {
+        let after = 0;
+        for (;;) {
+          for (const e of rt.store.events(after)) {
+            after = e.seq;
+            const t = Date.parse(e.time);
+            if (t < since || (until !== null && t > until)) continue;
+            if (opts.machine !== undefined && e.machine !== opts.machine) continue;
+            process.stdout.write(opts.json ? `${JSON.stringify(e)}\n` : eventLine(e));
+          }
+          if (stop || (until !== null && Date.now() >= until)) break;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      } finally {
+        process.off("SIGINT", onInt);
+        rt.close();
+      }
+    });
+
+  program
+    .command("stats")
+    .description("CPU, memory (guest and host), disk and network I/O of running machines")
+    .argument("[machines...]")
+    .option("--no-stream", "print one sample and return")
+    .option("--json", "JSON (one array per sample)", false)
+    .action(async (refs, opts) => {
+      const rt = runtime();
+      let stop = false;
+      const onInt = () => {
+        stop = true;
+      };
+      process.once("SIGINT", onInt);
+      try {
+        do {
+          const recs = refs.length > 0 ? refs.map((r) => rt.find(r)) : rt.list();
+          for (const r of recs) {
+            if (refs.length > 0 && r.state !== "running") {
+              throw new MmError("MM_MACHINE_NOT_RUNNING", `${r.spec.name} is ${r.state}`);
+            }
+          }
+          const list = await sampleStats(rt, recs, 1000);
+          if (opts.json) process.stdout.write(`${JSON.stringify(list)}\n`);
+          else {
+            if (opts.stream && process.stdout.isTTY) process.stdout.write("\x1b[2J\x1b[H");
+            process.stdout.write(
+              table(
+                [
+                  "MACHINE ID",
+                  "NAME",
+                  "CPU %",
+                  "GUEST MEM USED / TOTAL",
+                  "VMM RSS",
+                  "DISK READ / WRITE",
+                  "NET RX / TX",
+                ],
+                statsRows(list),
+              ),
+            );
+          }
+        } while (opts.stream && !stop);
+      } finally {
+        process.off("SIGINT", onInt);
+        rt.close();
+      }
+    });
+
+  program
+    .command("top")
+    .description("the processes running in a machine")
+    .argument("<machine>")
+    .action(async (ref) => {
+      const rt = runtime();
+      try {
+        process.stdout.write(await guestProcesses(rt, ref));
+      } finally {
+        rt.close();
+      }
+    });
+}
