@@ -1,5 +1,8 @@
 // `mm events`, `mm stats` and `mm top`: watching machines on one host.
 
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, realpathSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import type { Command } from "@commander-js/extra-typings";
 import { MmError } from "@mm/core";
 import { guestProcesses, type MachineEventRow, type MachineStats, type Runtime, sampleStats } from "@mm/runtime";
@@ -24,6 +27,25 @@ function eventLine(e: MachineEventRow): string {
         .join(", ")
     : "";
   return `${e.time} machine ${e.type} ${e.machine} (id=${e.machineId}${detail ? `, ${detail}` : ""})\n`;
+}
+
+/** The unit `mm system install` writes: one oneshot that boots the machines due at host start. */
+export function systemdUnit(node: string, cli: string, state: string, cache: string): string {
+  return `[Unit]
+Description=MicroMachines: boot the machines whose restart policy says so
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+Environment=MM_STATE=${state}
+Environment=MM_CACHE=${cache}
+ExecStart=${node} ${cli} system start-all
+
+[Install]
+WantedBy=multi-user.target
+`;
 }
 
 const mib = (b: number | null) => (b === null ? "-" : `${(b / 2 ** 20).toFixed(1)}MiB`);
@@ -125,6 +147,52 @@ export function addDay2Commands(program: Command, runtime: () => Runtime, table:
         } while (opts.stream && !stop);
       } finally {
         process.off("SIGINT", onInt);
+        rt.close();
+      }
+    });
+
+  const system = program
+    .command("system")
+    .description("this host's mm service: machines that come back after a reboot");
+  system
+    .command("start-all")
+    .description("boot the machines whose restart policy says so (run at host start by the unit `install` writes)")
+    .action(async () => {
+      const rt = runtime();
+      try {
+        for (const r of await rt.startAll()) process.stdout.write(`${r.spec.name} ${r.state}\n`);
+      } finally {
+        rt.close();
+      }
+    });
+  system
+    .command("install")
+    .description("install a systemd unit that runs `mm system start-all` at boot (prints what to do without systemd)")
+    .option("--unit-dir <dir>", "where to write mm.service", "/etc/systemd/system")
+    .option("--print", "print the unit instead of installing it", false)
+    .action(async (opts) => {
+      const rt = runtime();
+      try {
+        const mm = realpathSync(process.argv[1] as string);
+        const unit = systemdUnit(process.execPath, mm, rt.paths.state, rt.paths.cache);
+        if (opts.print) {
+          process.stdout.write(unit);
+          return;
+        }
+        const path = join(opts.unitDir, "mm.service");
+        mkdirSync(opts.unitDir, { recursive: true });
+        writeFileSync(path, unit, { mode: 0o644 });
+        process.stdout.write(`wrote ${path}\n`);
+        if (existsSync("/run/systemd/system") && opts.unitDir === "/etc/systemd/system") {
+          execFileSync("systemctl", ["daemon-reload"]);
+          execFileSync("systemctl", ["enable", "mm.service"]);
+          process.stdout.write("enabled mm.service: machines with a restart policy come back at boot\n");
+        } else {
+          process.stdout.write(
+            "systemd is not running here: have the host run `mm system start-all` at boot (e.g. from its init scripts)\n",
+          );
+        }
+      } finally {
         rt.close();
       }
     });

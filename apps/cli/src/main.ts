@@ -15,6 +15,7 @@ import {
   parseCpus,
   parseDiskSize,
   parseMemory,
+  parseRestart,
   parseVolumeMount,
   validateEnv,
 } from "@mm/core";
@@ -181,6 +182,7 @@ export function buildProgram(): Command {
       collect,
       [] as string[],
     )
+    .option("--restart <policy>", "no | on-failure[:N] | always | unless-stopped (with -d)", "no")
     .option("--cold", "boot the kernel even if the image has a booted template", false)
     .option("--json", "machine-readable output", false)
     .passThroughOptions()
@@ -189,6 +191,13 @@ export function buildProgram(): Command {
       try {
         const afterDashes = (program as unknown as { _mmAfterDashes?: string[] })._mmAfterDashes;
         const memoryMib = parseMemory(opts.memory);
+        const restart = parseRestart(opts.restart);
+        if (restart.policy !== "no" && (!opts.detach || opts.rm)) {
+          throw new MmError(
+            "MM_USAGE",
+            "--restart needs -d and no --rm: a restarted machine must outlive its workload",
+          );
+        }
         const cpus = parseCpus(opts.cpus);
         const diskSizeMib = opts.diskSize !== undefined ? parseDiskSize(opts.diskSize) : undefined;
         const pulled =
@@ -216,6 +225,7 @@ export function buildProgram(): Command {
           ...(opts.user !== undefined && { user: opts.user }),
           autoRemove: opts.rm,
           ...(opts.cold && { cold: true }),
+          ...(restart.policy !== "no" && { restart }),
           ...(opts.volume.length > 0 && { volumes: opts.volume.map(parseVolumeMount) }),
           ...(diskSizeMib !== undefined && { diskSizeMib }),
           network: {
@@ -673,7 +683,7 @@ export function buildProgram(): Command {
       process.on("SIGINT", () => undefined);
       process.on("SIGHUP", () => undefined);
       try {
-        const outcome = await rt.runAttached(id, { onWarning: (m) => process.stderr.write(`${m}\n`) }, (s) => {
+        const outcome = await rt.superviseLoop(id, { onWarning: (m) => process.stderr.write(`${m}\n`) }, (s) => {
           sup = s;
         });
         if (outcome.error) process.stderr.write(`${outcome.error.code}: ${outcome.error.message}\n`);

@@ -8,8 +8,10 @@ import {
   parseCpus,
   parseDiskSize,
   parseMemory,
+  parseRestart,
   parseSignal,
   parseVolumeMount,
+  restartDelayMs,
   validateEnv,
   validateName,
   workloadArgv,
@@ -131,4 +133,20 @@ test("-v NAME:/path[:ro|rw] parses; host paths, reserved and relative paths are 
       bad,
     );
   }
+});
+
+test("--restart takes Docker's policies; back-off doubles from 100 ms to 10 s", () => {
+  assert.deepEqual(parseRestart("no"), { policy: "no" });
+  assert.deepEqual(parseRestart("always"), { policy: "always" });
+  assert.deepEqual(parseRestart("unless-stopped"), { policy: "unless-stopped" });
+  assert.deepEqual(parseRestart("on-failure"), { policy: "on-failure" });
+  assert.deepEqual(parseRestart("on-failure:5"), { policy: "on-failure", maxRetries: 5 });
+  for (const bad of ["", "sometimes", "always:3", "on-failure:", "on-failure:-1", "on-failure:x"]) {
+    assert.throws(
+      () => parseRestart(bad),
+      (e) => isMmError(e, "MM_USAGE"),
+      bad,
+    );
+  }
+  assert.deepEqual([1, 2, 3, 4, 8, 20].map(restartDelayMs), [100, 200, 400, 800, 10_000, 10_000]);
 });

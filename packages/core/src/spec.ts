@@ -59,6 +59,8 @@ export interface MachineSpec {
   readonly diskSizeMib?: number;
   /** Absent in records from before networking: treated as mode "none". */
   readonly network?: NetworkSpec;
+  /** `--restart`: what the machine's supervisor does when the workload ends (absent: no). */
+  readonly restart?: RestartPolicy;
   /** `-v NAME:/path[:ro]`: named volumes (persistent ext4 disks) mounted in the guest. */
   readonly volumes?: readonly VolumeMount[];
   /** `--ssh`: an SSH server in the guest, for these public keys, logging in as `user`. */
@@ -113,6 +115,27 @@ export function parseCpus(text: string): number {
   const n = Number(text);
   if (n < 1 || n > MAX_CPUS) throw new MmError("MM_INVALID_CPUS", `"${text}" is outside 1–${MAX_CPUS}`);
   return n;
+}
+
+export interface RestartPolicy {
+  readonly policy: "no" | "on-failure" | "always" | "unless-stopped";
+  /** on-failure:N: give up after N restarts in a row. */
+  readonly maxRetries?: number;
+}
+
+/** Parses Docker's `--restart no|on-failure[:N]|always|unless-stopped`. */
+export function parseRestart(text: string): RestartPolicy {
+  const m = /^(no|on-failure|always|unless-stopped)(?::(\d{1,4}))?$/.exec(text);
+  if (!m || (m[2] !== undefined && m[1] !== "on-failure")) {
+    throw new MmError("MM_USAGE", `--restart "${text}": use no, on-failure[:N], always or unless-stopped`);
+  }
+  const policy = m[1] as RestartPolicy["policy"];
+  return m[2] !== undefined ? { policy, maxRetries: Number(m[2]) } : { policy };
+}
+
+/** Docker's back-off between restarts: 100 ms, doubling, at most 10 s. */
+export function restartDelayMs(attempt: number): number {
+  return Math.min(100 * 2 ** Math.max(0, attempt - 1), 10_000);
 }
 
 export interface VolumeMount {

@@ -3,11 +3,14 @@
 
 import { readFileSync } from "node:fs";
 
+/** The start time of a live process (null if there is none, or only its zombie). */
 export function processStartTime(pid: number): string | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     // Field 2 (comm) may contain spaces and parentheses: parse after the last ')'.
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // A zombie (state Z: dead, not yet reaped by its parent) is no supervisor any more.
+    if (fields[0] === "Z" || fields[0] === "X") return null;
     return fields[19] ?? null; // field 22 overall: starttime
   } catch {
     return null;

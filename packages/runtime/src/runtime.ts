@@ -17,6 +17,8 @@ import {
   MmError,
   machineId,
   type NetworkSpec,
+  type RestartPolicy,
+  restartDelayMs,
   type VolumeMount,
   validateEnv,
   validateName,
@@ -75,6 +77,7 @@ export interface CreateInput {
   readonly ssh?: { readonly authorizedKeys: readonly string[]; readonly user: string; readonly identityFile?: string };
   /** Named volumes to mount (`-v NAME:/path[:ro]`). */
   readonly volumes?: readonly VolumeMount[];
+  readonly restart?: RestartPolicy;
 }
 
 export interface RuntimeOptions {
@@ -132,6 +135,7 @@ export class Runtime {
       ...(input.diskSizeMib !== undefined && { diskSizeMib: input.diskSizeMib }),
       ...(input.ssh && { ssh: input.ssh }),
       ...(input.volumes && input.volumes.length > 0 && { volumes: [...input.volumes] }),
+      ...(input.restart && input.restart.policy !== "no" && { restart: input.restart }),
       network: {
         mode: input.network?.mode ?? (this.env.MM_NETWORK === "none" ? "none" : "bridge"),
         egress: input.network?.egress ?? "allow",
@@ -182,11 +186,73 @@ export class Runtime {
     return outcome;
   }
 
+  /**
+   * The detached supervisor's life: boots the machine, and boots it again as its restart
+   * policy says (with Docker's back-off), until the policy, `mm stop` or `mm rm` ends it.
+   */
+  async superviseLoop(id: string, io: RunIo, hooks?: (s: Supervisor) => void): Promise<RunOutcome> {
+    for (;;) {
+      const started = Date.now();
+      const outcome = await this.runAttached(id, io, hooks);
+      let rec: MachineRecord;
+      try {
+        rec = this.store.get(id);
+      } catch {
+        return outcome; // removed (--rm, or mm rm -f)
+      }
+      const policy = rec.spec.restart;
+      const failed = rec.state === "failed" || (rec.exitCode ?? 0) !== 0;
+      if (!policy || rec.userStopped || (policy.policy === "on-failure" && !failed)) return outcome;
+      // A machine that ran for 10 s counts as healthy again: its count starts over.
+      const attempt = Date.now() - started > 10_000 ? 1 : rec.restartCount + 1;
+      const reason = rec.error ? rec.error.code : `exit code ${rec.exitCode}`;
+      if (policy.policy === "on-failure" && policy.maxRetries !== undefined && attempt > policy.maxRetries) {
+        this.store.addEvent(id, rec.spec.name, "restart", {
+          gaveUp: true,
+          reason: `${reason}; on-failure:${policy.maxRetries} reached`,
+        });
+        return outcome;
+      }
+      const delayMs = restartDelayMs(attempt);
+      this.store.addEvent(id, rec.spec.name, "restart", { attempt, delayMs, reason });
+      this.store.update(id, { restartCount: attempt });
+      await new Promise((r) => setTimeout(r, delayMs));
+      try {
+        rec = this.store.get(id);
+      } catch {
+        return outcome;
+      }
+      // Stopped by the user meanwhile, or started by `mm start` (another supervisor owns it now).
+      if (rec.userStopped || (rec.state !== "exited" && rec.state !== "failed")) return outcome;
+      this.store.transition(id, "restart");
+    }
+  }
+
+  /**
+   * After a host restart (`mm system start-all`, from the unit `mm system install` writes):
+   * boots the machines whose policy says so — always; unless-stopped if not stopped by the
+   * user; on-failure if the host's end took them down — with their leases, so their IPs.
+   */
+  async startAll(): Promise<MachineRecord[]> {
+    const started: MachineRecord[] = [];
+    for (const rec of this.list()) {
+      const p = rec.spec.restart?.policy;
+      if (!p || isActive(rec.state)) continue;
+      const due =
+        p === "always" ||
+        (p === "unless-stopped" && !rec.userStopped) ||
+        (p === "on-failure" && rec.error?.code === "MM_SUPERVISOR_LOST");
+      if (due) started.push(await this.startDetached(rec.id));
+    }
+    return started;
+  }
+
   /** Starts a detached supervisor for the machine and waits until it is running (or has ended). */
   async startDetached(id: string): Promise<MachineRecord> {
     const argv = this.options.supervisorCommand;
     if (!argv || argv.length === 0) throw new MmError("MM_INTERNAL", "no supervisor command configured");
     const rec = this.store.get(id);
+    this.store.update(id, { userStopped: 0, restartCount: 0 });
     if (rec.state !== "created") this.store.transition(id, "restart");
     const out = openSync(`${machineDir(this.paths, id)}/supervisor.log`, "a", 0o600);
     try {
@@ -246,6 +312,8 @@ export class Runtime {
   /** Like `docker stop`: SIGTERM to the workload, power off after `timeoutS`, then kill. */
   async stop(ref: string, timeoutS = 10): Promise<MachineRecord> {
     const rec = this.find(ref);
+    // Recorded even when it is between restarts: its restart policy must not boot it again.
+    this.store.update(rec.id, { userStopped: 1 });
     if (!isActive(rec.state)) return rec;
     this.store.update(rec.id, { stopTimeoutS: timeoutS });
     try {

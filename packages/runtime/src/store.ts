@@ -27,6 +27,10 @@ export interface MachineRecord {
   readonly rootDisk: string | null;
   /** How the last boot started: "cold", or "template:ID", "snapshot:ID", "fork:ID". */
   readonly bootMode: string | null;
+  /** Restarts in a row under the machine's restart policy. */
+  readonly restartCount: number;
+  /** Stopped by `mm stop` (a restart policy leaves it stopped; unless-stopped also across host restarts). */
+  readonly userStopped: boolean;
 }
 
 interface Row {
@@ -47,6 +51,8 @@ interface Row {
   finished_at: string | null;
   root_disk: string | null;
   boot_mode: string | null;
+  restart_count: number | null;
+  user_stopped: number | null;
 }
 
 const SCHEMA = `
@@ -106,6 +112,8 @@ CREATE TABLE IF NOT EXISTS snapshots (
 const ADDED_COLUMNS = [
   ["machines", "root_disk", "TEXT"],
   ["machines", "boot_mode", "TEXT"],
+  ["machines", "restart_count", "INTEGER"],
+  ["machines", "user_stopped", "INTEGER"],
 ] as const;
 
 export interface Lease {
@@ -135,6 +143,8 @@ function toRecord(r: Row): MachineRecord {
     finishedAt: r.finished_at,
     rootDisk: r.root_disk ?? null,
     bootMode: r.boot_mode ?? null,
+    restartCount: r.restart_count ?? 0,
+    userStopped: r.user_stopped === 1,
   };
 }
 
@@ -188,6 +198,8 @@ export interface TransitionFields {
   finishedAt?: string | null;
   rootDisk?: string | null;
   bootMode?: string | null;
+  restartCount?: number;
+  userStopped?: number;
 }
 
 const COLUMNS: Record<keyof TransitionFields, string> = {
@@ -203,6 +215,8 @@ const COLUMNS: Record<keyof TransitionFields, string> = {
   finishedAt: "finished_at",
   rootDisk: "root_disk",
   bootMode: "boot_mode",
+  restartCount: "restart_count",
+  userStopped: "user_stopped",
 };
 
 export class Store {
