@@ -1,7 +1,8 @@
-/* Disks besides the root: virtio disks found by serial through sysfs, and the volumes
- * of MOUNT records (CONFIG v4). A mount point is made inside the guest's own root
- * filesystem (or in a volume mounted before it): a symlink the image has on the way is
- * followed, as the image is the guest's own world and nothing of the host's is there. */
+/* Disks besides the root: virtio disks found by serial through sysfs, and what MOUNT
+ * records name: volumes (CONFIG v4) and shared host directories (v5: virtio-fs, 9p). A
+ * mount point is made inside the guest's own root filesystem (or in a volume or share
+ * mounted before it): a symlink the image has on the way is followed, as the image is
+ * the guest's own world and nothing else of the host's is there. */
 #include "disk.h"
 
 #include <dirent.h>
@@ -129,20 +130,52 @@ int disk_make_mount_point(const char *root, const char *path, char *err, size_t 
 	return r;
 }
 
-static int mount_volume(const struct mm_mount *m, char *err, size_t errlen)
+const char *disk_mount_what(enum mm_mount_kind kind)
 {
-	char dev[DISK_DEV_MAX];
-	unsigned long flags = MS_NOSUID | MS_NODEV | (m->read_only ? MS_RDONLY : 0);
+	switch (kind) {
+	case MM_MOUNT_VIRTIOFS: return "virtio-fs share";
+	case MM_MOUNT_9P: return "9p share";
+	default: return "volume";
+	}
+}
 
-	if (disk_find("/", m->serial, dev, sizeof dev) != 0)
-		return mount_fail(err, errlen, m->path, "no disk with serial %s", m->serial);
+void disk_mount_args(const struct mm_mount *m, const char *dev, struct disk_mount_args *out)
+{
+	out->flags = MS_NOSUID | MS_NODEV | (m->read_only ? MS_RDONLY : 0);
+	out->data = NULL;
+	switch (m->kind) {
+	case MM_MOUNT_VIRTIOFS:
+		out->source = m->name;
+		out->fstype = VIRTIOFS_FS;
+		break;
+	case MM_MOUNT_9P:
+		out->source = m->name;
+		out->fstype = P9_FS;
+		out->data = P9_OPTIONS;
+		break;
+	default:
+		out->source = dev;
+		out->fstype = VOLUME_FS;
+		break;
+	}
+}
+
+/* One MOUNT record: its disk found (a volume), its mount point made, mounted. */
+static int mount_one(const struct mm_mount *m, char *err, size_t errlen)
+{
+	char dev[DISK_DEV_MAX] = "";
+	struct disk_mount_args a;
+
+	if (m->kind == MM_MOUNT_BLOCK && disk_find("/", m->name, dev, sizeof dev) != 0)
+		return mount_fail(err, errlen, m->path, "no disk with serial %s", m->name);
 	if (disk_make_mount_point("/", m->path, err, errlen) != 0)
 		return -1;
-	if (mount(dev, m->path, VOLUME_FS, flags, NULL) != 0)
-		return mount_fail(err, errlen, m->path, "mount %s (" VOLUME_FS "): %s", dev,
+	disk_mount_args(m, dev, &a);
+	if (mount(a.source, m->path, a.fstype, a.flags, a.data) != 0)
+		return mount_fail(err, errlen, m->path, "mount %s (%s): %s", a.source, a.fstype,
 				  strerror(errno));
-	log_debug("volume %s (%s) on %s%s", m->serial, dev, m->path,
-		  m->read_only ? ", read-only" : "");
+	log_debug("%s %s on %s: %s %s%s", disk_mount_what(m->kind), m->name, m->path, a.fstype,
+		  a.source, m->read_only ? ", read-only" : "");
 	return 0;
 }
 
@@ -150,7 +183,7 @@ int disk_mount_volumes(const struct mm_mounts *mounts, size_t *mounted, char *er
 		       size_t errlen)
 {
 	for (*mounted = 0; *mounted < mounts->count; (*mounted)++)
-		if (mount_volume(&mounts->list[*mounted], err, errlen) != 0)
+		if (mount_one(&mounts->list[*mounted], err, errlen) != 0)
 			return -1;
 	return 0;
 }

@@ -1,12 +1,13 @@
 /* mm-init: PID 1 of a MicroMachines guest. It mounts what a container expects, gets
- * its CONFIG over the host channel, sets up the network, mounts the volumes, runs the
- * workload, relays its output, exit and signals, serves exec sessions, quiesces for a
- * snapshot and takes a new identity after a restore (docs/PROTOCOL.md, v1 to v4), and
- * powers the machine off.
+ * its CONFIG over the host channel, sets up the network, mounts the volumes and shared
+ * host directories, runs the workload, relays its output, exit and signals, serves exec
+ * sessions, quiesces for a snapshot and takes a new identity after a restore
+ * (docs/PROTOCOL.md, v1 to v5), and powers the machine off.
  *
  * main() reads like a script: options → signals → system → channel → CONFIG →
- * identity (clock, entropy, hostname, network) → volumes → spawn → loop { reap,
- * forward, pump, serve sessions, quiesce } → EXIT → await POWEROFF → power off.
+ * identity (clock, entropy, hostname, network) → volumes and shares → spawn →
+ * loop { reap, forward, pump, serve sessions, quiesce } → EXIT → await POWEROFF →
+ * power off.
  * Setup failures bail with a message; after that nothing exits without shutting down.
  *
  * When not PID 1 (getpid() != 1) it runs as an ordinary process for host tests: the
@@ -73,7 +74,7 @@ struct supervisor {
 	bool exit_sent;
 	bool stay_up;
 	int64_t poweroff_at;           /* >0: shut down at this time */
-	size_t volumes_mounted;        /* v4: CONFIG's volumes mounted (the first ones), to unmount */
+	size_t volumes_mounted;        /* v4, v5: CONFIG's MOUNTs mounted (the first ones) */
 };
 
 static struct supervisor sup;
@@ -440,8 +441,9 @@ static int apply_identity(struct supervisor *s, const struct mm_identity *id, ch
 	return net_apply(&id->net, err, errlen);
 }
 
-/* Mounts CONFIG's volumes (v4) in order: -1 with "MOUNT: ..." in err if one fails. A
- * host test only validates: it must not mount anything on the host. */
+/* Mounts CONFIG's volumes (v4) and shared host directories (v5) in the records' order:
+ * -1 with "MOUNT: ..." in err if one fails. A host test only validates: it must not
+ * mount anything on the host. */
 static int mount_volumes(struct supervisor *s, char *err, size_t errlen)
 {
 	if (!s->host_mode)
@@ -449,8 +451,8 @@ static int mount_volumes(struct supervisor *s, char *err, size_t errlen)
 	for (size_t i = 0; i < config.mounts.count; i++) {
 		const struct mm_mount *m = &config.mounts.list[i];
 
-		log_debug("volume %s at %s%s: not mounted in host-test mode", m->serial, m->path,
-			  m->read_only ? ", read-only" : "");
+		log_debug("%s %s at %s%s: not mounted in host-test mode", disk_mount_what(m->kind),
+			  m->name, m->path, m->read_only ? ", read-only" : "");
 	}
 	return 0;
 }
@@ -785,7 +787,7 @@ int main(void)
 	 * at once. */
 	if (apply_identity(s, &config.id, err, sizeof err) != 0)
 		fail_start(s, err, MM_STATUS_NOT_FOUND);
-	/* Then the volumes (v4), which the workload may need at once as well. */
+	/* Then the volumes (v4) and shares (v5), which the workload may need at once as well. */
 	if (mount_volumes(s, err, sizeof err) != 0)
 		fail_start(s, err, MM_STATUS_NOT_FOUND);
 

@@ -301,8 +301,8 @@ static int parse_net_addr(struct mm_net *net, const char *s, char *err, size_t e
 	return 0;
 }
 
-/* A character of a host name (HOSTS) or a disk serial (MOUNT): letters, digits, '.',
- * '-', '_'. */
+/* A character of a host name (HOSTS) or a MOUNT's name (a disk serial, a share's tag):
+ * letters, digits, '.', '-', '_'. */
 static bool name_char_ok(char c)
 {
 	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -364,8 +364,10 @@ enum record_set {
 	IN_EXEC = 1 << 3,
 	IN_IDENTITY = 1 << 4,
 	IN_CONFIG_V4 = 1 << 5,
+	IN_CONFIG_V5 = 1 << 6,
 };
-#define IN_CONFIG_FROM_V4 IN_CONFIG_V4
+#define IN_CONFIG_FROM_V5 IN_CONFIG_V5
+#define IN_CONFIG_FROM_V4 (IN_CONFIG_V4 | IN_CONFIG_FROM_V5)
 #define IN_CONFIG_FROM_V3 (IN_CONFIG_V3 | IN_CONFIG_FROM_V4)
 #define IN_CONFIG_FROM_V2 (IN_CONFIG_V2 | IN_CONFIG_FROM_V3)
 #define IN_CONFIG (IN_CONFIG_V1 | IN_CONFIG_FROM_V2)
@@ -482,47 +484,101 @@ static int check_mount_path(const char *path, char *err, size_t errlen)
 	return 0;
 }
 
-/* MOUNT: u8 flags (bit 0 read-only), the disk's serial, NUL, the mount point. At most
- * MM_MAX_MOUNTS, and no serial or mount point twice. */
+/* What a MOUNT's name is called in errors: a block disk's serial, a share's tag. */
+static const char *mount_name_noun(enum mm_mount_kind kind)
+{
+	return kind == MM_MOUNT_BLOCK ? "serial" : "tag";
+}
+
+/* A MOUNT's flags byte: bit 0 read-only and, when kinds are known (v5), bits 1-2 the
+ * kind. Any other bit, and kind 3, is refused: nothing the guest could do for it. */
+static int parse_mount_flags(struct mm_mount *m, uint8_t flags, bool kinds, char *err,
+			     size_t errlen)
+{
+	unsigned kind;
+
+	if (!kinds && (flags & ~MM_MOUNT_READ_ONLY) != 0)
+		return fail(err, errlen, "MOUNT flags 0x%02x: only bit 0 (read-only) is defined",
+			    flags);
+	if ((flags & ~(MM_MOUNT_READ_ONLY | MM_MOUNT_KIND_MASK)) != 0)
+		return fail(err, errlen,
+			    "MOUNT flags 0x%02x: only bits 0-2 (read-only, kind) are defined", flags);
+	kind = (flags & MM_MOUNT_KIND_MASK) >> MM_MOUNT_KIND_SHIFT;
+	if (kind > MM_MOUNT_9P)
+		return fail(err, errlen,
+			    "MOUNT flags 0x%02x: kind %u is not defined (0 block, 1 virtio-fs, 2 9p)",
+			    flags, kind);
+	m->kind = (enum mm_mount_kind)kind;
+	m->read_only = (flags & MM_MOUNT_READ_ONLY) != 0;
+	return 0;
+}
+
+/* A MOUNT's name, a disk's serial or a share's tag: 1-20 of A-Z a-z 0-9 _ . - */
+static int check_mount_name(const struct mm_mount *m, const uint8_t *name, size_t len,
+			    char *err, size_t errlen)
+{
+	const char *noun = mount_name_noun(m->kind);
+	size_t max = m->kind == MM_MOUNT_BLOCK ? MM_MAX_SERIAL : MM_MAX_MOUNT_TAG;
+
+	if (len == 0 || len > max)
+		return fail(err, errlen, "MOUNT %s is %zu bytes (must be 1-%zu)", noun, len, max);
+	for (size_t i = 0; i < len; i++)
+		if (!name_char_ok((char)name[i]))
+			return fail(err, errlen, "MOUNT %s has a byte outside A-Z a-z 0-9 _ . -", noun);
+	return 0;
+}
+
+/* No name and no mount point twice, whatever the records' kinds. */
+static int check_mount_unique(const struct mm_mounts *mounts, const struct mm_mount *m,
+			      char *err, size_t errlen)
+{
+	for (size_t i = 0; i < mounts->count; i++) {
+		const struct mm_mount *o = &mounts->list[i];
+		const char *was = mount_name_noun(o->kind), *is = mount_name_noun(m->kind);
+
+		if (strcmp(o->name, m->name) == 0)
+			return strcmp(was, is) == 0 ?
+				fail(err, errlen, "two MOUNT records for %s %s", is, m->name) :
+				fail(err, errlen, "two MOUNT records name %s (a %s and a %s)", m->name,
+				     was, is);
+		if (same_path(o->path, m->path))
+			return fail(err, errlen, "two MOUNT records at \"%.64s\"", m->path);
+	}
+	return 0;
+}
+
+/* MOUNT: u8 flags (bit 0 read-only; v5: bits 1-2 the kind), the disk's serial or the
+ * share's tag, NUL, the mount point. At most MM_MAX_MOUNTS, and no name or mount point
+ * twice. */
 static int parse_mount(struct mm_mounts *mounts, struct string_store *st, const uint8_t *value,
-		       size_t len, char *err, size_t errlen)
+		       size_t len, bool kinds, char *err, size_t errlen)
 {
 	struct mm_mount m;
 	const uint8_t *nul;
-	size_t serial_len, path_len;
+	size_t name_len, path_len;
 
 	if (mounts->count == MM_MAX_MOUNTS)
 		return fail(err, errlen, "more than %d MOUNT records", MM_MAX_MOUNTS);
 	if (len == 0)
 		return fail(err, errlen, "MOUNT record is empty (no flags)");
-	if ((value[0] & ~MM_MOUNT_READ_ONLY) != 0)
-		return fail(err, errlen, "MOUNT flags 0x%02x: only bit 0 (read-only) is defined",
-			    value[0]);
+	if (parse_mount_flags(&m, value[0], kinds, err, errlen) != 0)
+		return -1;
 	if ((nul = memchr(value + 1, '\0', len - 1)) == NULL)
-		return fail(err, errlen, "MOUNT record has no NUL after the serial");
-	serial_len = (size_t)(nul - (value + 1));
-	if (serial_len == 0 || serial_len > MM_MAX_SERIAL)
-		return fail(err, errlen, "MOUNT serial is %zu bytes (must be 1-%d)", serial_len,
-			    MM_MAX_SERIAL);
-	for (size_t i = 0; i < serial_len; i++)
-		if (!name_char_ok((char)value[1 + i]))
-			return fail(err, errlen, "MOUNT serial has a byte outside A-Z a-z 0-9 _ . -");
-	path_len = len - 1 - serial_len - 1;
+		return fail(err, errlen, "MOUNT record has no NUL after the %s",
+			    mount_name_noun(m.kind));
+	name_len = (size_t)(nul - (value + 1));
+	if (check_mount_name(&m, value + 1, name_len, err, errlen) != 0)
+		return -1;
+	path_len = len - 1 - name_len - 1;
 	if (path_len > MM_MAX_STRING)
 		return fail(err, errlen, "MOUNT path is %zu bytes (max %d)", path_len, MM_MAX_STRING);
 	if (memchr(nul + 1, '\0', path_len) != NULL)
 		return fail(err, errlen, "MOUNT path contains a NUL byte");
-	m.read_only = (value[0] & MM_MOUNT_READ_ONLY) != 0;
-	if ((m.serial = store_string(st, value + 1, serial_len, err, errlen)) == NULL ||
+	if ((m.name = store_string(st, value + 1, name_len, err, errlen)) == NULL ||
 	    (m.path = store_string(st, nul + 1, path_len, err, errlen)) == NULL ||
-	    check_mount_path(m.path, err, errlen) != 0)
+	    check_mount_path(m.path, err, errlen) != 0 ||
+	    check_mount_unique(mounts, &m, err, errlen) != 0)
 		return -1;
-	for (size_t i = 0; i < mounts->count; i++) {
-		if (strcmp(mounts->list[i].serial, m.serial) == 0)
-			return fail(err, errlen, "two MOUNT records for serial %s", m.serial);
-		if (same_path(mounts->list[i].path, m.path))
-			return fail(err, errlen, "two MOUNT records at \"%.64s\"", m.path);
-	}
 	mounts->list[mounts->count++] = m;
 	return 0;
 }
@@ -680,7 +736,9 @@ static int parse_records(enum record_set set, const uint8_t *payload, size_t len
 			id->seed_len = rlen;
 			break;
 		case MM_TAG_MOUNT:
-			if (parse_mount(t->mounts, st, value, rlen, err, errlen) != 0)
+			/* v5 gives the flags' bits 1-2 a meaning: the kind */
+			if (parse_mount(t->mounts, st, value, rlen, (set & IN_CONFIG_FROM_V5) != 0,
+					err, errlen) != 0)
 				return -1;
 			break;
 		default:
@@ -718,7 +776,8 @@ static enum record_set config_set(uint16_t version)
 	case 1: return IN_CONFIG_V1;
 	case 2: return IN_CONFIG_V2;
 	case 3: return IN_CONFIG_V3;
-	default: return IN_CONFIG_V4;
+	case 4: return IN_CONFIG_V4;
+	default: return IN_CONFIG_V5;
 	}
 }
 

@@ -9,8 +9,8 @@
 #include <stdint.h>
 
 #define MM_PROTOCOL_MIN 1                        /* offered in HELLO */
-#define MM_PROTOCOL_MAX 4
-#define MM_AGENT_NAME "mm-init/0.4"
+#define MM_PROTOCOL_MAX 5
+#define MM_AGENT_NAME "mm-init/0.5"
 #define MM_MAX_AGENT_NAME 64
 
 #define MM_LEN_FIELD 4                          /* the u32 `len` */
@@ -47,6 +47,11 @@
 #define MM_MAX_MOUNTS 16                        /* MOUNT records in one CONFIG */
 #define MM_MAX_SERIAL 20                        /* a virtio-blk serial (VIRTIO_BLK_ID_BYTES) */
 #define MM_MOUNT_READ_ONLY 0x1u                 /* MOUNT flags: bit 0 */
+
+/* Version 5 */
+#define MM_MOUNT_KIND_MASK 0x6u                 /* MOUNT flags: bits 1-2, the kind */
+#define MM_MOUNT_KIND_SHIFT 1
+#define MM_MAX_MOUNT_TAG MM_MAX_SERIAL          /* a share's tag: as long as a serial */
 
 #define MM_STREAM_CONTROL 0
 
@@ -87,7 +92,7 @@ enum mm_config_tag {
 	MM_TAG_NET_MAC = 13,     /* v3, CONFIG and IDENTITY */
 	MM_TAG_CLOCK = 14,
 	MM_TAG_SEED = 15,
-	MM_TAG_MOUNT = 16,       /* v4, CONFIG only */
+	MM_TAG_MOUNT = 16,       /* v4 (kinds: v5), CONFIG only */
 };
 
 /* What a parser reports; the ERROR code the guest answers with follows from it. */
@@ -168,10 +173,21 @@ struct mm_identity {
 	struct mm_net net;
 };
 
-/* A volume to mount before the workload starts (CONFIG v4), already validated. */
+/* What a MOUNT record mounts: its kind, bits 1-2 of its flags (v5; always a block disk
+ * under v4). Kind 3 is not defined. */
+enum mm_mount_kind {
+	MM_MOUNT_BLOCK = 0,             /* a virtio-blk disk holding ext4 (a volume): v4 */
+	MM_MOUNT_VIRTIOFS = 1,          /* a host directory shared over virtio-fs */
+	MM_MOUNT_9P = 2,                /* a host directory shared over 9p (virtio transport) */
+};
+
+/* A volume or a shared host directory to mount before the workload starts (CONFIG v4,
+ * v5), already validated. */
 struct mm_mount {
 	bool read_only;
-	char *serial;                   /* the disk's virtio serial: 1-20 of A-Z a-z 0-9 _ . - */
+	enum mm_mount_kind kind;
+	char *name;                     /* the disk's virtio serial, or the share's tag: 1-20 of
+					 * A-Z a-z 0-9 _ . - */
 	char *path;                     /* absolute, no "..", not "/", not in /proc /sys /dev /.mm */
 };
 
@@ -185,9 +201,9 @@ struct mm_config {
 	struct mm_process proc;
 	uint32_t flags;
 	struct mm_identity id;
-	struct mm_mounts mounts;        /* v4 */
+	struct mm_mounts mounts;        /* v4, v5 */
 	/* Every string, NUL-terminated. A record costs 3 header bytes and its copy one
-	 * NUL (a MOUNT's two copies, serial and path, take its flags byte's place too), so
+	 * NUL (a MOUNT's two copies, name and path, take its flags byte's place too), so
 	 * the copies of one payload always fit in MM_MAX_PAYLOAD bytes. */
 	char strings[MM_MAX_PAYLOAD];
 	size_t strings_used;

@@ -26,15 +26,15 @@ import {
 
 // ---- tests ----
 
-test("HELLO announces versions 1..4 and the agent name", async () => {
+test("HELLO announces versions 1..5 and the agent name", async () => {
   const s = await startSession();
   try {
     const hello = await s.next();
     assert.equal(hello.type, T.HELLO);
     assert.equal(hello.stream, 0);
     assert.equal(hello.payload.readUInt16BE(0), 1);
-    assert.equal(hello.payload.readUInt16BE(2), 4);
-    assert.equal(hello.payload.subarray(4).toString(), "mm-init/0.4");
+    assert.equal(hello.payload.readUInt16BE(2), 5);
+    assert.equal(hello.payload.subarray(4).toString(), "mm-init/0.5");
   } finally {
     await s.close();
   }
@@ -180,8 +180,8 @@ test("CONFIG limits: NUL in a string, a relative CWD, an unknown version", async
   assert.equal(nul.status, 127);
   const rel = await run({ args: ["/bin/true"], cwd: "tmp" });
   assert.match(rel.errors[0], /^CONFIG: .*not absolute/);
-  const v5 = await run({ args: ["/bin/true"], version: 5 });
-  assert.match(v5.errors[0], /^CONFIG: version 5 is not supported \(this agent speaks 1\.\.4\)/);
+  const v6 = await run({ args: ["/bin/true"], version: 6 });
+  assert.match(v6.errors[0], /^CONFIG: version 6 is not supported \(this agent speaks 1\.\.5\)/);
   const long = await run({ args: ["/bin/echo", "x".repeat(4097)] });
   assert.match(long.errors[0], /^CONFIG: ARG record is 4097 bytes/);
 });

@@ -1,11 +1,13 @@
-/* Unit tests for disk.c without disks: finding a disk by serial in a fake sysfs, and
- * making mount points (parents, symlinks followed, files in the way) under a temporary
- * root. Mounting itself needs a guest. Built and run by `make check`. */
+/* Unit tests for disk.c without disks: finding a disk by serial in a fake sysfs, making
+ * mount points (parents, symlinks followed, files in the way) under a temporary root,
+ * and the mount(2) arguments of each MOUNT kind (v5). Mounting itself needs a guest.
+ * Built and run by `make check`. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -167,11 +169,51 @@ static void test_mount_point(void)
 	CHECK(strncmp(err, "MOUNT: /a: ", 11) == 0);
 }
 
+/* mount(2)'s arguments for a MOUNT record: a volume is its ext4 device, a share its tag
+ * with the filesystem's type (and, for 9p, its options); nosuid and nodev always. */
+static void test_mount_args(void)
+{
+	static const struct {
+		struct mm_mount m;
+		const char *source, *fstype, *data;
+		unsigned long flags;
+		const char *what;
+	} cases[] = {
+		{ { false, MM_MOUNT_BLOCK, "vol", "/data" }, "/dev/vdb", "ext4", NULL,
+		  MS_NOSUID | MS_NODEV, "volume" },
+		{ { true, MM_MOUNT_BLOCK, "vol", "/data" }, "/dev/vdb", "ext4", NULL,
+		  MS_NOSUID | MS_NODEV | MS_RDONLY, "volume" },
+		{ { false, MM_MOUNT_VIRTIOFS, "src", "/src" }, "src", "virtiofs", NULL,
+		  MS_NOSUID | MS_NODEV, "virtio-fs share" },
+		{ { true, MM_MOUNT_VIRTIOFS, "conf", "/etc/app" }, "conf", "virtiofs", NULL,
+		  MS_NOSUID | MS_NODEV | MS_RDONLY, "virtio-fs share" },
+		{ { false, MM_MOUNT_9P, "share", "/mnt" }, "share", "9p",
+		  "trans=virtio,version=9p2000.L,msize=262144,cache=none", MS_NOSUID | MS_NODEV,
+		  "9p share" },
+		{ { true, MM_MOUNT_9P, "ro", "/ro" }, "ro", "9p",
+		  "trans=virtio,version=9p2000.L,msize=262144,cache=none",
+		  MS_NOSUID | MS_NODEV | MS_RDONLY, "9p share" },
+	};
+
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		struct disk_mount_args a;
+		bool data_ok;
+
+		disk_mount_args(&cases[i].m, "/dev/vdb", &a);
+		data_ok = cases[i].data == NULL ? a.data == NULL :
+			  a.data != NULL && strcmp(a.data, cases[i].data) == 0;
+		CHECK(strcmp(a.source, cases[i].source) == 0 && strcmp(a.fstype, cases[i].fstype) == 0 &&
+		      data_ok && a.flags == cases[i].flags);
+		CHECK(strcmp(disk_mount_what(cases[i].m.kind), cases[i].what) == 0);
+	}
+}
+
 int main(void)
 {
 	umask(022);   /* as PID 1 sets it */
 	test_find();
 	test_mount_point();
+	test_mount_args();
 	fresh_root();   /* removes the last one */
 	rmdir(root);
 	if (failures != 0) {

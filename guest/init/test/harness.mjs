@@ -54,6 +54,8 @@ export const TAG = {
   MOUNT: 16,
 };
 export const MOUNT_READ_ONLY = 1;
+/** MOUNT kinds (v5), in bits 1-2 of the flags. */
+export const MOUNT_KIND = { BLOCK: 0, VIRTIOFS: 1, P9: 2 };
 export const INITIAL_WINDOW = 256 * 1024;
 export const MAX_PAYLOAD = 65536;
 export const DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -91,11 +93,22 @@ export class FrameDecoder {
   }
 }
 
-/** A MOUNT record (v4): u8 flags, the disk's serial, NUL, the mount point. */
-export function mountRecord({ serial, path, readOnly = false, flags = readOnly ? MOUNT_READ_ONLY : 0 }) {
+/**
+ * A MOUNT record: u8 flags, the disk's serial (v4) or the share's tag (v5, with `kind`),
+ * NUL, the mount point. `flags` overrides the byte made of readOnly and kind.
+ */
+export function mountRecord({
+  serial,
+  tag,
+  path,
+  readOnly = false,
+  kind = MOUNT_KIND.BLOCK,
+  flags = (readOnly ? MOUNT_READ_ONLY : 0) | (kind << 1),
+}) {
+  const name = serial ?? tag;
   return record(
     TAG.MOUNT,
-    Buffer.concat([Buffer.from([flags]), Buffer.from(serial), Buffer.alloc(1), Buffer.from(path)]),
+    Buffer.concat([Buffer.from([flags]), Buffer.from(name), Buffer.alloc(1), Buffer.from(path)]),
   );
 }
 

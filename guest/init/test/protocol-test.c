@@ -1,6 +1,6 @@
 /* Unit tests for protocol.c: frame receiver, CONFIG, EXEC and IDENTITY validation,
- * limit by limit, MOUNT records (v4) rule by rule. Built and run by `make check`; prints one line per failure, exits
- * non-zero. */
+ * limit by limit, MOUNT records (v4) and their kinds (v5) rule by rule. Built and run by
+ * `make check`; prints one line per failure, exits non-zero. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,9 +69,9 @@ static void test_config(void)
 
 	begin(1);
 	CHECK(parse() != 0 && strstr(err, "no ARG") != NULL);
-	begin(5);
+	begin(6);
 	str(MM_TAG_ARG, "sh");
-	CHECK(parse() != 0 && strstr(err, "version 5 is not supported (this agent speaks 1..4)") != NULL);
+	CHECK(parse() != 0 && strstr(err, "version 6 is not supported (this agent speaks 1..5)") != NULL);
 	begin(0);
 	str(MM_TAG_ARG, "sh");
 	CHECK(parse() != 0 && strstr(err, "version 0") != NULL);
@@ -567,10 +567,11 @@ static void test_config_v4(void)
 	str(MM_TAG_NET_ADDR, "10.88.0.5/16");
 	str(MM_TAG_NET_MAC, "52:54:00:ab:cd:ef");
 	CHECK(parse() == MM_PARSE_OK && cfg.version == 4 && cfg.mounts.count == 2);
-	CHECK(!cfg.mounts.list[0].read_only && strcmp(cfg.mounts.list[0].serial, "vol-data_1.a") == 0 &&
+	CHECK(!cfg.mounts.list[0].read_only && strcmp(cfg.mounts.list[0].name, "vol-data_1.a") == 0 &&
 	      strcmp(cfg.mounts.list[0].path, "/var/lib/data") == 0);
-	CHECK(cfg.mounts.list[1].read_only && strcmp(cfg.mounts.list[1].serial, "ABCDEFGHIJKLMNOPQRST") == 0 &&
+	CHECK(cfg.mounts.list[1].read_only && strcmp(cfg.mounts.list[1].name, "ABCDEFGHIJKLMNOPQRST") == 0 &&
 	      strcmp(cfg.mounts.list[1].path, "/srv/ro/") == 0);
+	CHECK(cfg.mounts.list[0].kind == MM_MOUNT_BLOCK && cfg.mounts.list[1].kind == MM_MOUNT_BLOCK);
 	CHECK(cfg.id.net.has_addr && cfg.id.net.has_mac);
 
 	/* Paths that are fine: the reserved names deeper down or as a part of a name, dots. */
@@ -710,6 +711,177 @@ static void test_config_v4(void)
 	CHECK(plen == MM_MAX_PAYLOAD);
 	CHECK(parse() == MM_PARSE_OK && cfg.mounts.count == MM_MAX_MOUNTS &&
 	      cfg.strings_used <= sizeof cfg.strings);
+}
+
+/* A MOUNT flags byte of version 5: the kind in bits 1-2. */
+#define KIND(k) ((uint8_t)((unsigned)(k) << MM_MOUNT_KIND_SHIFT))
+
+/* A CONFIG v5 with one MOUNT record: the parser's verdict. */
+static int parse_one_mount_v5(uint8_t flags, const char *name, const char *path)
+{
+	begin(5);
+	str(MM_TAG_ARG, "x");
+	mount(flags, name, path);
+	return parse();
+}
+
+/* Two MOUNT records of CONFIG v5: the parser's verdict. */
+static int parse_two_mounts_v5(uint8_t flags1, const char *name1, const char *path1,
+			       uint8_t flags2, const char *name2, const char *path2)
+{
+	begin(5);
+	str(MM_TAG_ARG, "x");
+	mount(flags1, name1, path1);
+	mount(flags2, name2, path2);
+	return parse();
+}
+
+static void test_config_v5(void)
+{
+	static const uint8_t share_kinds[] = { KIND(MM_MOUNT_VIRTIOFS), KIND(MM_MOUNT_9P) };
+
+	/* Every kind, read-only or not, in the records' order; v5 keeps the v2-v4 records. */
+	begin(5);
+	str(MM_TAG_ARG, "x");
+	mount(KIND(MM_MOUNT_BLOCK), "vol", "/data");
+	mount(KIND(MM_MOUNT_VIRTIOFS), "src", "/src");
+	mount(KIND(MM_MOUNT_VIRTIOFS) | MM_MOUNT_READ_ONLY, "conf", "/etc/app");
+	mount(KIND(MM_MOUNT_9P), "share_9p.x-1", "/mnt/9p");
+	mount(KIND(MM_MOUNT_9P) | MM_MOUNT_READ_ONLY, "ABCDEFGHIJKLMNOPQRST", "/mnt/ro");
+	mount(MM_MOUNT_READ_ONLY, "vol-ro", "/data/ro");
+	str(MM_TAG_NET_ADDR, "10.88.0.5/16");
+	str(MM_TAG_NET_MAC, "52:54:00:ab:cd:ef");
+	CHECK(parse() == MM_PARSE_OK && cfg.version == 5 && cfg.mounts.count == 6 &&
+	      cfg.id.net.has_addr && cfg.id.net.has_mac);
+	{
+		static const struct { enum mm_mount_kind kind; bool ro; const char *name, *path; } want[] = {
+			{ MM_MOUNT_BLOCK, false, "vol", "/data" },
+			{ MM_MOUNT_VIRTIOFS, false, "src", "/src" },
+			{ MM_MOUNT_VIRTIOFS, true, "conf", "/etc/app" },
+			{ MM_MOUNT_9P, false, "share_9p.x-1", "/mnt/9p" },
+			{ MM_MOUNT_9P, true, "ABCDEFGHIJKLMNOPQRST", "/mnt/ro" },
+			{ MM_MOUNT_BLOCK, true, "vol-ro", "/data/ro" },
+		};
+		for (size_t i = 0; i < sizeof want / sizeof want[0] && i < cfg.mounts.count; i++) {
+			const struct mm_mount *m = &cfg.mounts.list[i];
+
+			CHECK(m->kind == want[i].kind && m->read_only == want[i].ro &&
+			      strcmp(m->name, want[i].name) == 0 && strcmp(m->path, want[i].path) == 0);
+		}
+	}
+
+	/* Flags: every value of bits 0-2 but kind 3; no other bit. */
+	for (unsigned f = 0; f < 8; f++) {
+		int r = parse_one_mount_v5((uint8_t)f, "t", "/data");
+
+		if (f >> 1 == 3)
+			CHECK(r == MM_PARSE_CONFIG && strstr(err, "kind 3 is not defined") != NULL);
+		else
+			CHECK(r == MM_PARSE_OK && cfg.mounts.count == 1 &&
+			      cfg.mounts.list[0].kind == (enum mm_mount_kind)(f >> 1) &&
+			      cfg.mounts.list[0].read_only == ((f & 1) != 0));
+	}
+	CHECK(parse_one_mount_v5(0x06, "t", "/data") == MM_PARSE_CONFIG &&
+	      strcmp(err, "MOUNT flags 0x06: kind 3 is not defined (0 block, 1 virtio-fs, 2 9p)") == 0);
+	for (unsigned bit = 3; bit < 8; bit++) {
+		CHECK(parse_one_mount_v5((uint8_t)(1u << bit | KIND(MM_MOUNT_VIRTIOFS)), "t", "/data") ==
+			      MM_PARSE_CONFIG &&
+		      strstr(err, "only bits 0-2 (read-only, kind) are defined") != NULL);
+		CHECK(parse_one_mount_v5((uint8_t)(1u << bit), "t", "/data") == MM_PARSE_CONFIG &&
+		      strstr(err, "only bits 0-2") != NULL);
+	}
+	CHECK(parse_one_mount_v5(0xff, "t", "/data") == MM_PARSE_CONFIG &&
+	      strcmp(err, "MOUNT flags 0xff: only bits 0-2 (read-only, kind) are defined") == 0);
+
+	/* Under v4 the kind bits are still undefined: only a block disk. */
+	CHECK(parse_one_mount(KIND(MM_MOUNT_VIRTIOFS), "t", "/data") == MM_PARSE_CONFIG &&
+	      strcmp(err, "MOUNT flags 0x02: only bit 0 (read-only) is defined") == 0);
+	CHECK(parse_one_mount(KIND(MM_MOUNT_9P) | MM_MOUNT_READ_ONLY, "t", "/data") == MM_PARSE_CONFIG &&
+	      strcmp(err, "MOUNT flags 0x05: only bit 0 (read-only) is defined") == 0);
+
+	/* A share's tag follows the serial's rule: 1-20 of A-Z a-z 0-9 _ . - */
+	for (size_t k = 0; k < sizeof share_kinds; k++) {
+		static const char *const bad_tag[] = { "a b", "src/1", "src:1", "tag\n", "\xc3\xa9", "+", "*" };
+
+		for (size_t i = 0; i < sizeof bad_tag / sizeof bad_tag[0]; i++)
+			CHECK(parse_one_mount_v5(share_kinds[k], bad_tag[i], "/data") == MM_PARSE_CONFIG &&
+			      strcmp(err, "MOUNT tag has a byte outside A-Z a-z 0-9 _ . -") == 0);
+		CHECK(parse_one_mount_v5(share_kinds[k], "", "/data") == MM_PARSE_CONFIG &&
+		      strcmp(err, "MOUNT tag is 0 bytes (must be 1-20)") == 0);
+		CHECK(parse_one_mount_v5(share_kinds[k], "ABCDEFGHIJKLMNOPQRSTU", "/data") == MM_PARSE_CONFIG &&
+		      strcmp(err, "MOUNT tag is 21 bytes (must be 1-20)") == 0);
+		CHECK(parse_one_mount_v5(share_kinds[k], "ABCDEFGHIJKLMNOPQRST", "/data") == MM_PARSE_OK);
+		CHECK(parse_one_mount_v5(share_kinds[k], "a.b-c_D9", "/data") == MM_PARSE_OK);
+		begin(5);
+		str(MM_TAG_ARG, "x");
+		record(MM_TAG_MOUNT, share_kinds[k] == KIND(MM_MOUNT_9P) ? "\4src" : "\2src", 4);
+		CHECK(parse() == MM_PARSE_CONFIG &&
+		      strcmp(err, "MOUNT record has no NUL after the tag") == 0);
+	}
+	/* The serial keeps its v4 wording under v5. */
+	CHECK(parse_one_mount_v5(0, "a b", "/data") == MM_PARSE_CONFIG &&
+	      strcmp(err, "MOUNT serial has a byte outside A-Z a-z 0-9 _ . -") == 0);
+
+	/* The mount point rules are v4's, for every kind. */
+	for (size_t k = 0; k < sizeof share_kinds; k++) {
+		static const struct { const char *path, *why; } bad_path[] = {
+			{ "data", "is not absolute" }, { "/", "is the root directory" },
+			{ "//.", "is the root directory" }, { "/a/../b", "has a .. component" },
+			{ "/proc", "is in /proc (reserved)" }, { "/sys/x", "is in /sys (reserved)" },
+			{ "/dev/shm", "is in /dev (reserved)" }, { "/.mm/tools", "is in /.mm (reserved)" },
+		};
+
+		for (size_t i = 0; i < sizeof bad_path / sizeof bad_path[0]; i++)
+			CHECK(parse_one_mount_v5(share_kinds[k], "t", bad_path[i].path) == MM_PARSE_CONFIG &&
+			      strncmp(err, "MOUNT path \"", 12) == 0 && strstr(err, bad_path[i].why) != NULL);
+	}
+
+	/* No name and no mount point twice, whatever the kinds. */
+	CHECK(parse_two_mounts_v5(KIND(MM_MOUNT_BLOCK), "data", "/a", KIND(MM_MOUNT_VIRTIOFS), "data",
+				  "/b") == MM_PARSE_CONFIG &&
+	      strcmp(err, "two MOUNT records name data (a serial and a tag)") == 0);
+	CHECK(parse_two_mounts_v5(KIND(MM_MOUNT_9P), "data", "/a", MM_MOUNT_READ_ONLY, "data", "/b") ==
+		      MM_PARSE_CONFIG &&
+	      strcmp(err, "two MOUNT records name data (a tag and a serial)") == 0);
+	CHECK(parse_two_mounts_v5(KIND(MM_MOUNT_VIRTIOFS), "s", "/a", KIND(MM_MOUNT_9P), "s", "/b") ==
+		      MM_PARSE_CONFIG &&
+	      strcmp(err, "two MOUNT records for tag s") == 0);
+	CHECK(parse_two_mounts_v5(KIND(MM_MOUNT_VIRTIOFS), "s", "/a", KIND(MM_MOUNT_VIRTIOFS), "s",
+				  "/b") == MM_PARSE_CONFIG &&
+	      strcmp(err, "two MOUNT records for tag s") == 0);
+	CHECK(parse_two_mounts_v5(KIND(MM_MOUNT_BLOCK), "v", "/data", KIND(MM_MOUNT_9P), "s", "/data/") ==
+		      MM_PARSE_CONFIG &&
+	      strcmp(err, "two MOUNT records at \"/data/\"") == 0);
+	CHECK(parse_two_mounts_v5(KIND(MM_MOUNT_VIRTIOFS), "a", "/x", KIND(MM_MOUNT_9P), "b", "//x/.") ==
+		      MM_PARSE_CONFIG &&
+	      strstr(err, "two MOUNT records at \"") != NULL);
+	CHECK(parse_two_mounts_v5(KIND(MM_MOUNT_VIRTIOFS), "src", "/x", KIND(MM_MOUNT_VIRTIOFS), "Src",
+				  "/x/nested") == MM_PARSE_OK && cfg.mounts.count == 2);   /* case counts */
+
+	/* At most MM_MAX_MOUNTS of all kinds together. */
+	begin(5);
+	str(MM_TAG_ARG, "x");
+	for (int i = 0; i < MM_MAX_MOUNTS; i++) {
+		char name[8], path[16];
+
+		snprintf(name, sizeof name, "m%d", i);
+		snprintf(path, sizeof path, "/mnt/%d", i);
+		mount(KIND(i % 3), name, path);
+	}
+	CHECK(parse() == MM_PARSE_OK && cfg.mounts.count == MM_MAX_MOUNTS &&
+	      cfg.mounts.list[15].kind == MM_MOUNT_BLOCK && cfg.mounts.list[14].kind == MM_MOUNT_9P);
+	mount(KIND(MM_MOUNT_VIRTIOFS), "m16", "/mnt/16");
+	CHECK(parse() == MM_PARSE_CONFIG && strcmp(err, "more than 16 MOUNT records") == 0);
+
+	/* EXEC and IDENTITY ignore MOUNT under v5 too, however broken. */
+	begin(5);
+	str(MM_TAG_ARG, "sh");
+	mount(KIND(3), "bad tag!", "/proc");
+	CHECK(parse_exec(5) == MM_PARSE_OK);
+	begin(5);
+	str(MM_TAG_HOSTNAME, "h");
+	mount(0xff, "", "..");
+	CHECK(parse_identity(5) == MM_PARSE_OK && idm.id.hostname != NULL);
 }
 
 static void test_identity(void)
@@ -876,6 +1048,7 @@ int main(void)
 	test_mac();
 	test_config_v3();
 	test_config_v4();
+	test_config_v5();
 	test_identity();
 	test_ipv4();
 	test_utf8();

@@ -9,9 +9,9 @@ import { test } from "node:test";
 const dir = join(import.meta.dirname, "..");
 
 for (const [name, what] of [
-  ["protocol-test", "protocol unit tests (frames, CONFIG, EXEC and IDENTITY records, MOUNT)"],
+  ["protocol-test", "protocol unit tests (frames, CONFIG, EXEC and IDENTITY records, MOUNT and its kinds)"],
   ["net-test", "network file tests (/etc/resolv.conf, /etc/hosts, symlinks)"],
-  ["disk-test", "disk tests (a disk found by serial, mount points made)"],
+  ["disk-test", "disk tests (a disk found by serial, mount points made, mount(2) arguments per kind)"],
 ]) {
   test(`mm-init's C ${what} pass`, () => {
     const build = spawnSync("make", ["-s", "-C", dir, `build/${name}`], { encoding: "utf8" });
