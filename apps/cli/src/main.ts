@@ -15,11 +15,12 @@ import {
   parseCpus,
   parseDiskSize,
   parseMemory,
+  parseMount,
   parseRestart,
-  parseVolumeMount,
   validateEnv,
 } from "@mm/core";
 import {
+  checkBinds,
   copyIn,
   copyOut,
   defaultPublicKey,
@@ -177,11 +178,12 @@ export function buildProgram(): Command {
     .option("--ssh-key <file.pub>", "public key to authorize (default: yours, ~/.ssh/id_*.pub)")
     .option("--ssh-user <user>", "user to log in as", "root")
     .option(
-      "-v, --volume <NAME:/path[:ro]>",
-      "mount a named volume (repeatable; `mm volume create`)",
+      "-v, --volume <NAME|/host/dir:/path[:ro]>",
+      "mount a named volume (`mm volume create`) or share a host directory (repeatable)",
       collect,
       [] as string[],
     )
+    .option("--force-mount", "share a host directory even if it is / or holds mm's state", false)
     .option("--restart <policy>", "no | on-failure[:N] | always | unless-stopped (with -d)", "no")
     .option("--cold", "boot the kernel even if the image has a booted template", false)
     .option("--json", "machine-readable output", false)
@@ -192,6 +194,14 @@ export function buildProgram(): Command {
         const afterDashes = (program as unknown as { _mmAfterDashes?: string[] })._mmAfterDashes;
         const memoryMib = parseMemory(opts.memory);
         const restart = parseRestart(opts.restart);
+        const mounts = opts.volume.map(parseMount);
+        const volumes = mounts.flatMap((m) =>
+          m.kind === "volume" ? [{ name: m.name, path: m.path, readOnly: m.readOnly }] : [],
+        );
+        const binds = mounts.flatMap((m) =>
+          m.kind === "bind" ? [{ source: m.source, path: m.path, readOnly: m.readOnly }] : [],
+        );
+        await checkBinds(binds, rt.paths, opts.forceMount);
         if (restart.policy !== "no" && (!opts.detach || opts.rm)) {
           throw new MmError(
             "MM_USAGE",
@@ -226,7 +236,8 @@ export function buildProgram(): Command {
           autoRemove: opts.rm,
           ...(opts.cold && { cold: true }),
           ...(restart.policy !== "no" && { restart }),
-          ...(opts.volume.length > 0 && { volumes: opts.volume.map(parseVolumeMount) }),
+          ...(volumes.length > 0 && { volumes }),
+          ...(binds.length > 0 && { binds }),
           ...(diskSizeMib !== undefined && { diskSizeMib }),
           network: {
             ...(opts.network !== undefined && { mode: networkMode(opts.network) }),
@@ -804,6 +815,7 @@ function publicRecord(r: MachineRecord, ip?: string) {
     ip: ip ?? null,
     accel: r.accel,
     boot: r.bootMode,
+    shares: r.shares,
     exitCode: r.exitCode,
     error: r.error,
     spec: r.spec,

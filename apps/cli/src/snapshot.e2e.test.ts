@@ -194,7 +194,7 @@ describe("templates", () => {
     const first = await h.mm(["run", "--rm", "--name", "same", "--", "sh", "-c", script]);
     const warm = await h.mm(["run", "--rm", "--name", "same", "--", "sh", "-c", script]);
     for (const r of [cold, first, warm]) {
-      assert.equal(r.code, 3);
+      assert.equal(r.code, 3, r.stderr);
       assert.equal(r.stdout, cold.stdout);
       assert.equal(r.stderr.replace(/mm: warning[^\n]*\n/g, ""), "err\n");
     }

@@ -100,7 +100,7 @@ describe("CONFIG", () => {
         (args, envPairs, stayUp) => {
           const env = envPairs.map(([k, v]) => `${k}=${v}`);
           const cfg = decodeConfig(encodeConfig({ args, env, cwd: "/w", user: "1:2", hostname: "h", stayUp }));
-          assert.deepEqual(cfg, { version: 4, args, env, cwd: "/w", user: "1:2", hostname: "h", stayUp, stdin: false });
+          assert.deepEqual(cfg, { version: 5, args, env, cwd: "/w", user: "1:2", hostname: "h", stayUp, stdin: false });
         },
       ),
     );
@@ -167,6 +167,15 @@ describe("protocol v2 records", () => {
       { serial: "mmv1", path: "/srv/ro dir", readOnly: true },
     ];
     assert.deepEqual(decodeConfig(encodeConfig({ args: ["a"], env: [], mounts })).mounts, mounts);
+    const shared = [
+      { serial: "mmfs0", path: "/host", readOnly: true, kind: "virtiofs" as const },
+      { serial: "mmfs1", path: "/nine", readOnly: false, kind: "9p" as const },
+    ];
+    assert.deepEqual(decodeConfig(encodeConfig({ args: ["a"], env: [], mounts: shared })).mounts, shared);
+    assert.throws(
+      () => encodeConfig({ args: ["a"], env: [], mounts: shared }, 4),
+      (e) => isMmError(e, "MM_AGENT_PROTOCOL"),
+    );
     assert.throws(
       () => encodeConfig({ args: ["a"], env: [], mounts }, 3),
       (e) => isMmError(e, "MM_AGENT_PROTOCOL"),
@@ -181,7 +190,7 @@ describe("protocol v2 records", () => {
     const id = decodeConfig(encodeIdentity({ hostname: "clone-1", network: net, fresh: { mac: "52:54:00:00:00:01" } }));
     assert.deepEqual(
       [id.version, id.hostname, id.network, id.fresh],
-      [4, "clone-1", net, { mac: "52:54:00:00:00:01" }],
+      [5, "clone-1", net, { mac: "52:54:00:00:00:01" }],
     );
     assert.deepEqual(id.args, []);
     assert.throws(

@@ -4,7 +4,7 @@
 import { MmError } from "./errors.js";
 
 /** The highest version this host speaks; v1 guests are still served (docs/PROTOCOL.md). */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 export const MIN_PROTOCOL_VERSION = 1;
 export const INITIAL_WINDOW = 256 * 1024;
 export const MAX_SESSIONS = 64;
@@ -140,10 +140,15 @@ export interface WorkloadConfig {
 }
 
 export interface GuestMount {
+  /** A block disk's virtio serial, or a shared directory's virtio-fs / 9p tag. */
   readonly serial: string;
   readonly path: string;
   readonly readOnly: boolean;
+  /** v5: what `serial` names (default: a block disk, v4's only kind). */
+  readonly kind?: "disk" | "virtiofs" | "9p";
 }
+
+const MOUNT_KIND_BITS = { disk: 0, virtiofs: 1, "9p": 2 } as const;
 
 /** Protocol v3: the parts of an identity a snapshot freezes and a restore must renew. */
 export interface FreshIdentity {
@@ -241,10 +246,16 @@ export function encodeConfig(cfg: WorkloadConfig, version: number = PROTOCOL_VER
     if (cfg.mounts.length > MAX_MOUNTS) throw new MmError("MM_USAGE", `more than ${MAX_MOUNTS} volumes`);
     for (const m of cfg.mounts) {
       if (!/^[A-Za-z0-9_.-]{1,20}$/.test(m.serial)) throw new MmError("MM_USAGE", `bad disk serial "${m.serial}"`);
+      const kind = MOUNT_KIND_BITS[m.kind ?? "disk"];
+      if (kind !== 0 && version < 5) {
+        throw new MmError("MM_AGENT_PROTOCOL", "the guest's mm-init is too old for shared directories (protocol v5)", {
+          hint: "rebuild the image's root filesystem with a current mm-init (`mm image prune`, then run again)",
+        });
+      }
       w.add(
         ConfigTag.MOUNT,
         Buffer.concat([
-          Buffer.from([m.readOnly ? 1 : 0]),
+          Buffer.from([(m.readOnly ? 1 : 0) | (kind << 1)]),
           Buffer.from(m.serial),
           Buffer.from([0]),
           checkString("mount point", m.path),
@@ -398,10 +409,14 @@ export function decodeConfig(payload: Buffer): WorkloadConfig & ExecConfig & { v
       case ConfigTag.MOUNT: {
         const nul = value.indexOf(0, 1);
         if (len < 3 || nul < 0) throw new MmError("MM_AGENT_PROTOCOL", "malformed MOUNT record");
+        const flags = value.readUInt8(0);
+        const kind = (["disk", "virtiofs", "9p"] as const)[(flags >> 1) & 3];
+        if (!kind) throw new MmError("MM_AGENT_PROTOCOL", "MOUNT record of unknown kind");
         mounts.push({
-          readOnly: (value.readUInt8(0) & 1) === 1,
+          readOnly: (flags & 1) === 1,
           serial: value.subarray(1, nul).toString("utf8"),
           path: value.subarray(nul + 1).toString("utf8"),
+          ...(kind !== "disk" && { kind }),
         });
         break;
       }

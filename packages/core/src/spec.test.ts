@@ -8,9 +8,9 @@ import {
   parseCpus,
   parseDiskSize,
   parseMemory,
+  parseMount,
   parseRestart,
   parseSignal,
-  parseVolumeMount,
   restartDelayMs,
   validateEnv,
   validateName,
@@ -110,13 +110,18 @@ test("stop signals by name or number", () => {
     );
 });
 
-test("-v NAME:/path[:ro|rw] parses; host paths, reserved and relative paths are MM_INVALID_VOLUME", () => {
-  assert.deepEqual(parseVolumeMount("data:/var/lib/db"), { name: "data", path: "/var/lib/db", readOnly: false });
-  assert.deepEqual(parseVolumeMount("cfg:/etc/app/:ro"), { name: "cfg", path: "/etc/app", readOnly: true });
-  assert.deepEqual(parseVolumeMount("v1:/x:rw").readOnly, false);
+test("-v NAME:/path and /host:/path parse as Docker's; reserved and relative paths are MM_INVALID_VOLUME", () => {
+  assert.deepEqual(parseMount("data:/var/lib/db"), {
+    kind: "volume",
+    name: "data",
+    path: "/var/lib/db",
+    readOnly: false,
+  });
+  assert.deepEqual(parseMount("cfg:/etc/app/:ro"), { kind: "volume", name: "cfg", path: "/etc/app", readOnly: true });
+  assert.deepEqual(parseMount("/srv/www/:/www:ro"), { kind: "bind", source: "/srv/www", path: "/www", readOnly: true });
+  assert.deepEqual(parseMount("/:/host").kind, "bind");
   for (const bad of [
     "data",
-    "/host:/guest",
     "./rel:/x",
     "data:rel",
     "data:/",
@@ -126,9 +131,10 @@ test("-v NAME:/path[:ro|rw] parses; host paths, reserved and relative paths are 
     "data:/x:rx",
     "-bad:/x",
     "a:/b:ro:x",
+    "/a/../b:/x",
   ]) {
     assert.throws(
-      () => parseVolumeMount(bad),
+      () => parseMount(bad),
       (e) => isMmError(e, "MM_INVALID_VOLUME"),
       bad,
     );

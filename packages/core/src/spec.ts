@@ -63,6 +63,8 @@ export interface MachineSpec {
   readonly restart?: RestartPolicy;
   /** `-v NAME:/path[:ro]`: named volumes (persistent ext4 disks) mounted in the guest. */
   readonly volumes?: readonly VolumeMount[];
+  /** `-v /host/dir:/path[:ro]`: host directories shared live with the guest. */
+  readonly binds?: readonly BindMount[];
   /** `--ssh`: an SSH server in the guest, for these public keys, logging in as `user`. */
   readonly ssh?: { readonly authorizedKeys: readonly string[]; readonly user: string; readonly identityFile?: string };
   /**
@@ -150,27 +152,38 @@ const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 /** Paths mm or the guest kernel owns: nothing is mounted over them. */
 const RESERVED_MOUNT = /^\/(proc|sys|dev|\.mm)(\/|$)/;
 
+/** `-v /host/dir:/path[:ro]`: a host directory shared live with the guest (virtio-fs, or 9p). */
+export interface BindMount {
+  readonly source: string;
+  readonly path: string;
+  readonly readOnly: boolean;
+}
+
+export type MountSpec = ({ readonly kind: "volume" } & VolumeMount) | ({ readonly kind: "bind" } & BindMount);
+
 /**
- * Parses `-v NAME:/path[:ro|rw]` (Docker's form for named volumes). A host path
- * (`/host:/guest`) is a bind mount, which needs virtio-fs: refused with a hint for now.
+ * Parses Docker's `-v`: `NAME:/path[:ro|rw]` (a named volume) or `/host/dir:/path[:ro|rw]`
+ * (a shared host directory). Whether the host directory exists is checked by the runtime.
  */
-export function parseVolumeMount(text: string): VolumeMount {
+export function parseMount(text: string): MountSpec {
   const parts = text.split(":");
   const bad = (why: string) => new MmError("MM_INVALID_VOLUME", `-v "${text}": ${why}`);
-  if (parts.length < 2 || parts.length > 3) throw bad("write NAME:/path or NAME:/path:ro");
-  const [name, path, mode] = parts as [string, string, string | undefined];
-  if (name.startsWith("/") || name.startsWith(".")) {
-    throw new MmError("MM_INVALID_VOLUME", `-v "${text}": host directory mounts (virtio-fs) are not built yet`, {
-      hint: "use a named volume: mm volume create NAME, then -v NAME:/path",
-    });
-  }
-  validateVolumeName(name);
+  if (parts.length < 2 || parts.length > 3)
+    throw bad("write NAME:/path or /host/dir:/path, with :ro to share read-only");
+  const [source, path, mode] = parts as [string, string, string | undefined];
   if (!path.startsWith("/") || path === "/" || path.split("/").includes("..") || path.includes("\0")) {
     throw bad("the guest path must be absolute, not / and without ..");
   }
   if (RESERVED_MOUNT.test(path)) throw bad("/proc, /sys, /dev and /.mm cannot be mounted over");
   if (mode !== undefined && mode !== "ro" && mode !== "rw") throw bad(`mode "${mode}": use ro or rw`);
-  return { name, path: path.replace(/\/+$/, ""), readOnly: mode === "ro" };
+  const common = { path: path.replace(/\/+$/, ""), readOnly: mode === "ro" };
+  if (source.startsWith("/")) {
+    if (source.split("/").includes("..") || source.includes("\0")) throw bad("the host path must not hold ..");
+    return { kind: "bind", source: source.length > 1 ? source.replace(/\/+$/, "") : source, ...common };
+  }
+  if (source.startsWith(".")) throw bad("a host directory must be given as an absolute path");
+  validateVolumeName(source);
+  return { kind: "volume", name: source, ...common };
 }
 
 export function validateVolumeName(name: string): string {

@@ -10,6 +10,7 @@ export * from "./logs.js";
 export * from "./network.js";
 export * from "./paths.js";
 export * from "./runtime.js";
+export * from "./shares.js";
 export * from "./snapshots.js";
 export * from "./ssh.js";
 export * from "./stats.js";

@@ -7,6 +7,7 @@ import { closeSync, existsSync, mkdirSync, openSync } from "node:fs";
 import { mkdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import {
+  type BindMount,
   DEFAULT_CPUS,
   DEFAULT_IMAGE,
   DEFAULT_MEMORY_MIB,
@@ -77,6 +78,8 @@ export interface CreateInput {
   readonly ssh?: { readonly authorizedKeys: readonly string[]; readonly user: string; readonly identityFile?: string };
   /** Named volumes to mount (`-v NAME:/path[:ro]`). */
   readonly volumes?: readonly VolumeMount[];
+  /** Host directories to share (`-v /host:/path[:ro]`); checked by `checkBinds` first. */
+  readonly binds?: readonly BindMount[];
   readonly restart?: RestartPolicy;
 }
 
@@ -135,6 +138,7 @@ export class Runtime {
       ...(input.diskSizeMib !== undefined && { diskSizeMib: input.diskSizeMib }),
       ...(input.ssh && { ssh: input.ssh }),
       ...(input.volumes && input.volumes.length > 0 && { volumes: [...input.volumes] }),
+      ...(input.binds && input.binds.length > 0 && { binds: [...input.binds] }),
       ...(input.restart && input.restart.policy !== "no" && { restart: input.restart }),
       network: {
         mode: input.network?.mode ?? (this.env.MM_NETWORK === "none" ? "none" : "bridge"),
@@ -161,6 +165,8 @@ export class Runtime {
         throw new MmError("MM_INVALID_VOLUME", `-v ${v.name}:${v.path}: each volume and each path once`);
       }
     }
+    const paths = [...(spec.volumes ?? []), ...(spec.binds ?? [])].map((m) => m.path);
+    if (new Set(paths).size !== paths.length) throw new MmError("MM_INVALID_VOLUME", "two -v mounts at one path");
     if (spec.workdir !== undefined && !spec.workdir.startsWith("/")) {
       throw new MmError("MM_USAGE", `working directory "${spec.workdir}" must be absolute`);
     }

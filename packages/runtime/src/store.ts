@@ -31,6 +31,17 @@ export interface MachineRecord {
   readonly restartCount: number;
   /** Stopped by `mm stop` (a restart policy leaves it stopped; unless-stopped also across host restarts). */
   readonly userStopped: boolean;
+  /** Its shared host directories as the last boot served them (driver, daemon state). */
+  readonly shares: ShareState[] | null;
+}
+
+export interface ShareState {
+  readonly source: string;
+  readonly path: string;
+  readonly readOnly: boolean;
+  readonly driver: string;
+  /** "running", or "ended: …" when its virtio-fs daemon died. */
+  readonly state: string;
 }
 
 interface Row {
@@ -53,6 +64,7 @@ interface Row {
   boot_mode: string | null;
   restart_count: number | null;
   user_stopped: number | null;
+  shares: string | null;
 }
 
 const SCHEMA = `
@@ -114,6 +126,7 @@ const ADDED_COLUMNS = [
   ["machines", "boot_mode", "TEXT"],
   ["machines", "restart_count", "INTEGER"],
   ["machines", "user_stopped", "INTEGER"],
+  ["machines", "shares", "TEXT"],
 ] as const;
 
 export interface Lease {
@@ -145,6 +158,7 @@ function toRecord(r: Row): MachineRecord {
     bootMode: r.boot_mode ?? null,
     restartCount: r.restart_count ?? 0,
     userStopped: r.user_stopped === 1,
+    shares: r.shares ? (JSON.parse(r.shares) as ShareState[]) : null,
   };
 }
 
@@ -200,6 +214,7 @@ export interface TransitionFields {
   bootMode?: string | null;
   restartCount?: number;
   userStopped?: number;
+  shares?: ShareState[] | null;
 }
 
 const COLUMNS: Record<keyof TransitionFields, string> = {
@@ -217,6 +232,7 @@ const COLUMNS: Record<keyof TransitionFields, string> = {
   bootMode: "boot_mode",
   restartCount: "restart_count",
   userStopped: "user_stopped",
+  shares: "shares",
 };
 
 export class Store {

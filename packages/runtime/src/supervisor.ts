@@ -3,6 +3,7 @@
 // ends the boot (workload exit, stop, VMM death, panic, timeout) into a final state.
 // The same code runs inside a foreground `mm run` and in the detached supervisor.
 
+import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { access, link, mkdir, readdir, rm } from "node:fs/promises";
@@ -15,6 +16,7 @@ import {
   type FreshIdentity,
   freshIdentity,
   type GuestError,
+  type GuestMount,
   isMmError,
   MmError,
   type NetworkIdentity,
@@ -35,6 +37,7 @@ import { LogWriter, logFile, TextTail } from "./logs.js";
 import { HostNetwork, networkOf } from "./network.js";
 import { controlSocket, execSocket, initPath, kernelPath, machineDir, type Paths, runDir } from "./paths.js";
 import { processStartTime } from "./proc.js";
+import { type StartedShares, shareDriver, shareTag, startShares } from "./shares.js";
 import {
   activeOverlay,
   type Compat,
@@ -131,6 +134,10 @@ export class Supervisor {
   private compat: Compat | null = null;
   private capturing = false;
   private diskFullTimer: NodeJS.Timeout | null = null;
+  /** virtio-fs daemons of the machine's shared directories (killed when the VMM ends). */
+  private daemons: ChildProcess[] = [];
+  private finished = false;
+  private shareFailure: MmError | null = null;
   /** Work that must finish before the supervisor exits (a template being recorded). */
   private readonly background: Promise<unknown>[] = [];
 
@@ -224,16 +231,18 @@ export class Supervisor {
       });
     }
     const volumes = checkAttachable(paths, store, store.list(), rec);
-    const config: WorkloadConfig = {
-      ...workloadConfig(rec),
-      ...(volumes.length > 0 && {
-        mounts: (rec.spec.volumes ?? []).map((v, i) => ({
-          serial: volumeSerial(i),
-          path: v.path,
-          readOnly: v.readOnly,
-        })),
-      }),
-    };
+    const binds = rec.spec.binds ?? [];
+    const driver = shareDriver(env);
+    const mounts: GuestMount[] = [
+      ...(rec.spec.volumes ?? []).map((v, i) => ({ serial: volumeSerial(i), path: v.path, readOnly: v.readOnly })),
+      ...binds.map((b, i) => ({
+        serial: shareTag(i),
+        path: b.path,
+        readOnly: b.readOnly,
+        kind: driver === "virtio-fs" ? ("virtiofs" as const) : ("9p" as const),
+      })),
+    ];
+    const config: WorkloadConfig = { ...workloadConfig(rec), ...(mounts.length > 0 && { mounts }) };
     const base = rec.spec.imageDigest
       ? await (async () => {
           const images = new Images(paths, env);
@@ -342,6 +351,38 @@ export class Supervisor {
       trace(`network ${a.identity.address}`);
     }
     const fresh = (): FreshIdentity => freshIdentity(randomBytes, nic?.mac);
+    let shared: StartedShares | null = null;
+    if (binds.length > 0) {
+      await mkdir(runDir(paths, this.id), { recursive: true, mode: 0o700 });
+      const states = binds.map((b) => ({
+        source: b.source,
+        path: b.path,
+        readOnly: b.readOnly,
+        driver,
+        state: "running",
+      }));
+      store.update(this.id, { shares: states });
+      const daemonEnded = (i: number, how: string) => {
+        if (this.finished) return; // the VMM ended first: its daemons follow it
+        const what = `the virtio-fs daemon for ${binds[i]?.source} ended (${how}; virtiofsd-${i}.log)`;
+        if (!this.ready) {
+          // During the boot the guest would wait for it forever: fail the boot now.
+          this.shareFailure = new MmError("MM_QEMU_FAILED", what);
+          void this.vm?.kill();
+          return;
+        }
+        // The guest sees I/O errors on that mount; the machine and the host carry on.
+        io.onWarning?.(what);
+        const now = store.get(this.id).shares ?? states;
+        store.update(this.id, { shares: now.map((x, j) => (j === i ? { ...x, state: `ended: ${how}` } : x)) });
+      };
+      // A daemon also ends when the VMM does (its connection closes): look a moment later.
+      shared = await startShares(binds, runDir(paths, this.id), machineDir(paths, this.id), env, (i, how) =>
+        setTimeout(() => daemonEnded(i, how), 300),
+      );
+      this.daemons = shared.daemons;
+      trace(`shares (${driver})`);
+    }
     const consoleTail = new TextTail();
     const vm = await engine.boot({
       id: this.id,
@@ -367,6 +408,7 @@ export class Supervisor {
       ],
       memoryFile,
       incoming: restore !== null,
+      ...(shared && { shares: shared.shares }),
       ...(nic && { nic }),
       onConsole: (d) => {
         log.write("console", d);
@@ -554,6 +596,8 @@ export class Supervisor {
     await rm(execSocket(paths, this.id), { force: true });
     await rm(controlSocket(paths, this.id), { force: true });
     await rm(this.ramFile, { force: true });
+    this.finished = true;
+    for (const d of this.daemons) d.kill("SIGKILL");
     clearTimeout(bootTimer);
     session.close();
     await Promise.all(this.background);
@@ -580,6 +624,7 @@ export class Supervisor {
     const error: MmError =
       protocolError ??
       (setupError as MmError | null) ??
+      this.shareFailure ??
       (bootTimedOut
         ? new MmError("MM_BOOT_TIMEOUT", `no ready signal after ${bootTimeoutS} s`)
         : panic
@@ -614,10 +659,15 @@ export class Supervisor {
     const phase = session.restorePhase;
     if (!phase) throw new MmError("MM_MACHINE_NOT_RUNNING", "the machine's workload has exited");
     if (this.capturing) throw new MmError("MM_SNAPSHOT_FAILED", "another snapshot of this machine is in progress");
-    if (this.ctx.store.get(this.id).spec.volumes?.length) {
-      throw new MmError("MM_SNAPSHOT_FAILED", "a running machine with volumes cannot be snapshotted yet", {
-        hint: "its volumes live outside the snapshot; stop it and take a disk-only snapshot (the volumes stay named)",
-      });
+    const spec = this.ctx.store.get(this.id).spec;
+    if (spec.volumes?.length || spec.binds?.length) {
+      throw new MmError(
+        "MM_SNAPSHOT_FAILED",
+        "a running machine with volumes or shared directories cannot be snapshotted yet",
+        {
+          hint: "its volumes live outside the snapshot; stop it and take a disk-only snapshot (the volumes stay named)",
+        },
+      );
     }
     this.capturing = true;
     const { paths, store } = this.ctx;
@@ -738,5 +788,11 @@ export class Supervisor {
 /** Whether this boot may start from (or make) the image's template. */
 function templatesEnabled(rec: MachineRecord, env: NodeJS.ProcessEnv): boolean {
   // A template's devices must match its restores': machines with volumes boot cold.
-  return !rec.spec.cold && env.MM_TEMPLATES !== "0" && !env.MM_GUEST_DEBUG && !rec.spec.volumes?.length;
+  return (
+    !rec.spec.cold &&
+    env.MM_TEMPLATES !== "0" &&
+    !env.MM_GUEST_DEBUG &&
+    !rec.spec.volumes?.length &&
+    !rec.spec.binds?.length
+  );
 }

@@ -42,7 +42,16 @@ export interface BootSpec {
   readonly memoryFile?: { readonly path: string; readonly shared: boolean };
   /** Start paused, waiting for `loadState` (a restore) instead of booting the kernel. */
   readonly incoming?: boolean;
+  /**
+   * Host directories shared with the guest: through a virtio-fs daemon already listening
+   * on `socket` (needs `memoryFile.shared`), or QEMU's own 9p server.
+   */
+  readonly shares?: readonly SharedDir[];
 }
+
+export type SharedDir =
+  | { readonly kind: "virtiofs"; readonly tag: string; readonly socket: string }
+  | { readonly kind: "9p"; readonly tag: string; readonly path: string; readonly readOnly: boolean };
 
 export interface StateOptions {
   /**

@@ -50,6 +50,37 @@ describe("buildQemuArgs", () => {
     for (const bad of [{ cpus: 0 }, { cpus: 1.5 }, { memoryMib: 8 }]) assert.throws(() => build(spec(bad)), RangeError);
   });
 
+  test("RAM in a file: shared or copy-on-write; incoming restores wait for migrate-incoming", () => {
+    const a = build(spec({ memoryFile: { path: "/dev/shm/m,1.ram", shared: true }, incoming: true }));
+    assert.deepEqual(values(a, "-M"), ["microvm,x-option-roms=off,acpi=on,pit=on,pic=on,rtc=on,memory-backend=mem"]);
+    assert.deepEqual(values(a, "-object"), [
+      "memory-backend-file,id=mem,size=512M,mem-path=/dev/shm/m,,1.ram,share=on",
+    ]);
+    assert.deepEqual(values(a, "-incoming"), ["defer"]);
+    const cow = build(spec({ memoryFile: { path: "/c.ram", shared: false } }));
+    assert.match(values(cow, "-object")[0] as string, /share=off$/);
+    assert.deepEqual(values(cow, "-incoming"), []);
+  });
+
+  test("shared directories: virtio-fs through its daemon's socket (needs shared RAM), or 9p", () => {
+    const shares = [
+      { kind: "virtiofs" as const, tag: "mmfs0", socket: "/r/fs0.sock" },
+      { kind: "9p" as const, tag: "mmfs1", path: "/srv/a,b", readOnly: true },
+    ];
+    const a = build(spec({ memoryFile: { path: "/m.ram", shared: true }, shares }));
+    assert.ok(values(a, "-chardev").includes("socket,id=fs0,path=/r/fs0.sock"));
+    assert.deepEqual(values(a, "-global"), ["virtio-mmio.force-legacy=false"], "vhost-user needs modern virtio");
+    assert.deepEqual(values(build(spec()), "-global"), [], "others keep the layout templates were taken with");
+    assert.ok(values(a, "-device").includes("vhost-user-fs-device,chardev=fs0,tag=mmfs0"));
+    assert.deepEqual(values(a, "-fsdev"), ["local,id=fs1,path=/srv/a,,b,security_model=mapped-xattr,readonly=on"]);
+    assert.ok(values(a, "-device").includes("virtio-9p-device,fsdev=fs1,mount_tag=mmfs1"));
+    assert.throws(() => build(spec({ shares })), RangeError, "virtio-fs without shared RAM");
+    assert.throws(
+      () => build(spec({ shares: [{ kind: "9p", tag: "bad tag", path: "/x", readOnly: false }] })),
+      RangeError,
+    );
+  });
+
   test("no default devices, no user config, no display, no reboot", () => {
     const a = build(spec());
     for (const f of ["-nodefaults", "-no-user-config", "-no-reboot"]) assert.ok(a.includes(f), f);

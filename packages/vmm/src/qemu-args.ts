@@ -120,6 +120,31 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
       `virtio-net-device,netdev=net0,mac=${spec.nic.mac}`,
     );
   }
+  // vhost-user (virtiofsd) serves modern virtio only; microvm's virtio-mmio is legacy by
+  // default. Only machines with shared directories switch (they are never snapshotted,
+  // so templates and snapshots keep their device layout).
+  if ((spec.shares ?? []).some((sh) => sh.kind === "virtiofs")) args.push("-global", "virtio-mmio.force-legacy=false");
+  for (const [i, sh] of (spec.shares ?? []).entries()) {
+    if (!/^[A-Za-z0-9_.-]{1,20}$/.test(sh.tag)) throw new RangeError(`bad share tag "${sh.tag}"`);
+    if (sh.kind === "virtiofs") {
+      if (!spec.memoryFile?.shared) throw new RangeError("virtio-fs needs the guest's RAM in a shared memory file");
+      args.push(
+        "-chardev",
+        `socket,id=fs${i},path=${e(sh.socket)}`,
+        "-device",
+        `vhost-user-fs-device,chardev=fs${i},tag=${sh.tag}`,
+      );
+    } else {
+      args.push(
+        "-fsdev",
+        // mapped-xattr: ownership, modes and special files live in xattrs, so a guest
+        // never creates a real device node (or a set-uid file) on the host.
+        `local,id=fs${i},path=${e(sh.path)},security_model=mapped-xattr${sh.readOnly ? ",readonly=on" : ""}`,
+        "-device",
+        `virtio-9p-device,fsdev=fs${i},mount_tag=${sh.tag}`,
+      );
+    }
+  }
   if (spec.agentChannel) {
     args.push(
       "-device",
