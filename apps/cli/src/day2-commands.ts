@@ -4,7 +4,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, realpathSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Command } from "@commander-js/extra-typings";
-import { MmError } from "@mm/core";
+import { MmError, parseMemory } from "@mm/core";
 import { guestProcesses, type MachineEventRow, type MachineStats, type Runtime, sampleStats } from "@mm/runtime";
 
 type Table = (head: string[], rows: string[][]) => string;
@@ -192,6 +192,22 @@ export function addDay2Commands(program: Command, runtime: () => Runtime, table:
             "systemd is not running here: have the host run `mm system start-all` at boot (e.g. from its init scripts)\n",
           );
         }
+      } finally {
+        rt.close();
+      }
+    });
+
+  program
+    .command("update")
+    .description("change a running machine: --memory resizes the guest's memory with its balloon")
+    .argument("<machine>")
+    .requiredOption("-m, --memory <size>", "the memory the guest keeps (up to what it booted with)")
+    .option("--json", "print JSON", false)
+    .action(async (ref, opts) => {
+      const rt = runtime();
+      try {
+        const r = await rt.updateMemory(ref, parseMemory(opts.memory));
+        process.stdout.write(opts.json ? `${JSON.stringify(r)}\n` : `${ref}\n`);
       } finally {
         rt.close();
       }

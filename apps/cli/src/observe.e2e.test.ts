@@ -15,7 +15,12 @@ type Ev = { type: string; machine: string; detail: Record<string, unknown> | nul
 type St = {
   name: string;
   cpuPercent: number;
-  memory: { hostRssBytes: number; guestUsedBytes: number | null; guestTotalBytes: number | null };
+  memory: {
+    hostRssBytes: number;
+    guestUsedBytes: number | null;
+    guestTotalBytes: number | null;
+    balloonBytes: number | null;
+  };
   disk: { readBytes: number; writtenBytes: number };
 };
 const stats = async (name: string): Promise<St> => {
@@ -114,6 +119,31 @@ describe("stats and top", () => {
       `guest used ${idle.memory.guestUsedBytes} -> ${full.memory.guestUsedBytes}`,
     );
     assert.ok(full.memory.hostRssBytes - idle.memory.hostRssBytes > 60 * 2 ** 20, "the VMM's RSS grew");
+  });
+
+  test("balloon: memory the guest frees goes back to the host; mm update --memory resizes the guest", async () => {
+    const full = await stats("long");
+    ok(await h.mm(["exec", "long", "rm", "/m/f"]), "free");
+    // Free page reporting hands freed pages back within seconds; the VMM's RSS drops.
+    const back = await until(
+      async () => {
+        const s = await stats("long");
+        return full.memory.hostRssBytes - s.memory.hostRssBytes > 50 * 2 ** 20 ? s : undefined;
+      },
+      30_000,
+      "the host to get the memory back",
+    );
+    assert.ok(back.memory.hostRssBytes < full.memory.hostRssBytes);
+    ok(await h.mm(["update", "long", "--memory", "128M"]), "update");
+    const small = await until(async () => {
+      const s = await stats("long");
+      return (s.memory.guestTotalBytes ?? 0) < 140 * 2 ** 20 ? s : undefined;
+    }, 20_000);
+    assert.equal(small.memory.balloonBytes, 128 * 2 ** 20);
+    const over = await h.mm(["update", "long", "--memory", "1G"]);
+    assert.equal(over.code, 125);
+    assert.match(over.stderr, /MM_INVALID_MEMORY/);
+    ok(await h.mm(["update", "long", "--memory", "256M"]), "give it back");
   });
 
   test("top lists the guest's processes; stats and top of a stopped machine say so", async () => {

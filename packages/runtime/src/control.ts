@@ -36,10 +36,18 @@ export interface DiskStats {
   readonly writtenBytes: number;
 }
 
+export interface VmStats {
+  readonly disks: readonly DiskStats[];
+  /** The guest's memory as the balloon leaves it (query-balloon's actual). */
+  readonly balloonBytes: number | null;
+}
+
 export interface ControlHandlers {
   capture(req: CaptureRequest): Promise<CaptureResult>;
-  /** The VMM's block I/O counters (QMP query-blockstats). */
-  diskStats(): Promise<DiskStats[]>;
+  /** The VMM's block I/O counters (QMP query-blockstats) and balloon size. */
+  vmStats(): Promise<VmStats>;
+  /** Sets the balloon so that the guest has `bytes` of memory (`mm update --memory`). */
+  setMemory(bytes: number): Promise<VmStats>;
 }
 
 export async function serveControl(path: string, handlers: ControlHandlers): Promise<Server> {
@@ -54,7 +62,7 @@ export async function serveControl(path: string, handlers: ControlHandlers): Pro
       const nl = text.indexOf("\n");
       if (nl < 0) return;
       sock.removeAllListeners("data");
-      let req: { op?: string; staging?: string; ramPath?: string };
+      let req: { op?: string; staging?: string; ramPath?: string; bytes?: number };
       try {
         req = JSON.parse(text.slice(0, nl)) as typeof req;
       } catch {
@@ -65,9 +73,11 @@ export async function serveControl(path: string, handlers: ControlHandlers): Pro
         req.op === "capture" && typeof req.staging === "string"
           ? // The capture runs to its end even if the client goes away: the machine must be resumed.
             handlers.capture({ staging: req.staging, ...(typeof req.ramPath === "string" && { ramPath: req.ramPath }) })
-          : req.op === "diskStats"
-            ? handlers.diskStats()
-            : null;
+          : req.op === "vmStats"
+            ? handlers.vmStats()
+            : req.op === "setMemory" && typeof req.bytes === "number"
+              ? handlers.setMemory(req.bytes)
+              : null;
       if (!work) {
         sock.end(`${JSON.stringify({ error: { code: "MM_USAGE", message: `unknown request ${req.op}` } })}\n`);
         return;
@@ -94,9 +104,14 @@ export function requestCapture(path: string, req: CaptureRequest, timeoutMs = 12
   return request<CaptureResult>(path, { op: "capture", ...req }, timeoutMs);
 }
 
-/** Asks a running machine's supervisor for its VMM's disk counters. */
-export function requestDiskStats(path: string): Promise<DiskStats[]> {
-  return request<DiskStats[]>(path, { op: "diskStats" }, 10_000);
+/** Asks a running machine's supervisor for its VMM's disk counters and balloon size. */
+export function requestVmStats(path: string): Promise<VmStats> {
+  return request<VmStats>(path, { op: "vmStats" }, 10_000);
+}
+
+/** Asks a running machine's supervisor to resize the guest's memory through the balloon. */
+export function requestSetMemory(path: string, bytes: number): Promise<VmStats> {
+  return request<VmStats>(path, { op: "setMemory", bytes }, 30_000);
 }
 
 function request<T>(path: string, body: Record<string, unknown>, timeoutMs: number): Promise<T> {

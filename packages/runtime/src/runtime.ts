@@ -26,7 +26,7 @@ import {
 } from "@mm/core";
 import type { PulledImage } from "@mm/image";
 import { type Engine, hostTscKhz, QemuEngine } from "@mm/vmm";
-import { requestCapture } from "./control.js";
+import { requestCapture, requestSetMemory, type VmStats } from "./control.js";
 import { DEFAULT_IMAGE_CONFIG } from "./default-image.js";
 import { ExecClient } from "./exec-client.js";
 import { mapFsError } from "./fs-errors.js";
@@ -595,6 +595,22 @@ export class Runtime {
   /** Frees what nothing needs: unreferenced layers, unfinished captures, stale RAM files. */
   collectGarbage(opts: { dryRun?: boolean } = {}): Promise<number> {
     return collectGarbage(this.paths, this.store, this.env, opts);
+  }
+
+  /** `mm update --memory`: resizes a running guest's memory with the balloon (up to its boot size). */
+  async updateMemory(ref: string, mib: number): Promise<VmStats> {
+    const rec = this.find(ref);
+    if (rec.state !== "running") throw new MmError("MM_MACHINE_NOT_RUNNING", `${rec.spec.name} is ${rec.state}`);
+    if (mib > rec.spec.memoryMib) {
+      throw new MmError(
+        "MM_INVALID_MEMORY",
+        `${mib} MiB is above the ${rec.spec.memoryMib} MiB the machine booted with`,
+        {
+          hint: "the balloon only gives memory back; boot with more (-m) to have more to give",
+        },
+      );
+    }
+    return requestSetMemory(controlSocket(this.paths, rec.id), mib * 2 ** 20);
   }
 
   createVolume(name: string, sizeBytes = DEFAULT_VOLUME_BYTES): Promise<Volume> {

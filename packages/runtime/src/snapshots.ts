@@ -31,6 +31,8 @@ export interface Compat {
   readonly cpus: number;
   readonly memoryMib: number;
   readonly nic: boolean;
+  /** The VMM's device layout (DEVICE_LAYOUT); absent in snapshots from before it existed (layout 1). */
+  readonly layout?: number;
 }
 
 export interface SnapshotMeta {
@@ -318,6 +320,8 @@ export function checkCompat(snap: Snapshot, here: Compat): void {
   if (want.engine !== here.engine) diffs.push(`VMM ${want.engine} (here ${here.engine})`);
   if (want.accel !== here.accel) diffs.push(`accelerator ${want.accel} (here ${here.accel})`);
   if (want.tools !== here.tools) diffs.push(`guest tools disk ${want.tools} (here ${here.tools})`);
+  if ((want.layout ?? 1) !== (here.layout ?? 1))
+    diffs.push(`device layout ${want.layout ?? 1} (here ${here.layout ?? 1})`);
   if (diffs.length > 0) {
     throw new MmError("MM_SNAPSHOT_INCOMPATIBLE", `snapshot ${snap.id.slice(0, 12)} needs ${diffs.join(", ")}`);
   }

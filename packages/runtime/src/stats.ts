@@ -4,7 +4,7 @@
 
 import { readFile } from "node:fs/promises";
 import { MmError } from "@mm/core";
-import { requestDiskStats } from "./control.js";
+import { requestVmStats } from "./control.js";
 import { GUEST_BUSYBOX } from "./guest-tools.js";
 import { controlSocket } from "./paths.js";
 import type { Runtime } from "./runtime.js";
@@ -22,6 +22,8 @@ export interface MachineStats {
     /** The guest's own view: MemTotal − MemAvailable, and MemTotal. */
     readonly guestUsedBytes: number | null;
     readonly guestTotalBytes: number | null;
+    /** What the balloon leaves the guest (its boot memory unless `mm update --memory`). */
+    readonly balloonBytes: number | null;
   };
   readonly disk: { readonly readBytes: number; readonly writtenBytes: number };
   /** The guest's view of its NIC (what its TAP sent is what the guest received). */
@@ -113,7 +115,7 @@ export async function sampleStats(
       const [mem, guest, disks, lease] = await Promise.all([
         rollup(pid).catch(() => ({ rss: 0, pss: 0 })),
         guestMemory(rt, r),
-        requestDiskStats(controlSocket(rt.paths, r.id)).catch(() => []),
+        requestVmStats(controlSocket(rt.paths, r.id)).catch(() => ({ disks: [], balloonBytes: null })),
         Promise.resolve(rt.store.lease(r.id)),
       ]);
       return {
@@ -125,10 +127,11 @@ export async function sampleStats(
           hostPssBytes: mem.pss,
           guestUsedBytes: guest?.used ?? null,
           guestTotalBytes: guest?.total ?? null,
+          balloonBytes: disks.balloonBytes,
         },
         disk: {
-          readBytes: disks.reduce((a, d) => a + d.readBytes, 0),
-          writtenBytes: disks.reduce((a, d) => a + d.writtenBytes, 0),
+          readBytes: disks.disks.reduce((a, d) => a + d.readBytes, 0),
+          writtenBytes: disks.disks.reduce((a, d) => a + d.writtenBytes, 0),
         },
         net: lease ? await tapCounters(lease.tap) : null,
       };

@@ -24,9 +24,18 @@ import {
   type WorkloadConfig,
   workloadArgv,
 } from "@mm/core";
-import { chooseAccel, describeExit, type Engine, type RunningVm, TCG_WARNING, type VmExit, withTimeout } from "@mm/vmm";
+import {
+  chooseAccel,
+  DEVICE_LAYOUT,
+  describeExit,
+  type Engine,
+  type RunningVm,
+  TCG_WARNING,
+  type VmExit,
+  withTimeout,
+} from "@mm/vmm";
 import { AgentSession, type RestoredChannel } from "./agent-session.js";
-import { type CaptureRequest, type CaptureResult, type DiskStats, serveControl } from "./control.js";
+import { type CaptureRequest, type CaptureResult, serveControl, type VmStats } from "./control.js";
 import { createOverlay, defaultImageRootfs } from "./default-image.js";
 import { serveExecRelay } from "./exec-relay.js";
 import { runTool } from "./exec-tool.js";
@@ -281,6 +290,7 @@ export class Supervisor {
       cpus: rec.spec.cpus,
       memoryMib: rec.spec.memoryMib,
       nic: withNic,
+      layout: DEVICE_LAYOUT,
     };
     this.compat = compat;
 
@@ -515,7 +525,8 @@ export class Supervisor {
         relay = await serveExecRelay(execSocket(paths, this.id), () => (session.isClosed ? null : session));
         control = await serveControl(controlSocket(paths, this.id), {
           capture: (req) => this.capture(req),
-          diskStats: () => this.diskStats(),
+          vmStats: () => this.vmStats(),
+          setMemory: (bytes) => this.setMemory(bytes),
         });
       } catch (e) {
         fail(e, "MM_EXEC_SETUP");
@@ -725,14 +736,26 @@ export class Supervisor {
     }
   }
 
-  async diskStats(): Promise<DiskStats[]> {
+  async vmStats(): Promise<VmStats> {
     const vm = this.vm;
     if (!vm) throw new MmError("MM_MACHINE_NOT_RUNNING", "the machine is not running");
     const stats = (await vm.qmp("query-blockstats")) as {
       device: string;
       stats: { rd_bytes: number; wr_bytes: number };
     }[];
-    return stats.map((b) => ({ device: b.device, readBytes: b.stats.rd_bytes, writtenBytes: b.stats.wr_bytes }));
+    const balloon = (await vm.qmp("query-balloon").catch(() => null)) as { actual?: number } | null;
+    return {
+      disks: stats.map((b) => ({ device: b.device, readBytes: b.stats.rd_bytes, writtenBytes: b.stats.wr_bytes })),
+      balloonBytes: balloon?.actual ?? null,
+    };
+  }
+
+  /** Inflates or deflates the balloon; the guest gives pages back as it can (not at once). */
+  async setMemory(bytes: number): Promise<VmStats> {
+    const vm = this.vm;
+    if (!vm) throw new MmError("MM_MACHINE_NOT_RUNNING", "the machine is not running");
+    await vm.qmp("balloon", { value: bytes });
+    return this.vmStats();
   }
 
   private async rootVirtualSize(vm: RunningVm): Promise<number> {

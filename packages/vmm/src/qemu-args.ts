@@ -15,6 +15,12 @@ export interface QemuArgsInput {
 /** Name of the virtio-serial port mm-init looks for. */
 export const AGENT_PORT_NAME = "mm.agent";
 
+/**
+ * The version of the device layout buildQemuArgs gives every machine. A saved state loads
+ * only into the same layout: templates and snapshots record it (bump on any change).
+ */
+export const DEVICE_LAYOUT = 2;
+
 /** QEMU -chardev/-drive option values are comma-separated; a literal comma is doubled. */
 export function escapeOptionValue(v: string): string {
   return v.replaceAll(",", ",,");
@@ -91,6 +97,10 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     "virtio-blk-device,drive=root",
     "-device",
     "virtio-rng-device",
+    // Free page reporting: memory the guest frees goes back to the host; `mm update
+    // --memory` inflates the balloon.
+    "-device",
+    "virtio-balloon-device,id=balloon,free-page-reporting=on",
     // QEMU connects to sockets the host already listens on: no polling, no race.
     "-chardev",
     `socket,id=qmp,path=${e(input.qmpSocket)}`,
