@@ -71,7 +71,9 @@ function statsRows(list: readonly MachineStats[]): string[][] {
 export function addDay2Commands(program: Command, runtime: () => Runtime, table: Table): void {
   program
     .command("events")
-    .description("lifecycle events (create, start, ready, stop, exit, fail, destroy, snapshot, restore, fork)")
+    .description(
+      "lifecycle events (create, start, ready, stop, exit, fail, destroy, snapshot, restore, fork, restart, oom)",
+    )
     .option("--since <time>", "from this time or this long ago (10m, 2h, RFC 3339)")
     .option("--until <time>", "up to this time, then return (without it: keep following)")
     .option("--machine <name>", "only this machine's events")

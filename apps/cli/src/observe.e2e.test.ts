@@ -78,6 +78,33 @@ describe("events", () => {
     );
   });
 
+  test("a process the guest's OOM killer ends is an oom event", async () => {
+    // A 230 MiB buffer filled in a 256 MiB guest: the OOM killer ends dd, the shell goes on.
+    const r = await h.mm([
+      "run",
+      "--name",
+      "hungry",
+      "--",
+      "sh",
+      "-c",
+      "dd if=/dev/zero of=/dev/null bs=230M count=1; echo after",
+    ]);
+    assert.match(r.stdout, /after/);
+    const evs = await until(async () => {
+      const out = (await h.mm(["events", "--since", "10m", "--until", "0s", "--json", "--machine", "hungry"])).stdout;
+      const list = out
+        .trim()
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as Ev);
+      return list.some((e) => e.type === "oom") ? list : undefined;
+    }, 10_000);
+    const oom = evs.find((e) => e.type === "oom");
+    assert.equal(oom?.detail?.process, "dd", JSON.stringify(oom));
+    assert.equal(typeof oom?.detail?.pid, "number");
+    ok(await h.mm(["rm", "-f", "hungry"]), "rm");
+  });
+
   test("a bad --since is MM_USAGE", async () => {
     const r = await h.mm(["events", "--since", "yesterday-ish", "--until", "0s"]);
     assert.equal(r.code, 125);

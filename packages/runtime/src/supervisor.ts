@@ -93,6 +93,7 @@ export interface SupervisorContext {
 }
 
 const PANIC_RE = /Kernel panic - not syncing[^\n]*/;
+const OOM_RE = /Out of memory: Killed process (\d+) \(([^)]*)\)/;
 const POWEROFF_GRACE_MS = 5000;
 
 export function workloadConfig(rec: MachineRecord): WorkloadConfig {
@@ -394,6 +395,7 @@ export class Supervisor {
       trace(`shares (${driver})`);
     }
     const consoleTail = new TextTail();
+    let consoleLines = "";
     const vm = await engine.boot({
       id: this.id,
       runDir: runDir(paths, this.id),
@@ -423,6 +425,14 @@ export class Supervisor {
       onConsole: (d) => {
         log.write("console", d);
         consoleTail.push(d);
+        // The guest kernel's OOM killer reports on the console: an "oom" event per kill.
+        consoleLines += d.toString("latin1");
+        const lines = consoleLines.split("\n");
+        consoleLines = (lines.pop() ?? "").slice(-4096);
+        for (const line of lines) {
+          const m = OOM_RE.exec(line);
+          if (m) store.addEvent(this.id, rec.spec.name, "oom", { pid: Number(m[1]), process: m[2] });
+        }
       },
       onEvent: (e) => {
         // A full host disk: QEMU pauses the guest rather than fail its writes (nothing is
