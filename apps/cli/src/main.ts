@@ -43,6 +43,7 @@ import {
   type Supervisor,
 } from "@mm/runtime";
 import Table from "cli-table3";
+import { collect, failedStart } from "./common.js";
 import { addDay2Commands } from "./day2-commands.js";
 import { execCommand } from "./exec.js";
 import { ago, commandText, statusText } from "./format.js";
@@ -91,8 +92,6 @@ function table(head: string[], rows: string[][]): string {
     .map((l) => l.trimEnd())
     .join("\n")}\n`;
 }
-
-const collect = (v: string, prev: string[]) => [...prev, v];
 
 function writer(stream: NodeJS.WriteStream) {
   return (d: Buffer, drain: () => void) => {
@@ -248,12 +247,7 @@ export function buildProgram(): Command {
           },
         });
         if (opts.detach) {
-          const r = await rt.startDetached(rec.id);
-          if (r.state === "failed")
-            throw new MmError(
-              (r.error?.code as MmError["code"]) ?? "MM_INTERNAL",
-              r.error?.message.replace(/^[^:]*: /, ""),
-            );
+          const r = failedStart(await rt.startDetached(rec.id));
           process.stdout.write(
             opts.json ? `${JSON.stringify(publicRecord(r, rt.store.lease(r.id)?.ip))}\n` : `${r.id}\n`,
           );
@@ -345,12 +339,7 @@ export function buildProgram(): Command {
             process.stdout.write(`${ref}\n`);
             continue;
           }
-          const r = await rt.startDetached(rec.id);
-          if (r.state === "failed")
-            throw new MmError(
-              (r.error?.code as MmError["code"]) ?? "MM_INTERNAL",
-              r.error?.message.replace(/^[^:]*: /, ""),
-            );
+          failedStart(await rt.startDetached(rec.id));
           process.stdout.write(`${ref}\n`);
         }
       } finally {

@@ -10,17 +10,16 @@ import {
   allocatedBytes,
   GUEST_BUSYBOX,
   layersDir,
-  type MachineRecord,
   type Runtime,
   type Snapshot,
   shmDir,
   snapshotsDir,
 } from "@mm/runtime";
+import { collect, failedStart } from "./common.js";
 import { ago } from "./format.js";
 
 type Table = (head: string[], rows: string[][]) => string;
 
-const collect = (v: string, prev: string[]) => [...prev, v];
 const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
 function snapshotJson(s: Snapshot) {
@@ -37,13 +36,6 @@ function snapshotJson(s: Snapshot) {
     compat: s.compat,
     files: { layer: s.disk.layer, ram: s.ram, state: s.state, chain: s.disk.chain },
   };
-}
-
-function failedStart(r: MachineRecord): MachineRecord {
-  if (r.state === "failed") {
-    throw new MmError((r.error?.code as MmError["code"]) ?? "MM_INTERNAL", r.error?.message.replace(/^[^:]*: /, ""));
-  }
-  return r;
 }
 
 /** Resolves (pulling if needed) an image for `mm template create`, as `mm run` does. */

@@ -27,6 +27,12 @@ export interface CaptureResult {
   readonly pausedMs: number;
 }
 
+/** The snapshot metadata a capture supplies (its timing is not part of the snapshot). */
+export function capturedMeta(c: CaptureResult): Omit<CaptureResult, "pausedMs"> {
+  const { pausedMs: _, ...meta } = c;
+  return meta;
+}
+
 /** Requests are tiny; anything longer is not a client of ours. */
 const MAX_REQUEST = 64 * 1024;
 

@@ -26,7 +26,7 @@ import {
 } from "@mm/core";
 import type { PulledImage } from "@mm/image";
 import { type Engine, hostTscKhz, QemuEngine } from "@mm/vmm";
-import { requestCapture, requestSetMemory, type VmStats } from "./control.js";
+import { capturedMeta, requestCapture, requestSetMemory, type VmStats } from "./control.js";
 import { DEFAULT_IMAGE_CONFIG } from "./default-image.js";
 import { ExecClient } from "./exec-client.js";
 import { mapFsError } from "./fs-errors.js";
@@ -397,13 +397,7 @@ export class Runtime {
         const c = await requestCapture(controlSocket(this.paths, rec.id), { staging });
         const snap = await finalizeSnapshot(this.store, this.paths, staging, {
           ...common,
-          memory: c.memory,
-          agent: c.agent,
-          compat: c.compat,
-          ramPath: c.ramPath,
-          statePath: c.statePath,
-          layer: c.layer,
-          virtualSize: c.virtualSize,
+          ...capturedMeta(c),
         });
         this.store.addEvent(rec.id, rec.spec.name, "snapshot", { snapshot: snap.id, live: true, pausedMs: c.pausedMs });
         return { ...snap, pausedMs: c.pausedMs };
@@ -532,13 +526,7 @@ export class Runtime {
         createdAt: new Date().toISOString(),
         parent: parent.spec.restoreFrom?.snapshot ?? null,
         spec: parent.spec,
-        memory: c.memory,
-        agent: c.agent,
-        compat: c.compat,
-        ramPath: c.ramPath,
-        statePath: c.statePath,
-        layer: c.layer,
-        virtualSize: c.virtualSize,
+        ...capturedMeta(c),
       });
     } catch (e) {
       await rm(staging, { recursive: true, force: true });

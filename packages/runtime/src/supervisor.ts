@@ -35,7 +35,7 @@ import {
   withTimeout,
 } from "@mm/vmm";
 import { AgentSession, type RestoredChannel } from "./agent-session.js";
-import { type CaptureRequest, type CaptureResult, serveControl, type VmStats } from "./control.js";
+import { type CaptureRequest, type CaptureResult, capturedMeta, serveControl, type VmStats } from "./control.js";
 import { createOverlay, defaultImageRootfs } from "./default-image.js";
 import { serveExecRelay } from "./exec-relay.js";
 import { runTool } from "./exec-tool.js";
@@ -797,13 +797,7 @@ export class Supervisor {
           createdAt: new Date().toISOString(),
           parent: null,
           spec: rec.spec,
-          memory: c.memory,
-          agent: c.agent,
-          compat: c.compat,
-          ramPath: c.ramPath,
-          statePath: c.statePath,
-          layer: c.layer,
-          virtualSize: c.virtualSize,
+          ...capturedMeta(c),
         },
         { templateKey: key },
       ).catch(async (e) => {
