@@ -25,7 +25,7 @@ did() { printf '    %s%s%s\n' "$dim" "$*" "$off"; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # 1. Debian packages
-packages=(qemu-system-x86 qemu-utils e2fsprogs musl-tools busybox-static util-linux attr coreutils iproute2 nftables curl dropbear-bin patchelf openssh-client
+packages=(qemu-system-x86 qemu-utils e2fsprogs musl-tools busybox-static util-linux attr coreutils iproute2 nftables curl dropbear-bin patchelf openssh-client passt uidmap
   linux-source bc flex bison libelf-dev libssl-dev make gcc libc6-dev xz-utils cpio)
 command -v npm >/dev/null 2>&1 || packages+=(nodejs npm)
 missing=()

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { parseTime } from "./day2-commands.js";
+import { parseTime, systemdUnit } from "./day2-commands.js";
 
 test("--since/--until take durations ago or absolute times; nonsense is MM_USAGE", () => {
   const now = Date.parse("2026-11-23T12:00:00Z");
@@ -16,4 +16,15 @@ test("--since/--until take durations ago or absolute times; nonsense is MM_USAGE
       bad,
     );
   }
+});
+
+test("system units: the host's waits for the network; a user's starts with the user's manager", () => {
+  const host = systemdUnit("/n", "/mm.mjs", "/var/lib/mm", "/var/cache/mm");
+  assert.match(host, /^After=network-online\.target$/m);
+  assert.match(host, /^WantedBy=multi-user\.target$/m);
+  assert.match(host, /^ExecStart=\/n \/mm\.mjs system start-all$/m);
+  const user = systemdUnit("/n", "/mm.mjs", "/home/u/.local/state/mm", "/home/u/.cache/mm", true);
+  assert.doesNotMatch(user, /network-online/);
+  assert.match(user, /^WantedBy=default\.target$/m);
+  assert.match(user, /^Environment=MM_STATE=\/home\/u\/\.local\/state\/mm$/m);
 });

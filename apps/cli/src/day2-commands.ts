@@ -2,10 +2,18 @@
 
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, realpathSync, writeFileSync } from "node:fs";
+import { homedir, userInfo } from "node:os";
 import { join } from "node:path";
 import type { Command } from "@commander-js/extra-typings";
 import { MmError, parseMemory } from "@mm/core";
-import { guestProcesses, type MachineEventRow, type MachineStats, type Runtime, sampleStats } from "@mm/runtime";
+import {
+  guestProcesses,
+  isRootless,
+  type MachineEventRow,
+  type MachineStats,
+  type Runtime,
+  sampleStats,
+} from "@mm/runtime";
 
 type Table = (head: string[], rows: string[][]) => string;
 
@@ -29,13 +37,15 @@ function eventLine(e: MachineEventRow): string {
   return `${e.time} machine ${e.type} ${e.machine} (id=${e.machineId}${detail ? `, ${detail}` : ""})\n`;
 }
 
-/** The unit `mm system install` writes: one oneshot that boots the machines due at host start. */
-export function systemdUnit(node: string, cli: string, state: string, cache: string): string {
+/**
+ * The unit `mm system install` writes: one oneshot that boots the machines due at host
+ * start. Without root it is a unit of the user's own systemd instance (started at boot
+ * once lingering is enabled for the user).
+ */
+export function systemdUnit(node: string, cli: string, state: string, cache: string, user = false): string {
   return `[Unit]
 Description=MicroMachines: boot the machines whose restart policy says so
-After=network-online.target
-Wants=network-online.target
-
+${user ? "" : "After=network-online.target\nWants=network-online.target\n"}
 [Service]
 Type=oneshot
 RemainAfterExit=yes
@@ -44,7 +54,7 @@ Environment=MM_CACHE=${cache}
 ExecStart=${node} ${cli} system start-all
 
 [Install]
-WantedBy=multi-user.target
+WantedBy=${user ? "default.target" : "multi-user.target"}
 `;
 }
 
@@ -170,25 +180,36 @@ export function addDay2Commands(program: Command, runtime: () => Runtime, table:
   system
     .command("install")
     .description("install a systemd unit that runs `mm system start-all` at boot (prints what to do without systemd)")
-    .option("--unit-dir <dir>", "where to write mm.service", "/etc/systemd/system")
+    .option("--unit-dir <dir>", "where to write mm.service (default: the system's, or the user's without root)")
     .option("--print", "print the unit instead of installing it", false)
     .action(async (opts) => {
       const rt = runtime();
       try {
         const mm = realpathSync(process.argv[1] as string);
-        const unit = systemdUnit(process.execPath, mm, rt.paths.state, rt.paths.cache);
+        const user = isRootless();
+        const unit = systemdUnit(process.execPath, mm, rt.paths.state, rt.paths.cache, user);
         if (opts.print) {
           process.stdout.write(unit);
           return;
         }
-        const path = join(opts.unitDir, "mm.service");
-        mkdirSync(opts.unitDir, { recursive: true });
+        const defaultDir = user
+          ? join(process.env.XDG_CONFIG_HOME || join(homedir(), ".config"), "systemd", "user")
+          : "/etc/systemd/system";
+        const unitDir = opts.unitDir ?? defaultDir;
+        const path = join(unitDir, "mm.service");
+        mkdirSync(unitDir, { recursive: true });
         writeFileSync(path, unit, { mode: 0o644 });
         process.stdout.write(`wrote ${path}\n`);
-        if (existsSync("/run/systemd/system") && opts.unitDir === "/etc/systemd/system") {
-          execFileSync("systemctl", ["daemon-reload"]);
-          execFileSync("systemctl", ["enable", "mm.service"]);
+        if (existsSync("/run/systemd/system") && unitDir === defaultDir) {
+          const ctl = user ? ["--user"] : [];
+          execFileSync("systemctl", [...ctl, "daemon-reload"]);
+          execFileSync("systemctl", [...ctl, "enable", "mm.service"]);
           process.stdout.write("enabled mm.service: machines with a restart policy come back at boot\n");
+          if (user) {
+            process.stdout.write(
+              `without a login at boot, a user's units start only with lingering: loginctl enable-linger ${userInfo().username}\n`,
+            );
+          }
         } else {
           process.stdout.write(
             "systemd is not running here: have the host run `mm system start-all` at boot (e.g. from its init scripts)\n",

@@ -23,9 +23,11 @@ import {
   checkBinds,
   copyIn,
   copyOut,
+  defaultNetworkMode,
   defaultPublicKey,
   doctor,
   formatPublishedList,
+  freeLoopbackPort,
   hostKeyAlias,
   imagesInUse,
   knownHostsPath,
@@ -40,7 +42,9 @@ import {
   type RunOutcome,
   Runtime,
   readPublicKey,
+  SSH_PORT,
   type Supervisor,
+  sshEndpoint,
 } from "@mm/runtime";
 import Table from "cli-table3";
 import { collect, failedStart } from "./common.js";
@@ -163,7 +167,11 @@ export function buildProgram(): Command {
       [] as string[],
     )
     .option("-q, --quiet", "no pull progress", false)
-    .option("--network <mode>", "bridge (address, NAT out) or none", undefined)
+    .option(
+      "--network <mode>",
+      "bridge (own address, NAT out; root), user (passt; the default without root) or none",
+      undefined,
+    )
     .option(
       "-p, --publish <[ip:]host:guest[/proto]>",
       "publish a guest port on the host (repeatable)",
@@ -215,6 +223,13 @@ export function buildProgram(): Command {
             : await ensureImage(rt, image, { ...opts, pull: pullPolicy(opts.pull) });
         const sshKey =
           opts.ssh || opts.sshKey ? await (opts.sshKey ? readPublicKey(opts.sshKey) : defaultPublicKey()) : undefined;
+        const mode = opts.network !== undefined ? networkMode(opts.network) : defaultNetworkMode(rt.env);
+        const publish = opts.publish.map(parsePublish);
+        // User-mode networking: the guest has no address the host reaches, so its SSH server
+        // is reached through a forward from a free port on the host's loopback.
+        if (sshKey && mode === "user" && !publish.some((p) => p.guestPort === SSH_PORT && p.proto === "tcp")) {
+          publish.push({ hostIp: "127.0.0.1", hostPort: await freeLoopbackPort(), guestPort: SSH_PORT, proto: "tcp" });
+        }
         const rec = rt.create({
           ...(opts.name !== undefined && { name: opts.name }),
           ...(sshKey && {
@@ -239,8 +254,8 @@ export function buildProgram(): Command {
           ...(binds.length > 0 && { binds }),
           ...(diskSizeMib !== undefined && { diskSizeMib }),
           network: {
-            ...(opts.network !== undefined && { mode: networkMode(opts.network) }),
-            publish: opts.publish.map(parsePublish),
+            mode,
+            publish,
             ...(opts.networkGroup !== undefined && { group: opts.networkGroup }),
             ...(opts.egress !== undefined && { egress: parseEgress(opts.egress) }),
             ...(opts.dns.length > 0 && { dns: opts.dns }),
@@ -757,8 +772,8 @@ function sshArgv(rt: Runtime, ref: string, identity: string | undefined, command
   if (r.state !== "running") throw new MmError("MM_MACHINE_NOT_RUNNING", `${r.spec.name} is ${r.state}`);
   if (!r.spec.ssh)
     throw new MmError("MM_USAGE", `${r.spec.name} was not started with --ssh`, { hint: "mm run --ssh …" });
-  const ip = rt.store.lease(r.id)?.ip;
-  if (!ip) throw new MmError("MM_USAGE", `${r.spec.name} has no network address`);
+  const endpoint = sshEndpoint(r, rt.store.lease(r.id)?.ip);
+  if (!endpoint) throw new MmError("MM_USAGE", `${r.spec.name} has no network address`);
   const key = identity ?? r.spec.ssh.identityFile;
   return [
     "-o",
@@ -772,14 +787,15 @@ function sshArgv(rt: Runtime, ref: string, identity: string | undefined, command
     "-o",
     "LogLevel=ERROR",
     ...(key ? ["-i", key, "-o", "IdentitiesOnly=yes"] : []),
-    `${r.spec.ssh.user}@${ip}`,
+    ...(endpoint.port !== SSH_PORT ? ["-p", String(endpoint.port)] : []),
+    `${r.spec.ssh.user}@${endpoint.host}`,
     ...command,
   ];
 }
 
-function networkMode(m: string): "bridge" | "none" {
-  if (m === "bridge" || m === "none") return m;
-  throw new MmError("MM_USAGE", `--network "${m}": use bridge or none`);
+function networkMode(m: string): "bridge" | "user" | "none" {
+  if (m === "bridge" || m === "user" || m === "none") return m;
+  throw new MmError("MM_USAGE", `--network "${m}": use bridge, user or none`);
 }
 
 /** Published ports first (Docker's 0.0.0.0:8080->80/tcp), then ports the image only exposes. */

@@ -184,7 +184,7 @@ export function addSnapshotCommands(
     .argument("[image]", "image (default: the embedded busybox image)")
     .option("--cpus <n>", "virtual CPUs of the machines it serves", "1")
     .option("-m, --memory <size>", "memory of the machines it serves", "256")
-    .option("--network <mode>", "bridge or none: the machines it serves have a NIC or not")
+    .option("--network <mode>", "bridge, user or none: the machines it serves have a NIC or not")
     .option("--disk-size <size>", "root disk size of the machines it serves")
     .option("--platform <os/arch[/variant]>", "platform to pull")
     .option("--insecure-registry <host:port>", "allow plain HTTP to this loopback registry", collect, [] as string[])
@@ -199,8 +199,8 @@ export function addSnapshotCommands(
                 pull: "missing",
                 ...(opts.platform !== undefined && { platform: opts.platform }),
               });
-        if (opts.network !== undefined && opts.network !== "bridge" && opts.network !== "none") {
-          throw new MmError("MM_USAGE", `--network "${opts.network}": use bridge or none`);
+        if (opts.network !== undefined && !["bridge", "user", "none"].includes(opts.network)) {
+          throw new MmError("MM_USAGE", `--network "${opts.network}": use bridge, user or none`);
         }
         const rec = rt.create({
           name: `template-${randomBytes(4).toString("hex")}`,
@@ -208,7 +208,7 @@ export function addSnapshotCommands(
           cpus: parseCpus(opts.cpus),
           memoryMib: parseMemory(opts.memory),
           ...(opts.diskSize !== undefined && { diskSizeMib: parseDiskSize(opts.diskSize) }),
-          ...(opts.network !== undefined && { network: { mode: opts.network } }),
+          ...(opts.network !== undefined && { network: { mode: opts.network as "bridge" | "user" | "none" } }),
           // The template is taken before the workload starts; mm's own busybox needs nothing of the image.
           entrypoint: [GUEST_BUSYBOX],
           command: ["true"],

@@ -221,6 +221,16 @@ export const ERRORS = {
     hint: "pick another host port; `mm ps` shows the ports machines publish",
     exit: 125,
   },
+  MM_ROOT_REQUIRED: {
+    summary: "this needs root",
+    hint: "run mm as root (sudo mm …), or leave the option out: `mm doctor` lists what works without root",
+    exit: 125,
+  },
+  MM_ROOTLESS_SETUP: {
+    summary: "rootless mode is not set up for this user",
+    hint: "apt-get install uidmap passt, and give the user subordinate ids: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER",
+    exit: 125,
+  },
   MM_NET_PERMISSION: {
     summary: "not allowed to set up the host network",
     hint: "run as root, or with CAP_NET_ADMIN (bridges, TAP devices, nftables, IP forwarding)",

@@ -24,8 +24,11 @@ export interface ImageRunConfig {
 
 /** How a machine is networked (`--network`, `-p`, `--network-group`, `--egress`, `--dns`). */
 export interface NetworkSpec {
-  /** bridge: a TAP on mm's bridge with NAT out; none: no NIC at all. */
-  readonly mode: "bridge" | "none";
+  /**
+   * bridge: a TAP on mm's bridge with NAT out (root); user: user-mode networking through
+   * passt (no root: the guest's connections become the user's own sockets); none: no NIC.
+   */
+  readonly mode: "bridge" | "user" | "none";
   /** Machines sharing a group reach each other; without one a machine reaches no other guest. */
   readonly group?: string;
   readonly egress:

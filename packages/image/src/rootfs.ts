@@ -30,6 +30,7 @@ import { join } from "node:path";
 import { MmError } from "@mm/core";
 import { applyLayer, type LayerStats } from "./unpack.js";
 import { ancestorsOf, normalizeEntryPath } from "./unpack-path.js";
+import { buildInUserNamespace } from "./userns.js";
 
 /** Bump when what ends up in a base changes for the same layers, so old bases are not reused. */
 export const ROOTFS_BUILDER_VERSION = "2";
@@ -87,6 +88,8 @@ export interface BuildImageRootfsOptions {
   readonly maxLayerBytes?: number;
   readonly onEvent?: (event: RootfsEvent) => void;
   readonly onWarning?: (message: string) => void;
+  /** Built in a user namespace (rootless): device nodes are skipped, with a warning. */
+  readonly rootless?: boolean;
 }
 
 export interface ImageRootfs {
@@ -269,11 +272,8 @@ async function build(
   path: string,
   extraFiles: readonly ExtraFile[],
 ): Promise<ImageRootfs> {
-  if (process.getuid?.() !== 0) {
-    throw new MmError("MM_ROOTFS_FAILED", "building an image's root filesystem needs root", {
-      hint: "run mm as root: layers carry files owned by other users, device nodes and setuid bits",
-    });
-  }
+  // Without root: the same build, as root of a user namespace (userns.ts).
+  if (process.getuid?.() !== 0) return buildInUserNamespace(options);
   const tmpRoot = join(options.stateDir, "tmp");
   let work: string | undefined;
   try {
@@ -298,6 +298,7 @@ async function build(
       const stats = await applyLayer(root, fh.createReadStream(), layer.mediaType, {
         ...(options.maxLayerBytes !== undefined ? { maxBytes: options.maxLayerBytes } : {}),
         ...(options.onWarning ? { onWarning: options.onWarning } : {}),
+        ...(options.rootless && { skipDeviceNodes: true }),
       }).finally(() => fh.close().catch(() => undefined));
       options.onEvent?.({ type: "layer-applied", index, ...(layer.digest ? { digest: layer.digest } : {}), stats });
     }

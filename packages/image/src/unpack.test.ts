@@ -430,6 +430,29 @@ test("device nodes and fifos are created inside the root only, with modes and ow
   await rejectsWith(s.apply([{ name: "dev/huge", type: "3", devmajor: 5000, devminor: 1 }]), "MM_BAD_LAYER");
 });
 
+test("a rootless build skips device nodes with a warning and still makes fifos", async () => {
+  const s = sandbox();
+  const warnings: string[] = [];
+  await applyLayer(
+    s.root,
+    Readable.from([
+      tarArchive([
+        { name: "dev/", type: "5", mode: 0o755 },
+        { name: "dev/null", type: "3", devmajor: 1, devminor: 3, mode: 0o666 },
+        { name: "dev/sda", type: "4", devmajor: 8, devminor: 0 },
+        { name: "run/fifo", type: "6", mode: 0o600 },
+      ]),
+    ]),
+    TAR,
+    { skipDeviceNodes: true, onWarning: (w) => warnings.push(w) },
+  );
+  assert.deepEqual(readdirSync(s.at("dev")), []);
+  assert.ok(lstatSync(s.at("run/fifo")).isFIFO());
+  assert.equal(warnings.length, 2);
+  assert.match(warnings[0] as string, /device node "dev\/null" skipped/);
+  s.check();
+});
+
 test("ownership, setuid/setgid/sticky and mtimes are preserved", async () => {
   const s = sandbox();
   await s.apply([

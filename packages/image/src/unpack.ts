@@ -99,6 +99,11 @@ export interface ApplyLayerOptions {
   readonly onWarning?: (message: string) => void;
   /** setfattr binary; null skips xattrs; default: found on PATH (Debian package attr). */
   readonly setfattr?: string | null;
+  /**
+   * Skip character and block devices (with a warning) instead of creating them: in a user
+   * namespace (rootless builds) the kernel refuses mknod of devices. FIFOs are still made.
+   */
+  readonly skipDeviceNodes?: boolean;
 }
 
 export interface LayerStats {
@@ -427,6 +432,12 @@ class LayerWriter {
       case "fifo": {
         if (entry.devmajor > MAX_DEV_MAJOR || entry.devminor > MAX_DEV_MINOR) {
           throw new MmError("MM_BAD_LAYER", `device number ${entry.devmajor}:${entry.devminor} out of range`);
+        }
+        if (entry.type !== "fifo" && this.#options.skipDeviceNodes) {
+          this.#options.onWarning?.(
+            `device node ${JSON.stringify(entry.name)} skipped (rootless build; the guest's devtmpfs provides /dev)`,
+          );
+          return; // never marked unpacked: a later layer may still put something there
         }
         await mknod(abs, entry);
         lchownSync(abs, entry.uid, entry.gid);

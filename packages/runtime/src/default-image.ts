@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { type ImageRunConfig, MmError } from "@mm/core";
-import { runTool } from "./exec-tool.js";
+import { mke2fsAsRoot, runTool } from "./exec-tool.js";
 import { mapFsError } from "./fs-errors.js";
 import type { Paths } from "./paths.js";
 
@@ -117,8 +117,7 @@ export async function defaultImageRootfs(
     const root = join(work, "root");
     await populate(root, busybox, initBinary);
     const image = join(work, "rootfs.ext4");
-    await runTool(
-      "mke2fs",
+    await mke2fsAsRoot(
       ["-q", "-F", "-t", "ext4", "-L", "mm-root", "-d", root, "-E", "root_owner=0:0", image, `${DEFAULT_ROOTFS_MIB}M`],
       "building the default image's ext4",
     );

@@ -3,11 +3,12 @@
 import { execFile } from "node:child_process";
 import { constants as fsc } from "node:fs";
 import { access, mkdir, readFile, rm, writeFile } from "node:fs/promises";
+import { userInfo } from "node:os";
 import { join } from "node:path";
 import { chooseAccel, findExecutable, kvmDeviceUsable } from "@mm/vmm";
 import { defaultImageRootfs, elfNeedsInterpreter } from "./default-image.js";
 import { HostNetwork } from "./network.js";
-import { initPath, kernelPath, runDir } from "./paths.js";
+import { initPath, isRootless, kernelPath, runDir } from "./paths.js";
 import type { Runtime } from "./runtime.js";
 
 export interface Check {
@@ -95,26 +96,37 @@ export async function doctor(rt: Runtime, options: { fix?: boolean } = {}): Prom
     ...(!writable && { hint: "run as root or set MM_STATE to a writable directory" }),
   });
 
-  checks.push(await tool("ip", "iproute2", ["-V"]));
-  checks.push(await tool("nft", "nftables", ["--version"]));
   checks.push(await tool("dropbearkey", "dropbear-bin (for --ssh)"));
-  try {
-    const stray = await new HostNetwork(rt.store, rt.env).leftovers(options.fix ?? false);
-    checks.push(
-      stray.length === 0
-        ? { name: "host network", ok: true, detail: "no leftovers (TAPs match running machines)" }
-        : options.fix
-          ? { name: "host network", ok: true, detail: `removed ${stray.join(", ")}; ruleset rebuilt` }
-          : {
-              name: "host network",
-              ok: false,
-              detail: `leftovers: ${stray.join(", ")}`,
-              hint: "mm doctor --fix removes them",
-            },
-    );
-  } catch (e) {
-    checks.push({ name: "host network", ok: false, detail: (e as Error).message, hint: "run as root (CAP_NET_ADMIN)" });
+  checks.push(await tool("passt", "passt (user-mode networking)"));
+  if (isRootless()) {
+    checks.push(...(await rootlessChecks()));
+  } else {
+    checks.push(await tool("ip", "iproute2", ["-V"]));
+    checks.push(await tool("nft", "nftables", ["--version"]));
   }
+  if (!isRootless())
+    try {
+      const stray = await new HostNetwork(rt.store, rt.env).leftovers(options.fix ?? false);
+      checks.push(
+        stray.length === 0
+          ? { name: "host network", ok: true, detail: "no leftovers (TAPs match running machines)" }
+          : options.fix
+            ? { name: "host network", ok: true, detail: `removed ${stray.join(", ")}; ruleset rebuilt` }
+            : {
+                name: "host network",
+                ok: false,
+                detail: `leftovers: ${stray.join(", ")}`,
+                hint: "mm doctor --fix removes them",
+              },
+      );
+    } catch (e) {
+      checks.push({
+        name: "host network",
+        ok: false,
+        detail: (e as Error).message,
+        hint: "run as root (CAP_NET_ADMIN)",
+      });
+    }
 
   const kvm = await kvmDeviceUsable();
   if (kernelOk && initOk && bb && !elfNeedsInterpreter(bb)) {
@@ -149,5 +161,40 @@ export async function doctor(rt: Runtime, options: { fix?: boolean } = {}): Prom
       hint: "fix the checks above",
     });
   }
+  return checks;
+}
+
+/** What features need root, stated; and whether this user can build images (subordinate ids). */
+export const ROOT_ONLY_FEATURES = [
+  "--network bridge (own address on mm's bridge)",
+  "--egress and --network-group (nftables filters)",
+  "anti-spoofing filters",
+  "virtio-fs shares (9p is used instead)",
+  "a VMM user per machine (jail uid switching)",
+] as const;
+
+async function rootlessChecks(): Promise<Check[]> {
+  const user = userInfo();
+  const checks: Check[] = [
+    {
+      name: "mode",
+      ok: true,
+      detail: `rootless (uid ${user.uid}): user-mode networking through passt; not available without root: ${ROOT_ONLY_FEATURES.join("; ")}`,
+    },
+  ];
+  checks.push(await tool("newuidmap", "uidmap (rootless image builds)"));
+  const ranges = async (file: string) =>
+    (await readFile(file, "utf8").catch(() => ""))
+      .split("\n")
+      .some((l) => l.split(":")[0] === user.username || l.split(":")[0] === String(user.uid));
+  const ok = (await ranges("/etc/subuid")) && (await ranges("/etc/subgid"));
+  checks.push({
+    name: "subordinate ids",
+    ok,
+    detail: ok ? `${user.username} has ranges in /etc/subuid and /etc/subgid` : `none for ${user.username}`,
+    ...(!ok && {
+      hint: `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 ${user.username} (as root): images keep their files' owners`,
+    }),
+  });
   return checks;
 }

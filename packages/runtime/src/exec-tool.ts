@@ -19,3 +19,15 @@ export function runTool(tool: string, args: string[], what: string): Promise<str
     });
   });
 }
+
+/**
+ * mke2fs -d of a tree mm itself made (the default image, the tools disk): every file in it
+ * belongs to the user running mm, and the guest must see root. Without root, mke2fs runs
+ * in a user namespace mapping just that user to root (no subordinate ids needed), so it
+ * records uid 0 where the host has the user's.
+ */
+export function mke2fsAsRoot(args: string[], what: string): Promise<string> {
+  return process.getuid?.() === 0
+    ? runTool("mke2fs", args, what)
+    : runTool("unshare", ["--user", "--map-root-user", "--", "mke2fs", ...args], what);
+}

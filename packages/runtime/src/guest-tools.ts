@@ -9,6 +9,7 @@ import { createHash } from "node:crypto";
 import { chmod, copyFile, mkdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { basename, join } from "node:path";
 import { promisify } from "node:util";
+import { mke2fsAsRoot } from "./exec-tool.js";
 import type { Paths } from "./paths.js";
 
 const run = promisify(execFile);
@@ -84,20 +85,10 @@ export async function guestTools(paths: Paths, busybox = "/bin/busybox"): Promis
       ]);
     }
     const image = join(work, "tools.ext4");
-    await run("mke2fs", [
-      "-q",
-      "-F",
-      "-t",
-      "ext4",
-      "-L",
-      TOOLS_SERIAL,
-      "-E",
-      "root_owner=0:0",
-      "-d",
-      join(work, "root"),
-      image,
-      "32M",
-    ]);
+    await mke2fsAsRoot(
+      ["-q", "-F", "-t", "ext4", "-L", TOOLS_SERIAL, "-E", "root_owner=0:0", "-d", join(work, "root"), image, "32M"],
+      "building the guest tools disk",
+    );
     await chmod(image, 0o444);
     await rename(image, disk).catch(() => undefined); // a concurrent build may have won
     await rm(work, { recursive: true, force: true });

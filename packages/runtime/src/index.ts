@@ -16,4 +16,5 @@ export * from "./ssh.js";
 export * from "./stats.js";
 export * from "./store.js";
 export * from "./supervisor.js";
+export * from "./user-network.js";
 export * from "./volumes.js";

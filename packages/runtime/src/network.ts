@@ -200,7 +200,7 @@ function applyRulesetSync(ruleset: string): void {
   }
 }
 
-function readResolvConf(): string {
+export function readResolvConf(): string {
   try {
     return readFileSync("/etc/resolv.conf", "utf8");
   } catch {

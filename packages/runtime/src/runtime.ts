@@ -33,7 +33,16 @@ import { mapFsError } from "./fs-errors.js";
 import { Images, runConfigOf } from "./images.js";
 import { type LogEntry, logFile, readLog } from "./logs.js";
 import { checkPortConflicts, HostNetwork } from "./network.js";
-import { controlSocket, defaultPaths, execSocket, kernelPath, machineDir, type Paths, runDir } from "./paths.js";
+import {
+  controlSocket,
+  defaultPaths,
+  execSocket,
+  isRootless,
+  kernelPath,
+  machineDir,
+  type Paths,
+  runDir,
+} from "./paths.js";
 import { commandLine, isSameProcess } from "./proc.js";
 import {
   activeOverlay,
@@ -141,7 +150,7 @@ export class Runtime {
       ...(input.binds && input.binds.length > 0 && { binds: [...input.binds] }),
       ...(input.restart && input.restart.policy !== "no" && { restart: input.restart }),
       network: {
-        mode: input.network?.mode ?? (this.env.MM_NETWORK === "none" ? "none" : "bridge"),
+        mode: input.network?.mode ?? defaultNetworkMode(this.env),
         egress: input.network?.egress ?? "allow",
         publish: input.network?.publish ?? [],
         ...(input.network?.group !== undefined && { group: input.network.group }),
@@ -151,6 +160,7 @@ export class Runtime {
     if (spec.network?.mode === "none" && (spec.network.publish.length > 0 || spec.network.group || spec.ssh)) {
       throw new MmError("MM_USAGE", "-p, --network-group and --ssh need a network (not --network none)");
     }
+    checkRootlessNetwork(spec.network, isRootless());
     if (spec.network && spec.network.publish.length > 0) {
       // Ports stay reserved by machines that exist and may start again, as in Docker.
       const taken = this.list()
@@ -639,4 +649,29 @@ export function imagesInUse(rt: Runtime): Set<string> {
       .map((s) => s.spec),
   ];
   return new Set(specs.flatMap((s) => (s.imageDigest ? [s.imageDigest] : [])));
+}
+
+/** bridge as root, user-mode (passt) without; MM_NETWORK (bridge, user, none) overrides. */
+export function defaultNetworkMode(env: NodeJS.ProcessEnv, rootless = isRootless()): NetworkSpec["mode"] {
+  const m = env.MM_NETWORK;
+  if (m === "none" || m === "user" || m === "bridge") return m;
+  return rootless ? "user" : "bridge";
+}
+
+/**
+ * What only the bridge network does: egress policies and network groups are nftables
+ * rules on mm's bridge, which need root. Said at `mm run`, not at boot.
+ */
+export function checkRootlessNetwork(net: NetworkSpec | undefined, rootless: boolean): void {
+  if (!net) return;
+  if (net.mode === "bridge" && rootless) {
+    throw new MmError("MM_ROOT_REQUIRED", "--network bridge (a bridge, TAP devices and nftables rules)", {
+      hint: "run mm as root, or use the user-mode network (--network user, the default without root)",
+    });
+  }
+  if (net.mode === "user" && (net.egress !== "allow" || net.group !== undefined)) {
+    throw new MmError("MM_ROOT_REQUIRED", "--egress and --network-group are filters on the bridge network", {
+      hint: "run mm as root (with --network bridge), or leave them out",
+    });
+  }
 }

@@ -12,7 +12,7 @@ import { mkdir, rm, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { type BindMount, MmError } from "@mm/core";
 import type { SharedDir } from "@mm/vmm";
-import type { Paths } from "./paths.js";
+import { isRootless, type Paths } from "./paths.js";
 
 export const VIRTIOFSD = "/usr/lib/qemu/virtiofsd";
 /** The virtio-fs / 9p tag of a machine's i-th shared directory (mm-init mounts it by this). */
@@ -20,9 +20,12 @@ export const shareTag = (i: number) => `mmfs${i}`;
 
 export type ShareDriver = "virtio-fs" | "9p";
 
-/** virtio-fs where its daemon is installed (MM_FS=9p forces the fallback). */
-export function shareDriver(env: NodeJS.ProcessEnv): ShareDriver {
-  return env.MM_FS !== "9p" && existsSync(env.MM_VIRTIOFSD ?? VIRTIOFSD) ? "virtio-fs" : "9p";
+/**
+ * virtio-fs where its daemon is installed and mm runs as root (Debian's virtiofsd needs
+ * root for its sandbox); otherwise 9p (MM_FS=9p forces it).
+ */
+export function shareDriver(env: NodeJS.ProcessEnv, rootless = isRootless()): ShareDriver {
+  return !rootless && env.MM_FS !== "9p" && existsSync(env.MM_VIRTIOFSD ?? VIRTIOFSD) ? "virtio-fs" : "9p";
 }
 
 /**
@@ -53,7 +56,8 @@ export interface StartedShares {
   readonly daemons: ChildProcess[];
 }
 
-async function waitForSocket(path: string, daemon: ChildProcess, what: string): Promise<void> {
+/** Waits until a daemon listens on `path`; fails if it exits first or takes over 10 s. */
+export async function waitForSocket(path: string, daemon: ChildProcess, what: string): Promise<void> {
   const deadline = Date.now() + 10_000;
   while (!existsSync(path)) {
     if (daemon.exitCode !== null || daemon.signalCode !== null) {

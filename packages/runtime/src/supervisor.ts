@@ -68,6 +68,7 @@ import {
 } from "./snapshots.js";
 import { ensureHostKey, startSshServer } from "./ssh.js";
 import type { MachineRecord, Store } from "./store.js";
+import { startUserNetwork } from "./user-network.js";
 import { checkAttachable, volumeSerial } from "./volumes.js";
 
 export interface RunIo {
@@ -144,7 +145,7 @@ export class Supervisor {
   private compat: Compat | null = null;
   private capturing = false;
   private diskFullTimer: NodeJS.Timeout | null = null;
-  /** virtio-fs daemons of the machine's shared directories (killed when the VMM ends). */
+  /** Host daemons of the machine (virtio-fs, passt): killed when the VMM ends. */
   private daemons: ChildProcess[] = [];
   private finished = false;
   private shareFailure: MmError | null = null;
@@ -215,6 +216,9 @@ export class Supervisor {
       return { record: rec, exitCode: null, error: err };
     } finally {
       for (const t of this.stopTimers) clearTimeout(t);
+      this.finished = true;
+      for (const d of this.daemons) d.kill("SIGKILL"); // also after a failed boot
+      this.daemons = [];
       log?.close();
       if (this.attached) await new HostNetwork(store, env).detach(rec).catch(() => undefined);
       const from = rec.spec.restoreFrom?.snapshot;
@@ -282,7 +286,8 @@ export class Supervisor {
     if (accel.accel === "tcg" && accel.source !== "env") io.onWarning?.(`${TCG_WARNING} (${accel.reason})`);
     store.update(this.id, { accel: accel.accel });
     trace(`accel ${accel.accel}`);
-    const withNic = networkOf(rec).mode === "bridge";
+    const netMode = networkOf(rec).mode;
+    const withNic = netMode !== "none";
     const compat: Compat = {
       kernel: await kernelIdentity(kernel),
       engine: await engine.fingerprint(),
@@ -352,14 +357,33 @@ export class Supervisor {
     this.memoryShared = memoryFile.shared;
     trace(`disk and memory (${bootMode})`);
 
-    let nic: { tap: string; mac: string } | undefined;
+    let nic: { tap: string; mac: string } | { socket: string; mac: string } | undefined;
     let identity: NetworkIdentity | undefined;
-    if (withNic) {
+    if (netMode === "bridge") {
       this.attached = true;
       const a = await new HostNetwork(store, env).attach(rec, hostnameFor(rec.spec.name));
       nic = { tap: a.lease.tap, mac: a.lease.mac };
       identity = a.identity;
       trace(`network ${a.identity.address}`);
+    } else if (netMode === "user") {
+      await mkdir(runDir(paths, this.id), { recursive: true, mode: 0o700 });
+      const u = await startUserNetwork(
+        rec,
+        hostnameFor(rec.spec.name),
+        runDir(paths, this.id),
+        machineDir(paths, this.id),
+        env,
+        (how) =>
+          // passt also ends when the VMM does (its connection closes): look a moment later.
+          // Before that, the guest has lost its network, and the user is told.
+          setTimeout(() => {
+            if (!this.finished) io.onWarning?.(`the user-mode network daemon (passt) ended (${how}; passt.log)`);
+          }, 300),
+      );
+      this.daemons = [...this.daemons, u.daemon];
+      nic = u.nic;
+      identity = u.identity;
+      trace("network (passt)");
     }
     const fresh = (): FreshIdentity => freshIdentity(randomBytes, nic?.mac);
     let shared: StartedShares | null = null;
@@ -391,7 +415,7 @@ export class Supervisor {
       shared = await startShares(binds, runDir(paths, this.id), machineDir(paths, this.id), env, (i, how) =>
         setTimeout(() => daemonEnded(i, how), 300),
       );
-      this.daemons = shared.daemons;
+      this.daemons = [...this.daemons, ...shared.daemons];
       trace(`shares (${driver})`);
     }
     const consoleTail = new TextTail();
@@ -526,6 +550,10 @@ export class Supervisor {
       clearTimeout(bootTimer);
       this.ready = true;
       try {
+        // passt delivers to the guest only once it has seen a frame from it (it learns the
+        // guest's MAC so): a guest that has not talked yet would never get its inbound
+        // connections. QEMU's self-announce (gratuitous ARP from the NIC) introduces it.
+        if (netMode === "user") await vm.qmp("announce-self", { initial: 10, max: 50, rounds: 1, step: 10 });
         // "running" means usable: with --ssh, that includes a listening SSH server.
         if (rec.spec.ssh) {
           const hostKey = await ensureHostKey(machineDir(paths, this.id), this.id);

@@ -32,8 +32,11 @@ export interface BootSpec {
   readonly agentChannel: boolean;
   /** Further disks after the root disk (guests find them by their virtio serial). */
   readonly extraDisks?: readonly (DiskSpec & { readonly serial: string })[];
-  /** A virtio-net NIC on an existing TAP device (created by the host network code). */
-  readonly nic?: { readonly tap: string; readonly mac: string };
+  /**
+   * A virtio-net NIC: on an existing TAP device (created by the host network code), or
+   * on a user-mode network daemon (passt) already listening on a unix socket.
+   */
+  readonly nic?: { readonly tap: string; readonly mac: string } | { readonly socket: string; readonly mac: string };
   /**
    * Guest RAM in a file, so that it can be captured without copying it through the
    * VMM. `shared`: the machine's own RAM (writes reach the file); otherwise the file

@@ -142,6 +142,12 @@ describe("buildQemuArgs", () => {
     }
   });
 
+  test("a user-mode NIC connects to passt's socket (commas in the path escaped)", () => {
+    const a = build(spec({ nic: { socket: "/run/a,b/net.sock", mac: "02:aa:bb:cc:dd:ee" } }));
+    assert.deepEqual(values(a, "-netdev"), ["stream,id=net0,server=off,addr.type=unix,addr.path=/run/a,,b/net.sock"]);
+    assert.ok(values(a, "-device").includes("virtio-net-device,netdev=net0,mac=02:aa:bb:cc:dd:ee"));
+  });
+
   test("console on stdio, pidfile, process name", () => {
     const a = build(spec());
     assert.deepEqual(values(a, "-serial"), ["chardev:console"]);

@@ -121,14 +121,18 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     );
   }
   if (spec.nic) {
-    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(spec.nic.tap)) throw new RangeError(`bad TAP name "${spec.nic.tap}"`);
-    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(spec.nic.mac)) throw new RangeError(`bad MAC "${spec.nic.mac}"`);
-    args.push(
-      "-netdev",
-      `tap,id=net0,ifname=${spec.nic.tap},script=no,downscript=no`,
-      "-device",
-      `virtio-net-device,netdev=net0,mac=${spec.nic.mac}`,
-    );
+    const nic = spec.nic;
+    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(nic.mac)) throw new RangeError(`bad MAC "${nic.mac}"`);
+    let netdev: string;
+    if ("tap" in nic) {
+      if (!/^[A-Za-z0-9_.-]{1,15}$/.test(nic.tap)) throw new RangeError(`bad TAP name "${nic.tap}"`);
+      netdev = `tap,id=net0,ifname=${nic.tap},script=no,downscript=no`;
+    } else {
+      // QEMU 7.2's stream netdev speaks passt's framing (a length before each frame).
+      netdev = `stream,id=net0,server=off,addr.type=unix,addr.path=${e(nic.socket)}`;
+    }
+    // The guest sees the same device either way (templates and snapshots restore into both).
+    args.push("-netdev", netdev, "-device", `virtio-net-device,netdev=net0,mac=${nic.mac}`);
   }
   // vhost-user (virtiofsd) serves modern virtio only; microvm's virtio-mmio is legacy by
   // default. Only machines with shared directories switch (they are never snapshotted,
