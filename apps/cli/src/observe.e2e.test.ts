@@ -170,6 +170,15 @@ describe("stats and top", () => {
     const over = await h.mm(["update", "long", "--memory", "1G"]);
     assert.equal(over.code, 125);
     assert.match(over.stderr, /MM_INVALID_MEMORY/);
+    // The target outlives a restart: the next boot's balloon takes the memory back again.
+    ok(await h.mm(["update", "long", "--memory", "160M"]), "update");
+    ok(await h.mm(["stop", "-t", "1", "long"]), "stop");
+    ok(await h.mm(["start", "long"]), "start");
+    await until(
+      async () => ((await stats("long")).memory.balloonBytes === 160 * 2 ** 20 ? true : undefined),
+      30_000,
+      "the kept memory target",
+    );
     ok(await h.mm(["update", "long", "--memory", "256M"]), "give it back");
   });
 

@@ -292,6 +292,30 @@ describe("rootless", () => {
     assert.equal((await asUser(["rm", "-f", "shelly"], { inNetns: true })).code, 0);
   });
 
+  test("a shared host directory works without root (over 9p), both ways", async () => {
+    const dir = join(home, "shared");
+    mkdirSync(dir);
+    writeFileSync(join(dir, "from-host"), "written on the host\n");
+    chownSync(dir, uid, uid);
+    chownSync(join(dir, "from-host"), uid, uid);
+    const r = await asUser([
+      "run",
+      "--rm",
+      "--network",
+      "none",
+      "-v",
+      `${dir}:/mnt`,
+      "--",
+      "sh",
+      "-c",
+      "cat /mnt/from-host && echo written in the guest > /mnt/from-guest",
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, "written on the host\n");
+    assert.equal(readFileSync(join(dir, "from-guest"), "utf8"), "written in the guest\n");
+    assert.equal(lstatSync(join(dir, "from-guest")).uid, uid, "the file is the user's on the host");
+  });
+
   test("root-only options are refused with MM_ROOT_REQUIRED and a hint", async () => {
     for (const flags of [
       ["--network", "bridge"],

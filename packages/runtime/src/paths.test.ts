@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { defaultPaths } from "./paths.js";
 import { checkRootlessNetwork, defaultNetworkMode } from "./runtime.js";
+import { shareDriver } from "./shares.js";
 
 test("root keeps state in /var; a user in the XDG directories (MM_STATE/MM_CACHE win)", () => {
   assert.deepEqual(defaultPaths({}, false), { state: "/var/lib/mm", cache: "/var/cache/mm" });
@@ -30,4 +31,10 @@ test("the network: bridge for root, user-mode without; root-only options refused
   assert.throws(() => checkRootlessNetwork({ ...net, mode: "user", egress: "deny" }, false), refused);
   assert.throws(() => checkRootlessNetwork({ ...net, mode: "user", group: "g" }, true), refused);
   assert.doesNotThrow(() => checkRootlessNetwork({ ...net, mode: "user" }, true));
+});
+
+test("shared directories: virtio-fs needs root (its daemon's sandbox); 9p without", () => {
+  assert.equal(shareDriver({ MM_VIRTIOFSD: "/bin/true" }, false), "virtio-fs");
+  assert.equal(shareDriver({ MM_VIRTIOFSD: "/bin/true" }, true), "9p");
+  assert.equal(shareDriver({ MM_VIRTIOFSD: "/bin/true", MM_FS: "9p" }, false), "9p");
 });

@@ -608,7 +608,10 @@ export class Runtime {
         },
       );
     }
-    return requestSetMemory(controlSocket(this.paths, rec.id), mib * 2 ** 20);
+    const stats = await requestSetMemory(controlSocket(this.paths, rec.id), mib * 2 ** 20);
+    // Kept: the machine's next boots (restarts, `mm start`) give the memory back again.
+    this.store.update(rec.id, { memoryTargetMib: mib === rec.spec.memoryMib ? null : mib });
+    return stats;
   }
 
   createVolume(name: string, sizeBytes = DEFAULT_VOLUME_BYTES): Promise<Volume> {

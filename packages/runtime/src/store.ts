@@ -33,6 +33,8 @@ export interface MachineRecord {
   readonly userStopped: boolean;
   /** Its shared host directories as the last boot served them (driver, daemon state). */
   readonly shares: ShareState[] | null;
+  /** `mm update --memory`: what the balloon leaves the guest, kept across restarts (null: all of it). */
+  readonly memoryTargetMib: number | null;
 }
 
 export interface ShareState {
@@ -65,6 +67,7 @@ interface Row {
   restart_count: number | null;
   user_stopped: number | null;
   shares: string | null;
+  memory_target_mib: number | null;
 }
 
 const SCHEMA = `
@@ -127,6 +130,7 @@ const ADDED_COLUMNS = [
   ["machines", "restart_count", "INTEGER"],
   ["machines", "user_stopped", "INTEGER"],
   ["machines", "shares", "TEXT"],
+  ["machines", "memory_target_mib", "INTEGER"],
 ] as const;
 
 export interface Lease {
@@ -159,6 +163,7 @@ function toRecord(r: Row): MachineRecord {
     restartCount: r.restart_count ?? 0,
     userStopped: r.user_stopped === 1,
     shares: r.shares ? (JSON.parse(r.shares) as ShareState[]) : null,
+    memoryTargetMib: r.memory_target_mib ?? null,
   };
 }
 
@@ -215,6 +220,7 @@ export interface TransitionFields {
   restartCount?: number;
   userStopped?: number;
   shares?: ShareState[] | null;
+  memoryTargetMib?: number | null;
 }
 
 const COLUMNS: Record<keyof TransitionFields, string> = {
@@ -233,6 +239,7 @@ const COLUMNS: Record<keyof TransitionFields, string> = {
   restartCount: "restart_count",
   userStopped: "user_stopped",
   shares: "shares",
+  memoryTargetMib: "memory_target_mib",
 };
 
 export class Store {

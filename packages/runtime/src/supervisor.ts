@@ -570,6 +570,13 @@ export class Supervisor {
         fail(e, "MM_EXEC_SETUP");
         return;
       }
+      // `mm update --memory` of an earlier boot still holds: the balloon takes it back again.
+      const target = store.get(this.id).memoryTargetMib;
+      if (target !== null && target < rec.spec.memoryMib) {
+        await this.setMemory(target * 2 ** 20).catch((e: Error) =>
+          io.onWarning?.(`memory target ${target} MiB not applied: ${e.message}`),
+        );
+      }
       try {
         rec = store.transition(this.id, "ready");
         io.onReady?.(rec);
