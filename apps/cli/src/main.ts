@@ -821,6 +821,9 @@ function publicRecord(r: MachineRecord, ip?: string) {
     accel: r.accel,
     boot: r.bootMode,
     shares: r.shares,
+    // The VMM's jail as its last boot set it up (null: not jailed — rootless, or MM_JAIL=0).
+    jail: r.jail,
+    memoryTargetMib: r.memoryTargetMib,
     exitCode: r.exitCode,
     error: r.error,
     spec: r.spec,

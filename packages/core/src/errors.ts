@@ -221,6 +221,11 @@ export const ERRORS = {
     hint: "pick another host port; `mm ps` shows the ports machines publish",
     exit: 125,
   },
+  MM_JAIL_FAILED: {
+    summary: "could not set up the VMM's jail",
+    hint: "mm doctor checks the jail's needs (root, cgroups, unshare, setpriv); the message names the failing step",
+    exit: 125,
+  },
   MM_ROOT_REQUIRED: {
     summary: "this needs root",
     hint: "run mm as root (sudo mm …), or leave the option out: `mm doctor` lists what works without root",

@@ -100,12 +100,16 @@ export class HostNetwork {
   }
 
   /** Bridge, forwarding and the machine's TAP; then the ruleset including it. */
-  async attach(rec: MachineRecord, hostname: string): Promise<{ lease: Lease; identity: NetworkIdentity }> {
+  async attach(
+    rec: MachineRecord,
+    hostname: string,
+    tapUser?: number,
+  ): Promise<{ lease: Lease; identity: NetworkIdentity }> {
     const cfg = await this.config();
     const lease = this.lease(rec.id, cfg.subnet);
     await ensureBridge(cfg.bridge, gatewayCidrOf(cfg.subnet));
     await enableForwarding(cfg.bridge);
-    await createTap(lease.tap, cfg.bridge);
+    await createTap(lease.tap, cfg.bridge, tapUser === undefined ? {} : { user: tapUser });
     await this.applyRules(cfg, rec.id);
     const prefix = parseCidr(cfg.subnet).prefix;
     const net = networkOf(rec);

@@ -31,6 +31,7 @@ import { DEFAULT_IMAGE_CONFIG } from "./default-image.js";
 import { ExecClient } from "./exec-client.js";
 import { mapFsError } from "./fs-errors.js";
 import { Images, runConfigOf } from "./images.js";
+import { cgroupLayout, cgroupMountDir, removeCgroups } from "./jail.js";
 import { type LogEntry, logFile, readLog } from "./logs.js";
 import { checkPortConflicts, HostNetwork } from "./network.js";
 import {
@@ -365,6 +366,9 @@ export class Runtime {
     }
     // A supervisor killed by -f (or lost) could not remove its TAP and rules: do it here.
     if (this.store.lease(rec.id)) await new HostNetwork(this.store, this.env).detach(rec).catch(() => undefined);
+    // …and its VMM's cgroups, once the VMM (killed with its supervisor) has left them.
+    const cgroups = await cgroupLayout(rec.id, cgroupMountDir(this.paths));
+    if (cgroups) await removeCgroups(cgroups, 2000);
     await rm(machineDir(this.paths, rec.id), { recursive: true, force: true });
     await rm(runDir(this.paths, rec.id), { recursive: true, force: true });
     await rm(machineRamPath(this.paths, rec.id, this.env), { force: true });

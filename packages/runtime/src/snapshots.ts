@@ -4,7 +4,7 @@
 
 import { createHash, randomBytes } from "node:crypto";
 import { createReadStream, existsSync } from "node:fs";
-import { link, mkdir, open, readdir, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, chown, link, mkdir, open, readdir, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { isActive, type MachineSpec, MmError } from "@mm/core";
 import { runTool } from "./exec-tool.js";
@@ -167,6 +167,16 @@ export function newLayerNames(paths: Paths, machineId: string): { layer: string;
 }
 
 /**
+ * A frozen layer is immutable and no machine's own: root's (where mm runs as root: a
+ * jailed VMM owned it as its overlay), read-only, readable by the VMMs whose disks stand
+ * on it (a jail shows each VMM only its own chain).
+ */
+export async function releaseLayer(layer: string): Promise<void> {
+  if (process.getuid?.() === 0) await chown(layer, 0, 0);
+  await chmod(layer, 0o444);
+}
+
+/**
  * Freezes a disk that no VMM has open: the overlay becomes a layer (a hard link, so no
  * byte is copied) and the machine continues on a new overlay over it.
  */
@@ -180,6 +190,7 @@ export async function freezeStoppedDisk(
   await mkdir(layersDir(paths), { recursive: true });
   await link(current, names.layer);
   try {
+    await releaseLayer(names.layer);
     await createLayerOverlay(names.layer, names.overlay, size);
   } catch (e) {
     await rm(names.layer, { force: true });

@@ -5,6 +5,7 @@ import { mkdirSync } from "node:fs";
 import { DatabaseSync } from "node:sqlite";
 import { type MachineEvent, type MachineSpec, type MachineState, MmError, nextState } from "@mm/core";
 import { mapFsError } from "./fs-errors.js";
+import type { JailSummary } from "./jail.js";
 import { databasePath, type Paths } from "./paths.js";
 
 export interface MachineRecord {
@@ -35,6 +36,8 @@ export interface MachineRecord {
   readonly shares: ShareState[] | null;
   /** `mm update --memory`: what the balloon leaves the guest, kept across restarts (null: all of it). */
   readonly memoryTargetMib: number | null;
+  /** The VMM's jail as the last boot set it up (null: not jailed). */
+  readonly jail: JailSummary | null;
 }
 
 export interface ShareState {
@@ -68,6 +71,7 @@ interface Row {
   user_stopped: number | null;
   shares: string | null;
   memory_target_mib: number | null;
+  jail: string | null;
 }
 
 const SCHEMA = `
@@ -94,6 +98,10 @@ CREATE TABLE IF NOT EXISTS leases (
   mac TEXT NOT NULL,
   tap TEXT NOT NULL,
   subnet TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS jail_slots (
+  machine_id TEXT PRIMARY KEY,
+  slot INTEGER NOT NULL UNIQUE
 ) STRICT;
 CREATE TABLE IF NOT EXISTS settings (
   key TEXT PRIMARY KEY,
@@ -131,6 +139,7 @@ const ADDED_COLUMNS = [
   ["machines", "user_stopped", "INTEGER"],
   ["machines", "shares", "TEXT"],
   ["machines", "memory_target_mib", "INTEGER"],
+  ["machines", "jail", "TEXT"],
 ] as const;
 
 export interface Lease {
@@ -164,6 +173,7 @@ function toRecord(r: Row): MachineRecord {
     userStopped: r.user_stopped === 1,
     shares: r.shares ? (JSON.parse(r.shares) as ShareState[]) : null,
     memoryTargetMib: r.memory_target_mib ?? null,
+    jail: r.jail ? (JSON.parse(r.jail) as JailSummary) : null,
   };
 }
 
@@ -221,6 +231,7 @@ export interface TransitionFields {
   userStopped?: number;
   shares?: ShareState[] | null;
   memoryTargetMib?: number | null;
+  jail?: JailSummary | null;
 }
 
 const COLUMNS: Record<keyof TransitionFields, string> = {
@@ -240,6 +251,7 @@ const COLUMNS: Record<keyof TransitionFields, string> = {
   userStopped: "user_stopped",
   shares: "shares",
   memoryTargetMib: "memory_target_mib",
+  jail: "jail",
 };
 
 export class Store {
@@ -344,6 +356,7 @@ export class Store {
     if (rec) this.addEvent(id, rec.name, "destroy", null);
     this.db.prepare("DELETE FROM machines WHERE id = ?").run(id);
     this.db.prepare("DELETE FROM leases WHERE machine_id = ?").run(id);
+    this.db.prepare("DELETE FROM jail_slots WHERE machine_id = ?").run(id);
   }
 
   /** Runs `fn` holding the database's write lock: concurrent mm processes queue here. */
@@ -387,6 +400,26 @@ export class Store {
         subnet: string;
       }[]
     ).map((r) => ({ machineId: r.machine_id, ip: r.ip, mac: r.mac, tap: r.tap, subnet: r.subnet }));
+  }
+
+  /**
+   * The machine's jail slot (its VMM's uid and gid are JAIL_ID_BASE + slot): the lowest
+   * free one, taken on first use and kept until the machine is removed.
+   */
+  jailSlot(machineId: string): number {
+    return this.exclusive(() => {
+      const row = this.db.prepare("SELECT slot FROM jail_slots WHERE machine_id = ?").get(machineId) as
+        | { slot: number }
+        | undefined;
+      if (row) return row.slot;
+      const used = new Set(
+        (this.db.prepare("SELECT slot FROM jail_slots").all() as { slot: number }[]).map((r) => r.slot),
+      );
+      let slot = 0;
+      while (used.has(slot)) slot++;
+      this.db.prepare("INSERT INTO jail_slots (machine_id, slot) VALUES (?, ?)").run(machineId, slot);
+      return slot;
+    });
   }
 
   addLease(l: Lease): void {

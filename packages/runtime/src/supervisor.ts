@@ -6,7 +6,7 @@
 import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { access, link, mkdir, readdir, rm } from "node:fs/promises";
+import { access, chmod, chown, link, mkdir, readdir, rm, writeFile } from "node:fs/promises";
 import type { Server } from "node:net";
 import { constants as osc } from "node:os";
 import { basename, join } from "node:path";
@@ -29,9 +29,13 @@ import {
   DEVICE_LAYOUT,
   describeExit,
   type Engine,
+  type JailPlan,
+  jailIds,
+  QEMU_SANDBOX,
   type RunningVm,
   TCG_WARNING,
   type VmExit,
+  vmmDir,
   withTimeout,
 } from "@mm/vmm";
 import { AgentSession, type RestoredChannel } from "./agent-session.js";
@@ -42,6 +46,15 @@ import { runTool } from "./exec-tool.js";
 import { mapFsError } from "./fs-errors.js";
 import { guestTools, TOOLS_SERIAL } from "./guest-tools.js";
 import { Images } from "./images.js";
+import {
+  cgroupLayout,
+  cgroupMountDir,
+  jailEnabled,
+  jailSummary,
+  ninePOwner,
+  prepareJail,
+  removeCgroups,
+} from "./jail.js";
 import { LogWriter, logFile, TextTail } from "./logs.js";
 import { HostNetwork, networkOf } from "./network.js";
 import { controlSocket, execSocket, initPath, kernelPath, machineDir, type Paths, runDir } from "./paths.js";
@@ -52,12 +65,14 @@ import {
   type Compat,
   checkCompat,
   createLayerOverlay,
+  diskChain,
   finalizeSnapshot,
   kernelIdentity,
   layersDir,
   machineRamPath,
   newLayerNames,
   releaseForkCapture,
+  releaseLayer,
   resolveSnapshot,
   type Snapshot,
   snapshotsDir,
@@ -145,6 +160,8 @@ export class Supervisor {
   private compat: Compat | null = null;
   private capturing = false;
   private diskFullTimer: NodeJS.Timeout | null = null;
+  /** The VMM's jail (null: not jailed, e.g. rootless) and its cgroups, removed when it ends. */
+  private jail: JailPlan | null = null;
   /** Host daemons of the machine (virtio-fs, passt): killed when the VMM ends. */
   private daemons: ChildProcess[] = [];
   private finished = false;
@@ -216,6 +233,7 @@ export class Supervisor {
       return { record: rec, exitCode: null, error: err };
     } finally {
       for (const t of this.stopTimers) clearTimeout(t);
+      if (this.jail?.cgroup) await removeCgroups(this.jail.cgroup.layout);
       this.finished = true;
       for (const d of this.daemons) d.kill("SIGKILL"); // also after a failed boot
       this.daemons = [];
@@ -359,9 +377,16 @@ export class Supervisor {
 
     let nic: { tap: string; mac: string } | { socket: string; mac: string } | undefined;
     let identity: NetworkIdentity | undefined;
+    const jailed = jailEnabled(env);
+    const slot = jailed ? store.jailSlot(this.id) : null;
+    // A VMM serving 9p shares runs as their owner (jail.ts, ninePOwner).
+    const nineP = driver === "9p" ? binds : [];
+    const owner = slot === null ? undefined : await ninePOwner(nineP.map((b) => b.source));
     if (netMode === "bridge") {
       this.attached = true;
-      const a = await new HostNetwork(store, env).attach(rec, hostnameFor(rec.spec.name));
+      // A jailed VMM opens its TAP as the machine's uid: the TAP is that uid's.
+      const tapUser = slot === null ? undefined : (owner ?? jailIds(slot)).uid;
+      const a = await new HostNetwork(store, env).attach(rec, hostnameFor(rec.spec.name), tapUser);
       nic = { tap: a.lease.tap, mac: a.lease.mac };
       identity = a.identity;
       trace(`network ${a.identity.address}`);
@@ -418,6 +443,49 @@ export class Supervisor {
       this.daemons = [...this.daemons, ...shared.daemons];
       trace(`shares (${driver})`);
     }
+    const volumePaths = volumes.map((v) => v.path);
+    if (slot !== null) {
+      const run = runDir(paths, this.id);
+      // The RAM file exists before the VMM starts (it cannot create files there): empty
+      // for a cold boot, QEMU sizes it.
+      if (memoryFile.shared && !existsSync(this.ramFile)) await writeFile(this.ramFile, "", { mode: 0o600 });
+      await mkdir(vmmDir(run), { recursive: true, mode: 0o700 });
+      this.jail = await prepareJail({
+        slot,
+        ...(owner && { ids: owner }),
+        root: join(run, "jail"),
+        files: {
+          kernel,
+          readOnly: [
+            ...(await diskChain(overlay)).slice(1),
+            tools.disk,
+            ...nineP.filter((b) => b.readOnly).map((b) => b.source),
+          ],
+          readWrite: [
+            machineDir(paths, this.id),
+            overlay,
+            ...(memoryFile.shared ? [this.ramFile] : []),
+            vmmDir(run),
+            ...volumePaths,
+          ],
+          machineDir: machineDir(paths, this.id),
+          shared: [
+            ...(memoryFile.shared ? [] : [memoryFile.path]),
+            ...nineP.filter((b) => !b.readOnly).map((b) => b.source),
+          ],
+        },
+        kvm: accel.accel === "kvm",
+        tap: netMode === "bridge",
+        cpus: rec.spec.cpus,
+        memoryMib: rec.spec.memoryMib,
+        cgroup: await cgroupLayout(this.id, cgroupMountDir(paths)),
+        ...(env.MM_VMM_OVERHEAD_MIB && { overheadMib: Number(env.MM_VMM_OVERHEAD_MIB) }),
+      });
+      store.update(this.id, { jail: jailSummary(this.jail) });
+      trace("jail");
+    } else {
+      store.update(this.id, { jail: null });
+    }
     const consoleTail = new TextTail();
     let consoleLines = "";
     const vm = await engine.boot({
@@ -443,6 +511,8 @@ export class Supervisor {
         })),
       ],
       memoryFile,
+      ...(this.jail && { jail: this.jail }),
+      sandbox: QEMU_SANDBOX,
       incoming: restore !== null,
       ...(shared && { shares: shared.shares }),
       ...(nic && { nic }),
@@ -737,6 +807,7 @@ export class Supervisor {
       await mkdir(layersDir(paths), { recursive: true });
       await mkdir(req.staging, { recursive: true, mode: 0o700 });
       await createLayerOverlay(names.layer, names.overlay, size);
+      if (this.jail) await chown(names.overlay, this.jail.uid, this.jail.gid);
       if (phase === "started") await withTimeout(session.quiesce(), 10_000, "quiescing the agent channel");
       await vm.pause();
       paused = true;
@@ -750,6 +821,8 @@ export class Supervisor {
       }
       this.rootDisk = names.overlay;
       store.update(this.id, { rootDisk: names.overlay });
+      // The frozen layer is read-only from now on, and no longer the VMM's to change.
+      await releaseLayer(names.layer);
       const statePath = join(req.staging, "state");
       await vm.saveState(statePath, { ignoreSharedMemory: this.memoryShared });
       let ramPath: string | null = null;
@@ -757,6 +830,11 @@ export class Supervisor {
         ramPath = req.ramPath ?? join(req.staging, "ram");
         await mkdir(join(ramPath, ".."), { recursive: true, mode: 0o700 });
         await runTool("cp", ["--sparse=always", this.ramFile, ramPath], "copying the machine's RAM");
+        // A fork's capture is mapped copy-on-write by each clone's VMM, as the clone's own
+        // uid, and QEMU 7.2 opens a RAM file read-write even for a private mapping (its
+        // `rom=on` came in 8.2). The file sits in a 0700 directory and is bound into the
+        // clones' jails alone, so only they reach it; see docs/adr/0008.
+        await chmod(ramPath, req.ramPath ? 0o666 : 0o600);
       }
       await vm.resume();
       paused = false;

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { linkSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, linkSync, mkdirSync, readFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import { join } from "node:path";
 import { test } from "node:test";
@@ -21,6 +21,7 @@ import {
 } from "@mm/core";
 import { PROBE_MARKER } from "./accel.js";
 import type { Accel, DiskSpec, Engine } from "./engine.js";
+import { QEMU_SANDBOX } from "./jail.js";
 
 export interface ConformanceFixture {
   readonly kernel: string;
@@ -188,6 +189,37 @@ export function engineConformance(makeEngine: () => Engine, fixture: () => Confo
       await assert.rejects(vm.loadState(truncated, { ignoreSharedMemory: true }), (e) => isMmError(e, "MM_ENGINE_IO"));
     } finally {
       await vm.kill();
+    }
+  });
+
+  test("seccomp: a VMM told to spawn a process (migrate to exec:) is refused or dies, alone", async () => {
+    const f = fixture();
+    const marker = join(f.scratch, `spawned-${process.pid}`);
+    // Agent channels keep both guests waiting for CONFIG; paused at once, they stay up.
+    const victim = await makeEngine().boot(base("seccomp-a", { agentChannel: true, sandbox: QEMU_SANDBOX }));
+    const bystander = await makeEngine().boot(base("seccomp-b", { agentChannel: true, sandbox: QEMU_SANDBOX }));
+    try {
+      assert.equal(readFileSync(`/proc/${victim.pid}/status`, "utf8").match(/^Seccomp:\s+(\d)/m)?.[1], "2");
+      await victim.pause();
+      const outcome = await victim
+        .qmp("migrate", { uri: `exec:touch ${marker}` })
+        .then(async () => {
+          for (let i = 0; i < 50; i++) {
+            const st = (await victim.qmp("query-migrate")) as { status?: string };
+            if (st.status === "failed" || st.status === "cancelled") return "failed";
+            await new Promise((r) => setTimeout(r, 20));
+          }
+          return "no failure";
+        })
+        .catch(() => "refused or died");
+      assert.notEqual(outcome, "no failure");
+      await new Promise((r) => setTimeout(r, 200));
+      assert.equal(existsSync(marker), false, "the VMM spawned a process");
+      // The other VMM runs on.
+      assert.deepEqual(Object.keys((await bystander.qmp("query-status")) as object).includes("status"), true);
+    } finally {
+      await victim.kill();
+      await bystander.kill();
     }
   });
 

@@ -3,6 +3,7 @@
 // interface and pass the same conformance suite (engine-conformance.ts).
 
 import type { Socket } from "node:net";
+import type { JailPlan } from "./jail.js";
 
 export type Accel = "kvm" | "tcg";
 
@@ -50,6 +51,13 @@ export interface BootSpec {
    * on `socket` (needs `memoryFile.shared`), or QEMU's own 9p server.
    */
   readonly shares?: readonly SharedDir[];
+  /**
+   * Run the VMM in this jail (needs root): its own uid, mount namespace and cgroup, no
+   * capabilities. Every path above must be visible in it (the supervisor plans both).
+   */
+  readonly jail?: JailPlan;
+  /** QEMU's seccomp filter (`-sandbox` value), with or without a jail. */
+  readonly sandbox?: string;
 }
 
 export type SharedDir =

@@ -19,8 +19,14 @@ const spec = (over: Partial<BootSpec> = {}): BootSpec => ({
 const build = (s: BootSpec, tscKhz?: number) =>
   buildQemuArgs({
     spec: s,
-    agentSocket: "/r/agent.sock",
-    qmpSocket: "/r/qmp.sock",
+    fds: {
+      qmp: 3,
+      agent: 4,
+      sockets: new Map([
+        ["/r/fs0.sock", 5],
+        ["/run/a,b/net.sock", 6],
+      ]),
+    },
     pidFile: "/r/qemu.pid",
     ...(tscKhz !== undefined && { tscKhz }),
   });
@@ -68,7 +74,7 @@ describe("buildQemuArgs", () => {
       { kind: "9p" as const, tag: "mmfs1", path: "/srv/a,b", readOnly: true },
     ];
     const a = build(spec({ memoryFile: { path: "/m.ram", shared: true }, shares }));
-    assert.ok(values(a, "-chardev").includes("socket,id=fs0,path=/r/fs0.sock"));
+    assert.ok(values(a, "-chardev").includes("socket,id=fs0,fd=5"));
     assert.deepEqual(values(a, "-global"), ["virtio-mmio.force-legacy=false"], "vhost-user needs modern virtio");
     assert.deepEqual(values(build(spec()), "-global"), [], "others keep the layout templates were taken with");
     assert.ok(values(a, "-device").includes("vhost-user-fs-device,chardev=fs0,tag=mmfs0"));
@@ -99,10 +105,10 @@ describe("buildQemuArgs", () => {
     assert.match(ro, /,readonly=on$/);
   });
 
-  test("QEMU connects to the host's QMP and agent sockets (client mode, no server=on)", () => {
+  test("QMP and the agent channel are inherited, connected descriptors (client mode, no path)", () => {
     const chardevs = values(build(spec()), "-chardev");
-    assert.ok(chardevs.includes("socket,id=qmp,path=/r/qmp.sock"));
-    assert.ok(chardevs.includes("socket,id=agent,path=/r/agent.sock"));
+    assert.ok(chardevs.includes("socket,id=qmp,fd=3"));
+    assert.ok(chardevs.includes("socket,id=agent,fd=4"));
     assert.ok(chardevs.every((c) => !c.includes("server")));
     assert.deepEqual(values(build(spec()), "-mon"), ["chardev=qmp,mode=control"]);
   });
@@ -142,10 +148,16 @@ describe("buildQemuArgs", () => {
     }
   });
 
-  test("a user-mode NIC connects to passt's socket (commas in the path escaped)", () => {
+  test("a user-mode NIC is passt's connection, inherited; a socket without a descriptor is refused", () => {
     const a = build(spec({ nic: { socket: "/run/a,b/net.sock", mac: "02:aa:bb:cc:dd:ee" } }));
-    assert.deepEqual(values(a, "-netdev"), ["stream,id=net0,server=off,addr.type=unix,addr.path=/run/a,,b/net.sock"]);
+    assert.deepEqual(values(a, "-netdev"), ["stream,id=net0,server=off,addr.type=fd,addr.str=6"]);
+    assert.throws(() => build(spec({ nic: { socket: "/elsewhere.sock", mac: "02:aa:bb:cc:dd:ee" } })), RangeError);
     assert.ok(values(a, "-device").includes("virtio-net-device,netdev=net0,mac=02:aa:bb:cc:dd:ee"));
+  });
+
+  test("the seccomp filter is passed when asked for", () => {
+    assert.deepEqual(values(build(spec({ sandbox: "on,spawn=deny" })), "-sandbox"), ["on,spawn=deny"]);
+    assert.deepEqual(values(build(spec()), "-sandbox"), []);
   });
 
   test("console on stdio, pidfile, process name", () => {

@@ -7,9 +7,20 @@ export interface QemuArgsInput {
   readonly spec: BootSpec;
   /** Host TSC frequency in kHz; lets the guest skip PIT calibration, which can hang under TCG. */
   readonly tscKhz?: number;
-  readonly agentSocket: string;
-  readonly qmpSocket: string;
+  /**
+   * Sockets reach QEMU as descriptors it inherits, already connected (mm's listening
+   * sockets stay 0600 and a jailed QEMU never needs their paths): QMP's, the agent
+   * channel's, and one per socket path in the spec (passt, virtiofsd).
+   */
+  readonly fds: { readonly qmp: number; readonly agent: number; readonly sockets: ReadonlyMap<string, number> };
   readonly pidFile: string;
+}
+
+/** The descriptor passed for a socket path of the spec (a RangeError if the caller did not connect it). */
+function socketFd(input: QemuArgsInput, path: string): number {
+  const fd = input.fds.sockets.get(path);
+  if (fd === undefined) throw new RangeError(`no descriptor for socket ${path}`);
+  return fd;
 }
 
 /** Name of the virtio-serial port mm-init looks for. */
@@ -103,13 +114,15 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     "virtio-balloon-device,id=balloon,free-page-reporting=on",
     // QEMU connects to sockets the host already listens on: no polling, no race.
     "-chardev",
-    `socket,id=qmp,path=${e(input.qmpSocket)}`,
+    `socket,id=qmp,fd=${input.fds.qmp}`,
     "-mon",
     "chardev=qmp,mode=control",
     "-pidfile",
     input.pidFile,
     // A restore: QEMU waits for migrate-incoming (QMP) instead of running the guest.
     ...(spec.incoming ? ["-incoming", "defer"] : []),
+    // QEMU's seccomp filter, on before the guest runs.
+    ...(spec.sandbox ? ["-sandbox", spec.sandbox] : []),
   ];
   for (const [i, d] of (spec.extraDisks ?? []).entries()) {
     if (!/^[A-Za-z0-9_.-]{1,20}$/.test(d.serial)) throw new RangeError(`bad disk serial "${d.serial}"`);
@@ -129,7 +142,7 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
       netdev = `tap,id=net0,ifname=${nic.tap},script=no,downscript=no`;
     } else {
       // QEMU 7.2's stream netdev speaks passt's framing (a length before each frame).
-      netdev = `stream,id=net0,server=off,addr.type=unix,addr.path=${e(nic.socket)}`;
+      netdev = `stream,id=net0,server=off,addr.type=fd,addr.str=${socketFd(input, nic.socket)}`;
     }
     // The guest sees the same device either way (templates and snapshots restore into both).
     args.push("-netdev", netdev, "-device", `virtio-net-device,netdev=net0,mac=${nic.mac}`);
@@ -144,7 +157,7 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
       if (!spec.memoryFile?.shared) throw new RangeError("virtio-fs needs the guest's RAM in a shared memory file");
       args.push(
         "-chardev",
-        `socket,id=fs${i},path=${e(sh.socket)}`,
+        `socket,id=fs${i},fd=${socketFd(input, sh.socket)}`,
         "-device",
         `vhost-user-fs-device,chardev=fs${i},tag=${sh.tag}`,
       );
@@ -164,7 +177,7 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
       "-device",
       "virtio-serial-device,max_ports=2",
       "-chardev",
-      `socket,id=agent,path=${e(input.agentSocket)}`,
+      `socket,id=agent,fd=${input.fds.agent}`,
       "-device",
       `virtserialport,chardev=agent,name=${AGENT_PORT_NAME}`,
     );

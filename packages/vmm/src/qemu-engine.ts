@@ -4,13 +4,14 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream, constants as fsc } from "node:fs";
-import { access, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { access, chown, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { promisify } from "node:util";
 import { MmError } from "@mm/core";
 import type { BootSpec, Engine, RunningVm, StateOptions, VmExit } from "./engine.js";
+import { jailCommand } from "./jail.js";
 import { buildQemuArgs } from "./qemu-args.js";
 import { QmpClient, withTimeout } from "./qmp.js";
 
@@ -93,33 +94,54 @@ export class QemuEngine implements Engine {
     if (!setpriv) throw new MmError("MM_TOOL_MISSING", "setpriv (util-linux) is not on PATH");
 
     await mkdir(spec.runDir, { recursive: true, mode: 0o700 });
+    // The VMM's own directory (pidfile, migration sockets): the one place it may create files.
+    const ownDir = vmmDir(spec.runDir);
+    await mkdir(ownDir, { recursive: true, mode: 0o700 });
+    if (spec.jail) await chown(ownDir, spec.jail.uid, spec.jail.gid);
     const qmpSocket = join(spec.runDir, "qmp.sock");
     const agentSocket = join(spec.runDir, "agent.sock");
-    const pidFile = join(spec.runDir, "qemu.pid");
-    await Promise.all([rm(qmpSocket, { force: true }), rm(agentSocket, { force: true })]);
+    const pidFile = join(ownDir, "qemu.pid");
+    await Promise.all([rm(qmpSocket, { force: true }), rm(agentSocket, { force: true }), rm(pidFile, { force: true })]);
     const servers = [await listen(qmpSocket), ...(spec.agentChannel ? [await listen(agentSocket)] : [])];
     const [qmpServer, agentServer] = servers as [Server, Server | undefined];
-    const qmpConn = acceptOne(qmpServer);
-    const agentConn = agentServer ? acceptOne(agentServer) : Promise.resolve(null);
-
-    const args = buildQemuArgs({
-      spec,
-      agentSocket,
-      qmpSocket,
-      pidFile,
-      ...(this.options.tscKhz !== undefined && { tscKhz: this.options.tscKhz }),
-    });
-    // setpriv --pdeathsig: if the supervising process dies (even by SIGKILL), the kernel
-    // kills QEMU too, so no VMM is ever orphaned.
-    const child = spawn(setpriv, ["--pdeathsig", "KILL", "--", qemu, ...args], {
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    const vm = new QemuVm(child, spec, join(spec.runDir, "migrate.sock"));
+    // QEMU gets the other ends as inherited descriptors: connected before it starts, so
+    // there is no race and no socket path it must be allowed to reach.
+    const handed: Socket[] = [];
+    let child: ChildProcess | undefined;
+    let vm: QemuVm | undefined;
     try {
+      const qmpConn = acceptOne(qmpServer);
+      handed.push(await connectTo(qmpSocket));
+      const agentConn = agentServer ? acceptOne(agentServer) : Promise.resolve(null);
+      if (agentServer) handed.push(await connectTo(agentSocket));
+      const socketPaths = [
+        ...(spec.nic && "socket" in spec.nic ? [spec.nic.socket] : []),
+        ...(spec.shares ?? []).flatMap((sh) => (sh.kind === "virtiofs" ? [sh.socket] : [])),
+      ];
+      const sockets = new Map<string, number>();
+      for (const path of socketPaths) {
+        sockets.set(path, 3 + handed.length);
+        handed.push(await connectTo(path));
+      }
+      const args = buildQemuArgs({
+        spec,
+        fds: { qmp: 3, agent: 4, sockets },
+        pidFile,
+        ...(this.options.tscKhz !== undefined && { tscKhz: this.options.tscKhz }),
+      });
+      const vmm = spec.jail ? jailCommand(spec.jail, [qemu, ...args]) : [qemu, ...args];
+      // setpriv --pdeathsig: if the supervising process dies (even by SIGKILL), the kernel
+      // kills QEMU too, so no VMM is ever orphaned (the jail sets it again after its uid change).
+      child = spawn(setpriv, ["--pdeathsig", "KILL", "--", ...vmm], {
+        stdio: ["ignore", "pipe", "pipe", ...handed],
+      });
+      vm = new QemuVm(child, spec, join(ownDir, "migrate.sock"));
+      for (const h of handed) h.destroy(); // the child holds its own copies
+      const running = vm;
       const [qmpSock, channel] = await withTimeout(
         Promise.race([
           Promise.all([qmpConn, agentConn]),
-          vm.exited.then((x) => {
+          running.exited.then((x) => {
             throw new MmError("MM_QEMU_FAILED", describeExit(x));
           }),
         ]),
@@ -130,16 +152,30 @@ export class QemuEngine implements Engine {
       await vm.handshake();
       return vm;
     } catch (e) {
-      await vm.kill();
+      for (const h of handed) h.destroy();
+      await vm?.kill();
       if (e instanceof MmError && e.code === "MM_QEMU_FAILED") throw e;
-      throw new MmError("MM_QEMU_FAILED", `${(e as Error).message}${vm.stderrTail() ? `: ${vm.stderrTail()}` : ""}`, {
-        cause: e,
-      });
+      const tail = vm?.stderrTail();
+      throw new MmError("MM_QEMU_FAILED", `${(e as Error).message}${tail ? `: ${tail}` : ""}`, { cause: e });
     } finally {
       for (const s of servers) s.close();
       await Promise.all([rm(qmpSocket, { force: true }), rm(agentSocket, { force: true })]);
     }
   }
+}
+
+/** The VMM's own directory under a machine's run directory (owned by the jail's uid when jailed). */
+export const vmmDir = (runDir: string) => join(runDir, "vmm");
+
+function connectTo(path: string): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = connect(path);
+    s.once("connect", () => {
+      s.off("error", reject);
+      resolve(s);
+    });
+    s.once("error", reject);
+  });
 }
 
 export function describeExit(x: VmExit): string {
@@ -239,6 +275,8 @@ class QemuVm implements RunningVm {
     await this.migrationSetup(options);
     await rm(this.migrateSocket, { force: true });
     const server = await listen(this.migrateSocket);
+    // A jailed QEMU connects as the machine's own uid.
+    if (this.spec.jail) await chown(this.migrateSocket, this.spec.jail.uid, this.spec.jail.gid);
     try {
       const conn = acceptOne(server);
       await this.qmp("migrate", { uri: `unix:${this.migrateSocket}` });
