@@ -13,7 +13,10 @@ const ALLOWED = {
   "packages/image": ["@mm/core"],
   "packages/net": ["@mm/core"],
   "packages/runtime": ["@mm/core", "@mm/vmm", "@mm/image", "@mm/net"],
-  "apps/cli": ["@mm/core", "@mm/runtime"],
+  "packages/api": ["@mm/core", "@mm/runtime"],
+  // The SDK is published on its own: it imports nothing of mm's internals.
+  "packages/sdk": [],
+  "apps/cli": ["@mm/core", "@mm/runtime", "@mm/api", "@micromachines/sdk"],
 };
 const IO_MODULES =
   /^(node:)?(fs|fs\/promises|child_process|net|http|https|os|sqlite|dgram|tls|worker_threads|cluster)$/;
@@ -35,7 +38,8 @@ for (const [pkg, allowed] of Object.entries(ALLOWED)) {
   test(`${pkg} imports only ${allowed.length ? allowed.join(", ") : "no other package"}`, () => {
     for (const file of sources(join(root, pkg, "src"))) {
       for (const spec of imports(file)) {
-        if (spec.startsWith("@mm/")) assert.ok(allowed.includes(spec), `${file} imports ${spec}`);
+        if (spec.startsWith("@mm/") || spec.startsWith("@micromachines/"))
+          assert.ok(allowed.includes(spec), `${file} imports ${spec}`);
       }
     }
   });

@@ -11,6 +11,7 @@ import { Command, CommanderError } from "@commander-js/extra-typings";
 import {
   DEFAULT_IMAGE,
   isActive,
+  isMmError,
   MmError,
   parseCpus,
   parseDiskSize,
@@ -52,16 +53,19 @@ import { addDay2Commands } from "./day2-commands.js";
 import { execCommand } from "./exec.js";
 import { ago, commandText, statusText } from "./format.js";
 import { progressMode, pullRenderer } from "./progress.js";
+import { addServeCommands } from "./serve-commands.js";
 import { addSnapshotCommands } from "./snapshot-commands.js";
 
 const SELF = fileURLToPath(import.meta.url);
+
+const VERSION = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")).version as string;
 
 function runtime(): Runtime {
   return new Runtime({ supervisorCommand: [process.execPath, SELF, "__supervise"] });
 }
 
 function printError(e: unknown, json: boolean): number {
-  const err = e instanceof MmError ? e : new MmError("MM_INTERNAL", (e as Error)?.stack ?? String(e), { cause: e });
+  const err = isMmError(e) ? e : new MmError("MM_INTERNAL", (e as Error)?.stack ?? String(e), { cause: e });
   if (json) process.stderr.write(`${JSON.stringify({ error: err.toJSON() })}\n`);
   else process.stderr.write(`mm: ${err.code}: ${err.message}\n  hint: ${err.hint}\n`);
   return err.exit;
@@ -136,7 +140,7 @@ async function attach(rt: Runtime, id: string): Promise<RunOutcome> {
 export function buildProgram(): Command {
   const program = new Command("mm")
     .description("MicroMachines: containers' UX, virtual machines' isolation")
-    .version(JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")).version as string)
+    .version(VERSION)
     .showSuggestionAfterError(true)
     .enablePositionalOptions()
     // Errors are rendered once, by printError, with their code and hint.
@@ -687,6 +691,11 @@ export function buildProgram(): Command {
 
   addSnapshotCommands(program, runtime, table, ensureImage);
   addDay2Commands(program, runtime, table);
+  addServeCommands(program, runtime, VERSION, [process.execPath, SELF, "__supervise"], (rt, image, insecure) =>
+    image === undefined || image === DEFAULT_IMAGE
+      ? Promise.resolve(undefined)
+      : ensureImage(rt, image, { insecureRegistry: insecure, pull: "missing" }),
+  );
 
   program
     .command("__supervise", { hidden: true })

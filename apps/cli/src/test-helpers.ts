@@ -23,7 +23,8 @@ export interface Harness {
   readonly env: NodeJS.ProcessEnv;
   /** Runs mm with `args` (or, given `argv`, that command line instead, e.g. under `script`). */
   mm(args: string[], extraEnv?: NodeJS.ProcessEnv, input?: string, argv?: string[]): Promise<CliResult>;
-  spawnMm(args: string[], extraEnv?: NodeJS.ProcessEnv, stdin?: "ignore" | "pipe"): ChildProcess;
+  /** Spawns mm (in the harness's namespace unless `inNetns` is false: then on the host's loopback only). */
+  spawnMm(args: string[], extraEnv?: NodeJS.ProcessEnv, stdin?: "ignore" | "pipe", inNetns?: boolean): ChildProcess;
   cleanup(): Promise<void>;
 }
 
@@ -49,8 +50,13 @@ export function harness(prefix = "mm-cli-", options: { netns?: boolean } = {}): 
   // Guest RAM files go to a shared-memory directory of the harness's own.
   const shm = `/dev/shm/${prefix}${randomBytes(4).toString("hex")}`;
   const env = { ...process.env, MM_STATE: state, MM_SHM: shm, ...(useNetns ? {} : { MM_NETWORK: "none" }) };
-  const spawnMm = (args: string[], extraEnv: NodeJS.ProcessEnv = {}, stdin: "ignore" | "pipe" = "ignore") =>
-    useNetns
+  const spawnMm = (
+    args: string[],
+    extraEnv: NodeJS.ProcessEnv = {},
+    stdin: "ignore" | "pipe" = "ignore",
+    inNetns = useNetns,
+  ) =>
+    inNetns
       ? spawn("ip", ["netns", "exec", netns, process.execPath, CLI, ...args], {
           env: { ...env, ...extraEnv },
           stdio: [stdin, "pipe", "pipe"],

@@ -221,6 +221,41 @@ export const ERRORS = {
     hint: "pick another host port; `mm ps` shows the ports machines publish",
     exit: 125,
   },
+  MM_INVALID_PATH: {
+    summary: "invalid guest path",
+    hint: "give an absolute guest path without '.' or '..' segments",
+    exit: 125,
+  },
+  MM_GUEST_FILE: {
+    summary: "the guest could not read or write the file",
+    hint: "check the path and its directory exist in the guest (`mm exec NAME ls -l DIR`)",
+    exit: 1,
+  },
+  MM_UNAUTHORIZED: {
+    summary: "missing or wrong API token",
+    hint: "send `Authorization: Bearer TOKEN` with the token `mm serve` was given (TCP only; the unix socket needs none)",
+    exit: 125,
+  },
+  MM_BODY_TOO_LARGE: {
+    summary: "request body too large",
+    hint: "JSON bodies are capped (MM_API_BODY_LIMIT); send files with PUT …/files, which streams",
+    exit: 125,
+  },
+  MM_NO_SUCH_ROUTE: {
+    summary: "no such API route",
+    hint: "GET /v1/openapi.json lists the routes",
+    exit: 125,
+  },
+  MM_NO_SUCH_PROCESS: {
+    summary: "no such process in the guest",
+    hint: "GET …/processes (or `mm top NAME`) lists the guest's processes",
+    exit: 125,
+  },
+  MM_TCG_REFUSED: {
+    summary: "refusing a sandbox on TCG emulation",
+    hint: "TCG is not a hardware boundary: enable KVM, or accept it explicitly (--allow-tcg, allowTcg: true)",
+    exit: 125,
+  },
   MM_JAIL_FAILED: {
     summary: "could not set up the VMM's jail",
     hint: "mm doctor checks the jail's needs (root, cgroups, unshare, setpriv); the message names the failing step",
@@ -316,6 +351,16 @@ export class MmError extends Error {
   }
 }
 
+/**
+ * Whether `e` is one of mm's errors. By shape, not only by class: a separately bundled
+ * module (the API server, the rootfs worker) has its own copy of MmError.
+ */
 export function isMmError(e: unknown, code?: ErrorCode): e is MmError {
-  return e instanceof MmError && (code === undefined || e.code === code);
+  const shaped =
+    e instanceof MmError ||
+    (e instanceof Error &&
+      e.name === "MmError" &&
+      typeof (e as { code?: unknown }).code === "string" &&
+      (e as unknown as { code: string }).code in ERRORS);
+  return shaped && (code === undefined || (e as MmError).code === code);
 }

@@ -64,6 +64,11 @@ export interface MachineSpec {
   readonly network?: NetworkSpec;
   /** `--restart`: what the machine's supervisor does when the workload ends (absent: no). */
   readonly restart?: RestartPolicy;
+  /**
+   * A sandbox (`mm sandbox create`, the API's /v1/sandboxes): idles until its hard
+   * lifetime ends (then it is stopped and, with autoRemove, removed).
+   */
+  readonly sandbox?: { readonly timeoutMs: number };
   /** `-v NAME:/path[:ro]`: named volumes (persistent ext4 disks) mounted in the guest. */
   readonly volumes?: readonly VolumeMount[];
   /** `-v /host/dir:/path[:ro]`: host directories shared live with the guest. */

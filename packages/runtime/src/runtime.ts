@@ -25,11 +25,12 @@ import {
   validateName,
 } from "@mm/core";
 import type { PulledImage } from "@mm/image";
-import { type Engine, hostTscKhz, QemuEngine } from "@mm/vmm";
+import { type AccelDecision, chooseAccel, type Engine, hostTscKhz, QemuEngine } from "@mm/vmm";
 import { capturedMeta, requestCapture, requestSetMemory, type VmStats } from "./control.js";
-import { DEFAULT_IMAGE_CONFIG } from "./default-image.js";
+import { DEFAULT_IMAGE_CONFIG, defaultImageRootfs } from "./default-image.js";
 import { ExecClient } from "./exec-client.js";
 import { mapFsError } from "./fs-errors.js";
+import { GUEST_BUSYBOX } from "./guest-tools.js";
 import { Images, runConfigOf } from "./images.js";
 import { cgroupLayout, cgroupMountDir, removeCgroups } from "./jail.js";
 import { type LogEntry, logFile, readLog } from "./logs.js";
@@ -38,6 +39,7 @@ import {
   controlSocket,
   defaultPaths,
   execSocket,
+  initPath,
   isRootless,
   kernelPath,
   machineDir,
@@ -91,7 +93,11 @@ export interface CreateInput {
   /** Host directories to share (`-v /host:/path[:ro]`); checked by `checkBinds` first. */
   readonly binds?: readonly BindMount[];
   readonly restart?: RestartPolicy;
+  readonly sandbox?: { readonly timeoutMs: number };
 }
+
+/** A sandbox's hard lifetime unless the caller says otherwise (E2B's default is 5 min; ours 10). */
+export const DEFAULT_SANDBOX_TIMEOUT_MS = 10 * 60 * 1000;
 
 export interface RuntimeOptions {
   readonly env?: NodeJS.ProcessEnv;
@@ -150,6 +156,7 @@ export class Runtime {
       ...(input.volumes && input.volumes.length > 0 && { volumes: [...input.volumes] }),
       ...(input.binds && input.binds.length > 0 && { binds: [...input.binds] }),
       ...(input.restart && input.restart.policy !== "no" && { restart: input.restart }),
+      ...(input.sandbox && { sandbox: { timeoutMs: input.sandbox.timeoutMs } }),
       network: {
         mode: input.network?.mode ?? defaultNetworkMode(this.env),
         egress: input.network?.egress ?? "allow",
@@ -262,6 +269,49 @@ export class Runtime {
       if (due) started.push(await this.startDetached(rec.id));
     }
     return started;
+  }
+
+  /** The accelerator machines get on this host (the probe's verdict, cached per host and kernel). */
+  async accelerator(): Promise<AccelDecision> {
+    const kernel = kernelPath(this.paths, this.env);
+    return chooseAccel({
+      engine: await this.engine(),
+      kernel,
+      rootDisk: async () => ({
+        path: (await defaultImageRootfs(this.paths, initPath(this.env))).path,
+        format: "raw",
+        readOnly: true,
+      }),
+      runDir: runDir(this.paths, "kvm-probe"),
+      cacheDir: this.paths.cache,
+      env: this.env,
+    });
+  }
+
+  /**
+   * A sandbox: a machine that idles (mm's own `sleep`, whatever the image) until its hard
+   * lifetime ends, used through exec and files; removed when it stops. Refused on TCG
+   * unless the caller accepts that emulation is not a hardware boundary.
+   */
+  async createSandbox(
+    input: Omit<CreateInput, "command" | "entrypoint" | "autoRemove" | "sandbox"> & {
+      readonly timeoutMs?: number;
+      readonly allowTcg?: boolean;
+    },
+  ): Promise<MachineRecord> {
+    const { timeoutMs = DEFAULT_SANDBOX_TIMEOUT_MS, allowTcg, ...rest } = input;
+    const accel = await this.accelerator();
+    if (accel.accel === "tcg" && !allowTcg && this.env.MM_SANDBOX_ALLOW_TCG !== "1") {
+      throw new MmError("MM_TCG_REFUSED", `this host runs guests under TCG only (${accel.reason})`);
+    }
+    const rec = this.create({
+      ...rest,
+      entrypoint: [GUEST_BUSYBOX],
+      command: ["sleep", "2147483647"],
+      autoRemove: true,
+      sandbox: { timeoutMs },
+    });
+    return this.startDetached(rec.id);
   }
 
   /** Starts a detached supervisor for the machine and waits until it is running (or has ended). */

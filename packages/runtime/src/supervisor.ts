@@ -640,6 +640,16 @@ export class Supervisor {
         fail(e, "MM_EXEC_SETUP");
         return;
       }
+      // A sandbox's hard lifetime counts from the moment it is usable.
+      const lifetime = rec.spec.sandbox?.timeoutMs;
+      if (lifetime !== undefined) {
+        this.stopTimers.push(
+          setTimeout(() => {
+            store.addEvent(this.id, rec.spec.name, "timeout", { timeoutMs: lifetime });
+            void this.stop(0);
+          }, lifetime),
+        );
+      }
       // `mm update --memory` of an earlier boot still holds: the balloon takes it back again.
       const target = store.get(this.id).memoryTargetMib;
       if (target !== null && target < rec.spec.memoryMib) {

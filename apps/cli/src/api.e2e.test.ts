@@ -1,0 +1,235 @@
+// The REST API (`mm serve`) and the TypeScript SDK end to end: a real server on its unix
+// socket (inside the test's network namespace) and one on loopback TCP with a token,
+// every route checked for authentication, bodies capped, paths checked, and sandboxes
+// driven through the SDK: exec (buffered and streamed), files, processes, events,
+// lifetime, kill.
+
+import assert from "node:assert/strict";
+import type { ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { MmApiError, MmClient, Sandbox } from "@micromachines/sdk";
+import { harness, until } from "./test-helpers.js";
+
+const h = harness("mm-api-");
+const token = randomBytes(16).toString("hex");
+let unixServer: ChildProcess;
+let tcpServer: ChildProcess;
+let socket = "";
+let tcpBase = "";
+
+/** Starts `mm serve` and resolves with the addresses it prints. */
+function startServer(args: string[], inNetns: boolean): Promise<{ child: ChildProcess; addresses: string[] }> {
+  const child = inNetns ? h.spawnMm(["serve", ...args]) : h.spawnMm(["serve", ...args], {}, "ignore", false);
+  return new Promise((resolve, reject) => {
+    let out = "";
+    let err = "";
+    child.stdout?.on("data", (d) => {
+      out += d;
+      const line = out.split("\n")[0];
+      if (out.includes("\n") && line)
+        resolve({ child, addresses: (JSON.parse(line) as { listening: string[] }).listening });
+    });
+    child.stderr?.on("data", (d) => {
+      err += d;
+    });
+    child.on("exit", (code) => reject(new Error(`mm serve exited ${code}: ${err}`)));
+  });
+}
+
+const client = () => new MmClient({ host: `unix://${socket}` });
+
+before(async () => {
+  socket = join(h.state, "api.sock");
+  unixServer = (await startServer([], true)).child;
+  const tcp = await startServer(
+    ["--socket", join(h.state, "api-tcp.sock"), "--tcp", "127.0.0.1:0", "--token", token],
+    false,
+  );
+  tcpServer = tcp.child;
+  tcpBase = tcp.addresses.find((a) => a.startsWith("http://")) as string;
+});
+
+after(async () => {
+  tcpServer?.kill("SIGTERM");
+  unixServer?.kill("SIGTERM");
+  await h.cleanup();
+});
+
+describe("the API's edges", () => {
+  test("the socket is 0600 and the version answers without a token", async () => {
+    const { statSync } = await import("node:fs");
+    assert.equal(statSync(socket).mode & 0o777, 0o600);
+    const c = client();
+    assert.deepEqual(await c.json("GET", "/v1/version"), { version: "0.1.0", api: "v1" });
+    await c.close();
+  });
+
+  test("every route × auth: TCP without or with a wrong token is 401, with it (and on the socket) it is not", async () => {
+    const c = client();
+    const doc = await c.json<{ paths: Record<string, Record<string, unknown>> }>("GET", "/v1/openapi.json");
+    const routes = Object.entries(doc.paths).flatMap(([path, methods]) =>
+      Object.keys(methods).map((m) => ({
+        method: m.toUpperCase(),
+        path: path.replace(/\{ref\}|\{id\}/g, "nosuch").replace("{pid}", "1"),
+      })),
+    );
+    routes.push({ method: "GET", path: "/v1/openapi.json" }, { method: "GET", path: "/v1/machines/nosuch/exec/ws" });
+    assert.ok(routes.length >= 20, `only ${routes.length} routes`);
+    for (const r of routes) {
+      const call = async (auth?: string) =>
+        fetch(`${tcpBase}${r.path}${r.path.includes("files") ? "?path=/x" : ""}`, {
+          method: r.method,
+          headers: {
+            ...(auth && { authorization: auth }),
+            ...(r.method !== "GET" && r.method !== "DELETE" && { "content-type": "application/json" }),
+          },
+          ...(r.method !== "GET" && r.method !== "DELETE" && { body: "{}" }),
+        });
+      for (const bad of [undefined, "Bearer wrong", `Bearer ${token}x`, token]) {
+        const res = await call(bad);
+        assert.equal(res.status, 401, `${r.method} ${r.path} with ${bad ?? "no token"}`);
+        assert.equal(((await res.json()) as { error: { code: string } }).error.code, "MM_UNAUTHORIZED");
+      }
+      const ok = await call(`Bearer ${token}`);
+      assert.notEqual(ok.status, 401, `${r.method} ${r.path} with the token`);
+      await ok.body?.cancel();
+    }
+    await c.close();
+  });
+
+  test("an oversized body is 413 MM_BODY_TOO_LARGE; a bad one is 400 MM_USAGE; an unknown route 404", async () => {
+    const c = client();
+    await assert.rejects(
+      c.json("POST", "/v1/machines", { body: { name: "x".repeat(2 * 1024 * 1024) } }),
+      (e) => e instanceof MmApiError && e.status === 413 && e.code === "MM_BODY_TOO_LARGE",
+    );
+    await assert.rejects(
+      c.json("POST", "/v1/sandboxes", { body: { timeoutMs: "soon" } }),
+      (e) => e instanceof MmApiError && e.status === 400 && e.code === "MM_USAGE" && /timeoutMs/.test(e.message),
+    );
+    await assert.rejects(
+      c.json("GET", "/v1/nothing"),
+      (e) => e instanceof MmApiError && e.status === 404 && e.code === "MM_NO_SUCH_ROUTE",
+    );
+    await assert.rejects(
+      c.json("GET", "/v1/machines/nosuch"),
+      (e) => e instanceof MmApiError && e.status === 404 && e.code === "MM_NO_SUCH_MACHINE",
+    );
+    await c.close();
+  });
+});
+
+describe("sandboxes through the SDK", () => {
+  let sb: Sandbox;
+  before(async () => {
+    sb = await Sandbox.create({ client: { host: `unix://${socket}` }, allowTcg: true, timeoutMs: 600_000 });
+  });
+  after(async () => {
+    await sb?.kill();
+  });
+
+  test("exec: output, exit code, stdin, env and workdir", async () => {
+    const r = await sb.exec(["sh", "-c", "echo $((6 * 7)); echo oops >&2; exit 3"]);
+    assert.deepEqual([r.stdout, r.stderr, r.exitCode], ["42\n", "oops\n", 3]);
+    const echo = await sb.exec(["sh", "-c", 'cat; echo "$GREETING from $(pwd)"'], {
+      stdin: "piped\n",
+      env: ["GREETING=hello"],
+      workdir: "/tmp",
+    });
+    assert.equal(echo.stdout, "piped\nhello from /tmp\n");
+  });
+
+  test("files: bytes written are the bytes read; traversal is refused; a missing file is MM_GUEST_FILE", async () => {
+    const data = randomBytes(300_000);
+    assert.equal(await sb.files.write("/tmp/blob.bin", data), data.length);
+    assert.deepEqual(Buffer.from(await sb.files.read("/tmp/blob.bin")), data);
+    assert.equal((await sb.exec(["sh", "-c", "wc -c < /tmp/blob.bin"])).stdout.trim(), String(data.length));
+    for (const bad of ["/tmp/../etc/shadow", "relative.txt", "/tmp/./x"]) {
+      await assert.rejects(sb.files.write(bad, "x"), (e) => e instanceof MmApiError && e.code === "MM_INVALID_PATH");
+      await assert.rejects(sb.files.read(bad), (e) => e instanceof MmApiError && e.code === "MM_INVALID_PATH");
+    }
+    await assert.rejects(sb.files.read("/no/such/file"), (e) => e instanceof MmApiError && e.code === "MM_GUEST_FILE");
+  });
+
+  test("processes are listed and one is killed", async () => {
+    await sb.exec(["sh", "-c", "sleep 1000 >/dev/null 2>&1 &"]);
+    const sleeper = await until(async () => (await sb.processes()).find((p) => p.command === "sleep 1000"), 10_000);
+    await sb.killProcess(sleeper.pid, "KILL");
+    await until(async () => ((await sb.processes()).some((p) => p.pid === sleeper.pid) ? undefined : true), 10_000);
+    await assert.rejects(sb.killProcess(999_999), (e) => e instanceof MmApiError && e.code === "MM_NO_SUCH_PROCESS");
+  });
+
+  test("execStream: stdin streamed in, output streamed out, exit code at the end", async () => {
+    const p = sb.execStream(["sh", "-c", "while read l; do echo got $l; done; echo bye >&2; exit 7"]);
+    p.write("one\n");
+    p.write("two\n");
+    p.end();
+    let out = "";
+    let err = "";
+    for await (const chunk of p.output) {
+      if (chunk.stream === "stdout") out += Buffer.from(chunk.data).toString();
+      else err += Buffer.from(chunk.data).toString();
+    }
+    assert.equal(await p.exited, 7);
+    assert.equal(out, "got one\ngot two\n");
+    assert.equal(err, "bye\n");
+  });
+
+  test("an AbortSignal cancels a request", async () => {
+    const ac = new AbortController();
+    const pending = sb.exec(["sleep", "5"], { signal: ac.signal });
+    setTimeout(() => ac.abort(), 200);
+    await assert.rejects(
+      pending,
+      (e) => (e as Error).name === "AbortError" || (e as { code?: string }).code === "UND_ERR_ABORTED",
+    );
+  });
+});
+
+describe("sandbox lifetime and TCG", () => {
+  test("a sandbox ends itself when its lifetime is over (a timeout event, then gone)", async () => {
+    const sb = await Sandbox.create({ client: { host: `unix://${socket}` }, allowTcg: true, timeoutMs: 2000 });
+    const c = client();
+    await until(
+      async () => {
+        try {
+          await c.json("GET", `/v1/machines/${sb.id}`);
+          return undefined;
+        } catch (e) {
+          return e instanceof MmApiError && e.code === "MM_NO_SUCH_MACHINE" ? true : undefined;
+        }
+      },
+      30_000,
+      "the sandbox to end",
+    );
+    const events = await c.json<{ machineId: string; type: string }[]>("GET", "/v1/events");
+    assert.ok(events.some((e) => e.machineId === sb.id && e.type === "timeout"));
+    await c.close();
+  });
+
+  test("without allowTcg, a host that only has TCG refuses to make sandboxes (403 MM_TCG_REFUSED)", async () => {
+    const probe = await Sandbox.create({ client: { host: `unix://${socket}` }, allowTcg: true });
+    const accel = probe.info.accel;
+    await probe.kill();
+    if (accel === "tcg") {
+      await assert.rejects(
+        Sandbox.create({ client: { host: `unix://${socket}` } }),
+        (e) => e instanceof MmApiError && e.status === 403 && e.code === "MM_TCG_REFUSED",
+      );
+    } else {
+      await (await Sandbox.create({ client: { host: `unix://${socket}` } })).kill();
+    }
+  });
+
+  test("SIGTERM stops the server gracefully: it exits 0 and removes its socket", async () => {
+    const extra = join(h.state, "api-term.sock");
+    const s = await startServer(["--socket", extra], true);
+    const code = new Promise<number | null>((r) => s.child.on("exit", r));
+    s.child.kill("SIGTERM");
+    assert.equal(await code, 0);
+    assert.equal(existsSync(extra), false);
+  });
+});

@@ -1,0 +1,65 @@
+// The API server's process side: listens (unix socket 0600, TCP only with a token), and
+// shuts down gracefully. `mm serve` loads this module only when it runs (it is bundled
+// apart from the CLI, whose every other command then starts without fastify).
+
+import { chmod, rm } from "node:fs/promises";
+import { MmError } from "@mm/core";
+import { Runtime } from "@mm/runtime";
+import { buildServer } from "./server.js";
+
+export interface ServeOptions {
+  readonly version: string;
+  readonly socket: string;
+  readonly tcp?: { readonly host: string; readonly port: number };
+  readonly token?: string;
+  readonly bodyLimit?: number;
+  /** argv that starts a detached supervisor (the CLI's own `__supervise`). */
+  readonly supervisorCommand: readonly string[];
+}
+
+export interface Serving {
+  readonly addresses: readonly string[];
+  /** Stops accepting, lets requests in flight finish, removes the socket. */
+  close(): Promise<void>;
+}
+
+export async function serve(opts: ServeOptions): Promise<Serving> {
+  if (opts.tcp && !opts.token) {
+    throw new MmError("MM_USAGE", "TCP needs a token (--token or MM_API_TOKEN)", {
+      hint: "TCP is reachable by other users of the host: the API refuses to serve it unauthenticated",
+    });
+  }
+  const rt = new Runtime({ supervisorCommand: opts.supervisorCommand });
+  const make = () =>
+    buildServer(rt, {
+      version: opts.version,
+      ...(opts.token && { token: opts.token }),
+      ...(opts.bodyLimit !== undefined && { bodyLimit: opts.bodyLimit }),
+    });
+  const unix = await make();
+  await rm(opts.socket, { force: true });
+  // Created 0600 from the start: there is no moment another user could connect.
+  const umask = process.umask(0o177);
+  try {
+    await unix.listen({ path: opts.socket });
+  } finally {
+    process.umask(umask);
+  }
+  await chmod(opts.socket, 0o600);
+  const addresses = [`unix://${opts.socket}`];
+  // Fastify serves one listener per instance: TCP gets a second instance of the same routes.
+  const tcp = opts.tcp ? await make() : null;
+  if (tcp && opts.tcp) {
+    await tcp.listen({ host: opts.tcp.host, port: opts.tcp.port });
+    const a = tcp.server.address();
+    addresses.push(`http://${opts.tcp.host}:${typeof a === "object" && a ? a.port : opts.tcp.port}`);
+  }
+  return {
+    addresses,
+    async close() {
+      await Promise.all([unix.close(), tcp?.close()]);
+      await rm(opts.socket, { force: true });
+      rt.close();
+    },
+  };
+}

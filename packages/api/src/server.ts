@@ -1,0 +1,612 @@
+// `mm serve`: every capability of the CLI as a local REST API (fastify), on a unix
+// socket (0600: the file mode is the authentication) and, only with a token, on TCP.
+// Requests are validated by the zod schemas in schemas.ts, which also make the OpenAPI
+// document. Every error is `{ error: { code, message, hint } }` with an HTTP status that
+// follows the code.
+
+import { timingSafeEqual } from "node:crypto";
+import { Transform } from "node:stream";
+import swagger from "@fastify/swagger";
+import websocket from "@fastify/websocket";
+import { ERRORS, type ErrorCode, isMmError, MmError, parseMemory } from "@mm/core";
+import {
+  GUEST_BUSYBOX,
+  guestProcesses,
+  type MachineRecord,
+  parseEgress,
+  parsePublish,
+  type Runtime,
+  type Snapshot as RuntimeSnapshot,
+} from "@mm/runtime";
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
+import {
+  hasZodFastifySchemaValidationErrors,
+  jsonSchemaTransform,
+  serializerCompiler,
+  validatorCompiler,
+  type ZodTypeProvider,
+} from "fastify-type-provider-zod";
+import { z } from "zod";
+import { downloadFile, execBuffered, guestPath, runSession, uploadFile } from "./exec.js";
+import {
+  ErrorBody,
+  Event,
+  ExecRequest,
+  ExecResult,
+  Image,
+  Machine,
+  MachineCreate,
+  Process,
+  Ref,
+  SandboxCreate,
+  Snapshot,
+} from "./schemas.js";
+
+export interface ApiOptions {
+  readonly version: string;
+  /** Required on TCP connections (`Authorization: Bearer …`); the unix socket needs none. */
+  readonly token?: string;
+  /** Cap on JSON request bodies (bytes). */
+  readonly bodyLimit?: number;
+  /** Cap on uploaded files (bytes). */
+  readonly fileLimit?: number;
+  /** Output kept per stream by a buffered exec (bytes). */
+  readonly maxExecOutput?: number;
+}
+
+export const DEFAULT_BODY_LIMIT = 1024 * 1024;
+export const DEFAULT_FILE_LIMIT = 1024 * 1024 * 1024;
+export const DEFAULT_EXEC_OUTPUT = 16 * 1024 * 1024;
+
+/** The HTTP status of an error code. */
+export function httpStatus(code: string): number {
+  if (code === "MM_UNAUTHORIZED") return 401;
+  if (code === "MM_ROOT_REQUIRED" || code === "MM_TCG_REFUSED") return 403;
+  if (code.startsWith("MM_NO_SUCH_")) return 404;
+  if (code === "MM_BODY_TOO_LARGE") return 413;
+  if (code === "MM_GUEST_FILE") return 422;
+  if (
+    [
+      "MM_NAME_IN_USE",
+      "MM_MACHINE_RUNNING",
+      "MM_MACHINE_NOT_RUNNING",
+      "MM_VOLUME_IN_USE",
+      "MM_VOLUME_EXISTS",
+      "MM_PORT_IN_USE",
+      "MM_SNAPSHOT_EXISTS",
+      "MM_SNAPSHOT_HAS_CHILDREN",
+    ].includes(code)
+  )
+    return 409;
+  if (code === "MM_USAGE" || code.startsWith("MM_INVALID_")) return 400;
+  return 500;
+}
+
+const errorBody = (e: MmError) => ({ error: { code: e.code, message: e.message, hint: e.hint } });
+
+function toMachine(r: MachineRecord, ip: string | undefined): z.infer<typeof Machine> {
+  return {
+    id: r.id,
+    name: r.spec.name,
+    image: r.spec.image,
+    state: r.state,
+    ip: ip ?? null,
+    accel: r.accel,
+    exitCode: r.exitCode,
+    error: r.error,
+    sandbox: r.spec.sandbox ?? null,
+    createdAt: r.createdAt,
+    startedAt: r.startedAt,
+    finishedAt: r.finishedAt,
+  };
+}
+
+function toSnapshot(s: RuntimeSnapshot): z.infer<typeof Snapshot> {
+  return { id: s.id, kind: s.kind, machine: s.machine, tag: s.tag ?? null, createdAt: s.createdAt };
+}
+
+/** A started machine that failed to boot is an error, with its own code. */
+function started(r: MachineRecord): MachineRecord {
+  if (r.state === "failed" && r.error) {
+    const code = (r.error.code in ERRORS ? r.error.code : "MM_INTERNAL") as ErrorCode;
+    const e = new MmError(code);
+    e.message = r.error.message;
+    throw e;
+  }
+  return r;
+}
+
+/** Bearer token check in constant time (a wrong length is as slow as a wrong byte). */
+function tokenMatches(header: string | undefined, token: string): boolean {
+  const m = /^Bearer (.+)$/.exec(header ?? "");
+  const given = Buffer.from(m?.[1] ?? "");
+  const want = Buffer.from(token);
+  const padded = Buffer.alloc(want.length);
+  given.copy(padded, 0, 0, Math.min(given.length, want.length));
+  return timingSafeEqual(padded, want) && given.length === want.length;
+}
+
+export async function buildServer(rt: Runtime, options: ApiOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    bodyLimit: options.bodyLimit ?? DEFAULT_BODY_LIMIT,
+    logger: false,
+  }).withTypeProvider<ZodTypeProvider>();
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+  await app.register(swagger, {
+    openapi: {
+      openapi: "3.1.0",
+      info: { title: "MicroMachines API", version: options.version },
+      components: {
+        securitySchemes: { bearer: { type: "http", scheme: "bearer" } },
+      },
+      security: [{ bearer: [] }],
+    },
+    transform: jsonSchemaTransform,
+  });
+  await app.register(websocket, { options: { maxPayload: 1024 * 1024 } });
+
+  // Files travel as raw bodies: streamed to the guest, never buffered here.
+  app.addContentTypeParser("application/octet-stream", (_req, payload, done) => done(null, payload));
+
+  app.addHook("onRequest", async (req) => {
+    // A unix-socket peer has no remote address; its access is the socket file's mode.
+    const tcp = req.socket.remoteAddress !== undefined;
+    if (!tcp) return;
+    if (!options.token) throw new MmError("MM_UNAUTHORIZED", "this server takes no TCP requests without a token");
+    if (!tokenMatches(req.headers.authorization, options.token)) throw new MmError("MM_UNAUTHORIZED");
+  });
+
+  app.setErrorHandler((err, _req, reply) => {
+    let e: MmError;
+    if (isMmError(err)) e = err;
+    else if (hasZodFastifySchemaValidationErrors(err)) e = new MmError("MM_USAGE", err.message);
+    else if ((err as { code?: string }).code === "FST_ERR_CTP_BODY_TOO_LARGE") e = new MmError("MM_BODY_TOO_LARGE");
+    else if ((err as { statusCode?: number }).statusCode === 400 || (err as { statusCode?: number }).statusCode === 415)
+      e = new MmError("MM_USAGE", err instanceof Error ? err.message : String(err));
+    else e = new MmError("MM_INTERNAL", err instanceof Error ? err.message : String(err));
+    void reply.code(httpStatus(e.code)).type("application/json").send(errorBody(e));
+  });
+  app.setNotFoundHandler((req, reply) => {
+    const e = new MmError("MM_NO_SUCH_ROUTE", `${req.method} ${req.url}`);
+    void reply.code(404).send(errorBody(e));
+  });
+
+  const errors = { 400: ErrorBody, 401: ErrorBody, 403: ErrorBody, 404: ErrorBody, 409: ErrorBody, 500: ErrorBody };
+  const ip = (r: MachineRecord) => rt.store.lease(r.id)?.ip;
+  const resolveImage = async (image: string | undefined, insecure: readonly string[] | undefined) =>
+    image === undefined
+      ? undefined
+      : rt.images.ensure(image, { pull: "missing", insecureRegistries: [...(insecure ?? [])] });
+
+  app.get(
+    "/v1/version",
+    { schema: { response: { 200: z.object({ version: z.string(), api: z.literal("v1") }) } } },
+    async () => ({ version: options.version, api: "v1" as const }),
+  );
+
+  app.get("/v1/openapi.json", { schema: { hide: true } }, async () => app.swagger());
+
+  // Machines
+  app.get("/v1/machines", { schema: { response: { 200: z.array(Machine), ...errors } } }, async () =>
+    rt.list().map((r) => toMachine(r, ip(r))),
+  );
+
+  app.post(
+    "/v1/machines",
+    { schema: { body: MachineCreate, response: { 201: Machine, ...errors } } },
+    async (req, reply) => {
+      const b = req.body;
+      const image = await resolveImage(b.image, b.insecureRegistries);
+      const rec = rt.create({
+        ...(b.name !== undefined && { name: b.name }),
+        ...(image && { image }),
+        ...(b.command && { command: b.command }),
+        ...(b.env && { env: b.env }),
+        ...(b.cpus !== undefined && { cpus: b.cpus }),
+        ...(b.memoryMib !== undefined && { memoryMib: parseMemory(String(b.memoryMib)) }),
+        network: {
+          ...(b.network && { mode: b.network }),
+          publish: (b.publish ?? []).map(parsePublish),
+        },
+      });
+      const r = started(await rt.startDetached(rec.id));
+      return reply.code(201).send(toMachine(r, ip(r)));
+    },
+  );
+
+  app.get("/v1/machines/:ref", { schema: { params: Ref, response: { 200: Machine, ...errors } } }, async (req) => {
+    const r = rt.find(req.params.ref);
+    return toMachine(r, ip(r));
+  });
+
+  app.post(
+    "/v1/machines/:ref/stop",
+    {
+      schema: {
+        params: Ref,
+        body: z
+          .object({ timeoutS: z.number().int().min(0).max(3600).optional() })
+          .strict()
+          .optional(),
+        response: { 200: Machine, ...errors },
+      },
+    },
+    async (req) => {
+      const r = await rt.stop(req.params.ref, req.body?.timeoutS ?? 10);
+      return toMachine(r, ip(r));
+    },
+  );
+
+  app.post(
+    "/v1/machines/:ref/start",
+    { schema: { params: Ref, response: { 200: Machine, ...errors } } },
+    async (req) => {
+      const rec = rt.find(req.params.ref);
+      if (rec.state === "running" || rec.state === "starting") {
+        throw new MmError("MM_MACHINE_RUNNING", rec.spec.name, { hint: "it is already running" });
+      }
+      const r = started(await rt.startDetached(rec.id));
+      return toMachine(r, ip(r));
+    },
+  );
+
+  app.delete(
+    "/v1/machines/:ref",
+    {
+      schema: {
+        params: Ref,
+        querystring: z.object({ force: z.enum(["true", "false"]).optional() }),
+        response: { 200: Machine, ...errors },
+      },
+    },
+    async (req) => {
+      const r = await rt.remove(req.params.ref, { force: req.query.force === "true" });
+      return toMachine(r, undefined);
+    },
+  );
+
+  // Exec
+  app.post(
+    "/v1/machines/:ref/exec",
+    { schema: { params: Ref, body: ExecRequest, response: { 200: ExecResult, ...errors } } },
+    async (req) => {
+      const b = req.body;
+      const r = await execBuffered(
+        rt,
+        req.params.ref,
+        {
+          argv: b.argv,
+          ...(b.env && { env: b.env }),
+          ...(b.user !== undefined && { user: b.user }),
+          ...(b.workdir !== undefined && { workdir: b.workdir }),
+          ...(b.stdin !== undefined && { stdin: Buffer.from(b.stdin, "base64") }),
+        },
+        options.maxExecOutput ?? DEFAULT_EXEC_OUTPUT,
+      );
+      return {
+        exitCode: r.status.status,
+        signal: r.status.signal ?? null,
+        stdout: r.stdout.toString("base64"),
+        stderr: r.stderr.toString("base64"),
+        truncated: r.truncated,
+      };
+    },
+  );
+
+  // Streaming exec over a WebSocket. Client → server: a JSON {type:"start", argv, env?,
+  // user?, workdir?} first, then binary frames (stdin), {type:"eof"}, {type:"signal",
+  // signal}. Server → client: binary frames whose first byte is 1 (stdout) or 2 (stderr),
+  // then one JSON {type:"exit", exitCode, signal} (or {type:"error", error}) and a close.
+  app.get("/v1/machines/:ref/exec/ws", { websocket: true, schema: { params: Ref, hide: true } }, (socket, req) => {
+    const ref = (req.params as { ref: string }).ref;
+    let client: Awaited<ReturnType<Runtime["exec"]>> | null = null;
+    // Stdin and control frames that arrive while the session is being opened wait here.
+    const early: (() => void)[] = [];
+    const whenOpen = (f: () => void) => (client ? f() : early.push(f));
+    const fail = (e: unknown) => {
+      const err = isMmError(e) ? e : new MmError("MM_INTERNAL", String(e));
+      socket.send(JSON.stringify({ type: "error", error: errorBody(err).error }));
+      socket.close(1011, err.code);
+    };
+    socket.on("message", (data: Buffer, isBinary: boolean) => {
+      if (isBinary) {
+        whenOpen(() => client?.write(data));
+        return;
+      }
+      let msg: { type?: string; argv?: string[]; env?: string[]; user?: string; workdir?: string; signal?: number };
+      try {
+        msg = JSON.parse(data.toString("utf8"));
+      } catch {
+        return fail(new MmError("MM_USAGE", "a text frame must be JSON"));
+      }
+      if (msg.type === "start" && !client) {
+        const parsed = ExecRequest.omit({ stdin: true }).safeParse({
+          argv: msg.argv,
+          ...(msg.env && { env: msg.env }),
+          ...(msg.user !== undefined && { user: msg.user }),
+          ...(msg.workdir !== undefined && { workdir: msg.workdir }),
+        });
+        if (!parsed.success) return fail(new MmError("MM_USAGE", parsed.error.message));
+        rt.exec(ref).then(
+          (c) => {
+            client = c;
+            const session = runSession(c, { ...parsed.data, stdin: true }, (s, d) => {
+              socket.send(Buffer.concat([Buffer.from([s === "stdout" ? 1 : 2]), d]));
+            });
+            for (const f of early.splice(0)) f();
+            session.then(
+              (st) => {
+                socket.send(JSON.stringify({ type: "exit", exitCode: st.status, signal: st.signal ?? null }));
+                socket.close(1000);
+                c.close();
+              },
+              (e) => {
+                fail(e);
+                c.close();
+              },
+            );
+          },
+          (e) => fail(e),
+        );
+      } else if (msg.type === "eof") whenOpen(() => client?.end());
+      else if (msg.type === "signal" && typeof msg.signal === "number") {
+        const sig = msg.signal;
+        whenOpen(() => client?.signal(sig));
+      } else fail(new MmError("MM_USAGE", `unexpected message ${JSON.stringify(msg.type)}`));
+    });
+    socket.on("close", () => client?.close());
+  });
+
+  // Files
+  const FileQuery = z.object({ path: z.string().min(1) });
+  app.put(
+    "/v1/machines/:ref/files",
+    {
+      schema: {
+        params: Ref,
+        querystring: FileQuery,
+        response: { 200: z.object({ path: z.string(), bytes: z.number() }), ...errors, 413: ErrorBody },
+      },
+    },
+    async (req: FastifyRequest<{ Params: { ref: string }; Querystring: { path: string } }>) => {
+      const path = guestPath(req.query.path);
+      const limit = options.fileLimit ?? DEFAULT_FILE_LIMIT;
+      const declared = Number(req.headers["content-length"] ?? 0);
+      if (declared > limit) throw new MmError("MM_BODY_TOO_LARGE", `${declared} bytes (limit ${limit})`);
+      let seen = 0;
+      const capped = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          seen += chunk.length;
+          cb(seen > limit ? new MmError("MM_BODY_TOO_LARGE", `over ${limit} bytes`) : null, chunk);
+        },
+      });
+      const body = req.body as NodeJS.ReadableStream | undefined;
+      if (!body || typeof (body as { pipe?: unknown }).pipe !== "function") {
+        throw new MmError("MM_USAGE", "send the file as the body, Content-Type: application/octet-stream");
+      }
+      const bytes = await uploadFile(rt, req.params.ref, path, body.pipe(capped));
+      return { path, bytes };
+    },
+  );
+
+  app.get(
+    "/v1/machines/:ref/files",
+    { schema: { params: Ref, querystring: FileQuery } },
+    async (req: FastifyRequest<{ Params: { ref: string }; Querystring: { path: string } }>, reply: FastifyReply) => {
+      const path = guestPath(req.query.path);
+      const chunks: Buffer[] = [];
+      const sink = new Transform({
+        transform(chunk: Buffer, _e, cb) {
+          chunks.push(chunk);
+          cb();
+        },
+      });
+      await downloadFile(rt, req.params.ref, path, sink);
+      return reply.type("application/octet-stream").send(Buffer.concat(chunks));
+    },
+  );
+
+  // Processes
+  app.get(
+    "/v1/machines/:ref/processes",
+    { schema: { params: Ref, response: { 200: z.array(Process), ...errors } } },
+    async (req) => {
+      const text = await guestProcesses(rt, req.params.ref);
+      return text
+        .trimEnd()
+        .split("\n")
+        .slice(1)
+        .map((l) => l.trim().split(/\s+/))
+        .map(([pid, ppid, user, _stat, _vsz, _rss, ...cmd]) => ({
+          pid: Number(pid),
+          ppid: Number(ppid),
+          user: user ?? "",
+          command: cmd.join(" "),
+        }));
+    },
+  );
+
+  app.post(
+    "/v1/machines/:ref/processes/:pid/kill",
+    {
+      schema: {
+        params: Ref.extend({ pid: z.coerce.number().int().min(1) }),
+        body: z
+          .object({
+            signal: z
+              .string()
+              .regex(/^[A-Z0-9]{1,10}$/)
+              .optional(),
+          })
+          .strict()
+          .optional(),
+        response: { 200: z.object({ killed: z.number().int() }), ...errors },
+      },
+    },
+    async (req) => {
+      const sig = req.body?.signal ?? "TERM";
+      const r = await execBuffered(
+        rt,
+        req.params.ref,
+        { argv: [GUEST_BUSYBOX, "kill", "-s", sig, String(req.params.pid)] },
+        4096,
+      );
+      if (r.status.status !== 0) {
+        throw new MmError("MM_NO_SUCH_PROCESS", `${req.params.pid}: ${r.stderr.toString().trim()}`);
+      }
+      return { killed: req.params.pid };
+    },
+  );
+
+  // Sandboxes
+  app.post(
+    "/v1/sandboxes",
+    { schema: { body: SandboxCreate, response: { 201: Machine, ...errors } } },
+    async (req, reply) => {
+      const b = req.body;
+      const image = await resolveImage(b.image, b.insecureRegistries);
+      const r = started(
+        await rt.createSandbox({
+          ...(b.name !== undefined && { name: b.name }),
+          ...(image && { image }),
+          ...(b.cpus !== undefined && { cpus: b.cpus }),
+          ...(b.memoryMib !== undefined && { memoryMib: b.memoryMib }),
+          ...(b.timeoutMs !== undefined && { timeoutMs: b.timeoutMs }),
+          ...(b.allowTcg !== undefined && { allowTcg: b.allowTcg }),
+          network: {
+            ...(b.network && { mode: b.network }),
+            ...(b.egress !== undefined && { egress: parseEgress(b.egress) }),
+            publish: [],
+          },
+        }),
+      );
+      return reply.code(201).send(toMachine(r, ip(r)));
+    },
+  );
+
+  app.get("/v1/sandboxes", { schema: { response: { 200: z.array(Machine), ...errors } } }, async () =>
+    rt
+      .list()
+      .filter((r) => r.spec.sandbox)
+      .map((r) => toMachine(r, ip(r))),
+  );
+
+  // Snapshots and forks
+  app.post(
+    "/v1/machines/:ref/snapshots",
+    {
+      schema: {
+        params: Ref,
+        body: z.object({ tag: z.string().optional() }).strict().optional(),
+        response: { 201: Snapshot.extend({ pausedMs: z.number().nullable() }), ...errors },
+      },
+    },
+    async (req, reply) => {
+      const s = await rt.snapshot(req.params.ref, { ...(req.body?.tag !== undefined && { tag: req.body.tag }) });
+      return reply.code(201).send({ ...toSnapshot(s), pausedMs: s.pausedMs });
+    },
+  );
+
+  app.get("/v1/snapshots", { schema: { response: { 200: z.array(Snapshot), ...errors } } }, async () =>
+    rt.snapshots({ all: true }).map(toSnapshot),
+  );
+
+  app.delete(
+    "/v1/snapshots/:id",
+    { schema: { params: z.object({ id: z.string().min(1) }), response: { 200: Snapshot, ...errors } } },
+    async (req) => toSnapshot(await rt.removeSnapshot(req.params.id)),
+  );
+
+  app.post(
+    "/v1/snapshots/:id/restore",
+    {
+      schema: {
+        params: z.object({ id: z.string().min(1) }),
+        body: z.object({ name: z.string().min(1) }).strict(),
+        response: { 201: Machine, ...errors },
+      },
+    },
+    async (req, reply) => {
+      const r = started(await rt.restore(req.params.id, req.body.name));
+      return reply.code(201).send(toMachine(r, ip(r)));
+    },
+  );
+
+  app.post(
+    "/v1/machines/:ref/fork",
+    {
+      schema: {
+        params: Ref,
+        body: z.object({ name: z.string().min(1), count: z.number().int().min(1).max(64).optional() }).strict(),
+        response: { 201: z.array(Machine), ...errors },
+      },
+    },
+    async (req, reply) => {
+      const clones = await rt.fork(req.params.ref, req.body.name, req.body.count ?? 1);
+      return reply.code(201).send(clones.map((r) => toMachine(r, ip(r))));
+    },
+  );
+
+  // Images
+  app.get("/v1/images", { schema: { response: { 200: z.array(Image), ...errors } } }, async () =>
+    (await rt.images.list()).map((i) => ({ reference: i.reference, digest: i.digest, sizeBytes: i.sizeBytes })),
+  );
+
+  app.post(
+    "/v1/images/pull",
+    {
+      schema: {
+        body: z.object({ reference: z.string().min(1), insecureRegistries: z.array(z.string()).optional() }).strict(),
+        response: { 200: Image, ...errors },
+      },
+    },
+    async (req) => {
+      const img = await rt.images.ensure(req.body.reference, {
+        pull: "always",
+        insecureRegistries: [...(req.body.insecureRegistries ?? [])],
+      });
+      return {
+        reference: img.reference,
+        digest: img.digest,
+        sizeBytes: img.manifest.layers.reduce((n, l) => n + l.size, img.manifest.config.size),
+      };
+    },
+  );
+
+  // Events: a page (JSON), or a stream of JSON lines with ?follow=true.
+  app.get(
+    "/v1/events",
+    {
+      schema: {
+        querystring: z.object({
+          after: z.coerce.number().int().min(0).optional(),
+          follow: z.enum(["true", "false"]).optional(),
+        }),
+        response: { 200: z.array(Event), ...errors },
+      },
+    },
+    async (req, reply) => {
+      let after = req.query.after ?? 0;
+      if (req.query.follow !== "true") return rt.store.events(after);
+      reply.hijack();
+      const res = reply.raw;
+      res.writeHead(200, { "content-type": "application/x-ndjson" });
+      let open = true;
+      req.raw.on("close", () => {
+        open = false;
+      });
+      while (open) {
+        for (const e of rt.store.events(after)) {
+          res.write(`${JSON.stringify(e)}\n`);
+          after = e.seq;
+        }
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      res.end();
+      return reply;
+    },
+  );
+
+  return app;
+}

@@ -1,0 +1,3 @@
+export * from "./client.js";
+export * from "./sandbox.js";
+export * from "./types.js";
