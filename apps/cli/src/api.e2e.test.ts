@@ -43,7 +43,9 @@ const client = () => new MmClient({ host: `unix://${socket}` });
 
 before(async () => {
   socket = join(h.state, "api.sock");
-  unixServer = (await startServer([], true)).child;
+  // A small body cap, so that the oversized request fits in the socket's buffer and the
+  // client reads the 413 rather than a reset.
+  unixServer = (await startServer(["--body-limit", "65536"], true)).child;
   const tcp = await startServer(
     ["--socket", join(h.state, "api-tcp.sock"), "--tcp", "127.0.0.1:0", "--token", token],
     false,
@@ -103,7 +105,7 @@ describe("the API's edges", () => {
   test("an oversized body is 413 MM_BODY_TOO_LARGE; a bad one is 400 MM_USAGE; an unknown route 404", async () => {
     const c = client();
     await assert.rejects(
-      c.json("POST", "/v1/machines", { body: { name: "x".repeat(2 * 1024 * 1024) } }),
+      c.json("POST", "/v1/machines", { body: { name: "x".repeat(100_000) } }),
       (e) => e instanceof MmApiError && e.status === 413 && e.code === "MM_BODY_TOO_LARGE",
     );
     await assert.rejects(
@@ -222,6 +224,22 @@ describe("sandbox lifetime and TCG", () => {
     } else {
       await (await Sandbox.create({ client: { host: `unix://${socket}` } })).kill();
     }
+  });
+
+  test("examples/untrusted-code.mjs runs a submission as nobody, with no network, and cleans up", async () => {
+    const { execFile } = await import("node:child_process");
+    const example = join(import.meta.dirname, "../../../examples/untrusted-code.mjs");
+    const before = (await client().json<unknown[]>("GET", "/v1/machines")).length;
+    const out = await new Promise<string>((resolve, reject) =>
+      execFile(
+        process.execPath,
+        [example, "echo hi from $(id -un); ip -o link | grep -c eth0"],
+        { env: { ...process.env, MM_HOST: `unix://${socket}`, MM_ALLOW_TCG: "1" } },
+        (err, stdout, stderr) => (err ? reject(new Error(`${err.message}: ${stderr}`)) : resolve(stdout)),
+      ),
+    );
+    assert.match(out, /^hi from nobody\n0\n\[exit 1 in sandbox \S+\]\n$/);
+    assert.equal((await client().json<unknown[]>("GET", "/v1/machines")).length, before, "the sandbox is gone");
   });
 
   test("SIGTERM stops the server gracefully: it exits 0 and removes its socket", async () => {
