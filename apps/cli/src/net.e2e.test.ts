@@ -113,6 +113,31 @@ describe("outside world", () => {
   });
 });
 
+describe("sandboxes", () => {
+  test("a deny-all sandbox reaches nowhere; an allowing one reaches outside; sandboxes never reach each other", async () => {
+    const made: string[] = [];
+    const sandbox = async (...flags: string[]) => {
+      const r = await h.mm(["sandbox", "create", "--allow-tcg", "--timeout", "5m", ...flags]);
+      assert.equal(r.code, 0, r.stderr);
+      made.push(r.stdout.trim());
+      return r.stdout.trim();
+    };
+    try {
+      const open = await sandbox();
+      const closed = await sandbox("--egress", "deny");
+      const ping = (sb: string, ip: string) => h.mm(["exec", sb, "--", "ping", "-c1", "-W2", ip]);
+      assert.equal((await ping(open, OUTSIDE_IP)).code, 0, "an allowing sandbox reaches outside");
+      assert.notEqual((await ping(closed, OUTSIDE_IP)).code, 0, "a deny-all sandbox got a packet out");
+      const closedIp = (await inspect(closed)).ip as string;
+      const openIp = (await inspect(open)).ip as string;
+      assert.notEqual((await ping(open, closedIp)).code, 0, "one sandbox reached another");
+      assert.notEqual((await ping(closed, openIp)).code, 0, "one sandbox reached another");
+    } finally {
+      if (made.length) await h.mm(["sandbox", "rm", ...made]);
+    }
+  });
+});
+
 describe("published ports", () => {
   test("-p publishes a guest port on the host: curl from the namespace reaches it", async () => {
     const r = await h.mm([
