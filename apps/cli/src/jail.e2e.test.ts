@@ -4,7 +4,8 @@
 
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { harness, until } from "./test-helpers.js";
 
@@ -129,6 +130,35 @@ describe("jailed VMM", () => {
     // The other machine and the host carry on.
     assert.equal((await h.mm(["exec", "ja", "true"])).code, 0);
     await h.mm(["rm", "-f", "hog"]);
+  });
+
+  test("a guest flooding its console keeps the machine's log on the host under its cap", async () => {
+    const cap = 64 * 1024;
+    const r = await h.mm(
+      [
+        "run",
+        "-d",
+        "--name",
+        "flood",
+        "--",
+        "sh",
+        "-c",
+        "head -c 1500000 /dev/zero | tr '\\0' x > /dev/console; echo done",
+      ],
+      { MM_LOG_MAX_BYTES: String(cap) },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const w = await h.mm(["wait", "flood"]);
+    assert.equal(w.stdout.trim(), "0", w.stderr);
+    const m = await inspect("flood");
+    const dir = join(h.state, "machines", m.id);
+    const logs = readdirSync(dir).filter((f) => f.startsWith("machine.log"));
+    const total = logs.reduce((n, f) => n + statSync(join(dir, f)).size, 0);
+    // The current file and one rotated: at most twice the cap (the guest wrote 1.5 MB).
+    assert.ok(total <= 2 * cap, `${total} bytes of logs for a ${cap}-byte cap`);
+    assert.ok(total > cap / 2, "the flood reached the log at all");
+    assert.match((await h.mm(["logs", "flood"])).stdout, /done\n$/);
+    await h.mm(["rm", "-f", "flood"]);
   });
 
   test("rm -f takes the machine's cgroups with it", async () => {
