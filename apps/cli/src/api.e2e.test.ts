@@ -212,6 +212,31 @@ describe("sandbox lifetime and TCG", () => {
     await c.close();
   });
 
+  test("an idle timeout ends a sandbox only after that long without an exec session", async () => {
+    const sb = await Sandbox.create({ client: { host: `unix://${socket}` }, allowTcg: true, idleTimeoutMs: 2500 });
+    // Busy for 5 s, one exec a second: it stays.
+    for (let i = 0; i < 5; i++) {
+      assert.equal((await sb.exec(["true"])).exitCode, 0, `exec ${i}`);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    const c = client();
+    await until(
+      async () =>
+        c.json("GET", `/v1/machines/${sb.id}`).then(
+          () => undefined,
+          (e) => (e instanceof MmApiError && e.code === "MM_NO_SUCH_MACHINE" ? true : undefined),
+        ),
+      30_000,
+      "the idle sandbox to end",
+    );
+    const events = await c.json<{ machineId: string; type: string; detail: { idleMs?: number } | null }[]>(
+      "GET",
+      "/v1/events",
+    );
+    assert.ok(events.some((e) => e.machineId === sb.id && e.type === "timeout" && e.detail?.idleMs === 2500));
+    await c.close();
+  });
+
   test("without allowTcg, a host that only has TCG refuses to make sandboxes (403 MM_TCG_REFUSED)", async () => {
     const probe = await Sandbox.create({ client: { host: `unix://${socket}` }, allowTcg: true });
     const accel = probe.info.accel;

@@ -71,6 +71,7 @@ export function addServeCommands(
     .argument("[image]", "image (default: the embedded busybox image)")
     .option("--name <name>", "name")
     .option("--timeout <duration>", "hard lifetime (90s, 10m, 2h)", "10m")
+    .option("--idle-timeout <duration>", "end it after this long without an exec session")
     .option("--egress <policy>", "allow | deny | CIDR[:port[/proto]],... (bridge network)")
     .option("--network <mode>", "bridge, user or none")
     .option("--cpus <n>", "virtual CPUs")
@@ -89,6 +90,7 @@ export function addServeCommands(
             ...(opts.name !== undefined && { name: opts.name }),
             ...(pulled && { image: pulled }),
             timeoutMs: parseDuration(opts.timeout),
+            ...(opts.idleTimeout !== undefined && { idleMs: parseDuration(opts.idleTimeout) }),
             allowTcg: opts.allowTcg,
             ...(opts.cpus !== undefined && { cpus: Number(opts.cpus) }),
             ...(opts.memory !== undefined && { memoryMib: Number(opts.memory) }),

@@ -23,7 +23,7 @@ export const Machine = z
     accel: z.string().nullable(),
     exitCode: z.number().int().nullable(),
     error: z.object({ code: z.string(), message: z.string() }).nullable(),
-    sandbox: z.object({ timeoutMs: z.number().int() }).nullable(),
+    sandbox: z.object({ timeoutMs: z.number().int(), idleMs: z.number().int().optional() }).nullable(),
     createdAt: z.string(),
     startedAt: z.string().nullable(),
     finishedAt: z.string().nullable(),
@@ -58,6 +58,7 @@ export const SandboxCreate = z
       .max(7 * 24 * 3600 * 1000)
       .optional()
       .describe("hard lifetime (default 10 min)"),
+    idleTimeoutMs: z.number().int().min(1000).optional().describe("ended after this long without an exec session"),
     cpus: z.number().int().min(1).max(64).optional(),
     memoryMib: z.number().int().min(64).optional(),
     egress: z.string().optional().describe("allow, deny, or CIDR[:port[/proto]],... (bridge network, root)"),

@@ -473,6 +473,7 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
           ...(b.cpus !== undefined && { cpus: b.cpus }),
           ...(b.memoryMib !== undefined && { memoryMib: b.memoryMib }),
           ...(b.timeoutMs !== undefined && { timeoutMs: b.timeoutMs }),
+          ...(b.idleTimeoutMs !== undefined && { idleMs: b.idleTimeoutMs }),
           ...(b.allowTcg !== undefined && { allowTcg: b.allowTcg }),
           network: {
             ...(b.network && { mode: b.network }),

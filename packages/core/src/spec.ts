@@ -68,7 +68,11 @@ export interface MachineSpec {
    * A sandbox (`mm sandbox create`, the API's /v1/sandboxes): idles until its hard
    * lifetime ends (then it is stopped and, with autoRemove, removed).
    */
-  readonly sandbox?: { readonly timeoutMs: number };
+  readonly sandbox?: {
+    readonly timeoutMs: number;
+    /** Ended after this long without an exec session (none: only the hard lifetime). */
+    readonly idleMs?: number;
+  };
   /** `-v NAME:/path[:ro]`: named volumes (persistent ext4 disks) mounted in the guest. */
   readonly volumes?: readonly VolumeMount[];
   /** `-v /host/dir:/path[:ro]`: host directories shared live with the guest. */

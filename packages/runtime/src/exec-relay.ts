@@ -14,9 +14,18 @@ import type { AgentSession, GuestExec } from "./agent-session.js";
 const DRAIN_GRANT = 1 << 30;
 const CLIENT_STREAM = 1;
 
-export async function serveExecRelay(path: string, session: () => AgentSession | null): Promise<Server> {
+export async function serveExecRelay(
+  path: string,
+  session: () => AgentSession | null,
+  /** Told when a client connects and when it goes (a sandbox's idle timer counts the gaps). */
+  activity?: { readonly opened: () => void; readonly closed: () => void },
+): Promise<Server> {
   await rm(path, { force: true });
-  const server = createServer((socket) => relay(socket, session()));
+  const server = createServer((socket) => {
+    activity?.opened();
+    socket.once("close", () => activity?.closed());
+    relay(socket, session());
+  });
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(path, () => resolve());

@@ -93,7 +93,7 @@ export interface CreateInput {
   /** Host directories to share (`-v /host:/path[:ro]`); checked by `checkBinds` first. */
   readonly binds?: readonly BindMount[];
   readonly restart?: RestartPolicy;
-  readonly sandbox?: { readonly timeoutMs: number };
+  readonly sandbox?: { readonly timeoutMs: number; readonly idleMs?: number };
 }
 
 /** A sandbox's hard lifetime unless the caller says otherwise (E2B's default is 5 min; ours 10). */
@@ -156,7 +156,12 @@ export class Runtime {
       ...(input.volumes && input.volumes.length > 0 && { volumes: [...input.volumes] }),
       ...(input.binds && input.binds.length > 0 && { binds: [...input.binds] }),
       ...(input.restart && input.restart.policy !== "no" && { restart: input.restart }),
-      ...(input.sandbox && { sandbox: { timeoutMs: input.sandbox.timeoutMs } }),
+      ...(input.sandbox && {
+        sandbox: {
+          timeoutMs: input.sandbox.timeoutMs,
+          ...(input.sandbox.idleMs !== undefined && { idleMs: input.sandbox.idleMs }),
+        },
+      }),
       network: {
         mode: input.network?.mode ?? defaultNetworkMode(this.env),
         egress: input.network?.egress ?? "allow",
@@ -296,10 +301,11 @@ export class Runtime {
   async createSandbox(
     input: Omit<CreateInput, "command" | "entrypoint" | "autoRemove" | "sandbox"> & {
       readonly timeoutMs?: number;
+      readonly idleMs?: number;
       readonly allowTcg?: boolean;
     },
   ): Promise<MachineRecord> {
-    const { timeoutMs = DEFAULT_SANDBOX_TIMEOUT_MS, allowTcg, ...rest } = input;
+    const { timeoutMs = DEFAULT_SANDBOX_TIMEOUT_MS, idleMs, allowTcg, ...rest } = input;
     const accel = await this.accelerator();
     if (accel.accel === "tcg" && !allowTcg && this.env.MM_SANDBOX_ALLOW_TCG !== "1") {
       throw new MmError("MM_TCG_REFUSED", `this host runs guests under TCG only (${accel.reason})`);
@@ -309,7 +315,7 @@ export class Runtime {
       entrypoint: [GUEST_BUSYBOX],
       command: ["sleep", "2147483647"],
       autoRemove: true,
-      sandbox: { timeoutMs },
+      sandbox: { timeoutMs, ...(idleMs !== undefined && { idleMs }) },
     });
     return this.startDetached(rec.id);
   }

@@ -616,9 +616,36 @@ export class Supervisor {
     let relay: Server | null = null;
     let control: Server | null = null;
     let setupError: MmError | null = null;
+    // A sandbox with an idle timeout ends after that long without an exec session.
+    const idleMs = rec.spec.sandbox?.idleMs;
+    let idleTimer: NodeJS.Timeout | null = null;
+    let sessions = 0;
+    const armIdle = () => {
+      if (idleMs === undefined || sessions > 0) return;
+      idleTimer = setTimeout(() => {
+        store.addEvent(this.id, rec.spec.name, "timeout", { idleMs });
+        void this.stop(0);
+      }, idleMs);
+      this.stopTimers.push(idleTimer);
+    };
+    const idle =
+      idleMs === undefined
+        ? null
+        : {
+            opened: () => {
+              sessions++;
+              if (idleTimer) clearTimeout(idleTimer);
+              idleTimer = null;
+            },
+            closed: () => {
+              sessions--;
+              armIdle();
+            },
+          };
     const becomeUsable = async () => {
       clearTimeout(bootTimer);
       this.ready = true;
+      armIdle();
       try {
         // passt delivers to the guest only once it has seen a frame from it (it learns the
         // guest's MAC so): a guest that has not talked yet would never get its inbound
@@ -630,7 +657,11 @@ export class Supervisor {
           await startSshServer(session, hostKey, rec.spec.ssh);
           trace("ssh");
         }
-        relay = await serveExecRelay(execSocket(paths, this.id), () => (session.isClosed ? null : session));
+        relay = await serveExecRelay(
+          execSocket(paths, this.id),
+          () => (session.isClosed ? null : session),
+          idle ? { opened: idle.opened, closed: idle.closed } : undefined,
+        );
         control = await serveControl(controlSocket(paths, this.id), {
           capture: (req) => this.capture(req),
           vmStats: () => this.vmStats(),

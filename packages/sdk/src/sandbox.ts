@@ -16,6 +16,8 @@ export interface SandboxCreateOptions {
   readonly name?: string;
   /** Hard lifetime in ms (default 10 min): the sandbox ends itself then. */
   readonly timeoutMs?: number;
+  /** Ended after this long without an exec session (a file transfer is one too). */
+  readonly idleTimeoutMs?: number;
   readonly cpus?: number;
   readonly memoryMib?: number;
   /** allow, deny, or CIDR[:port[/proto]],... (bridge network, root) */

@@ -10,7 +10,7 @@ export interface Machine {
   readonly accel: string | null;
   readonly exitCode: number | null;
   readonly error: { readonly code: string; readonly message: string } | null;
-  readonly sandbox: { readonly timeoutMs: number } | null;
+  readonly sandbox: { readonly timeoutMs: number; readonly idleMs?: number } | null;
   readonly createdAt: string;
   readonly startedAt: string | null;
   readonly finishedAt: string | null;
