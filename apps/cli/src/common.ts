@@ -1,6 +1,6 @@
 // Small helpers the command files share.
 
-import { MmError } from "@mm/core";
+import { MmError, parseRate } from "@mm/core";
 import type { MachineRecord } from "@mm/runtime";
 
 /** commander's collector for repeatable options. */
@@ -12,4 +12,17 @@ export function failedStart(r: MachineRecord): MachineRecord {
     throw new MmError((r.error?.code as MmError["code"]) ?? "MM_INTERNAL", r.error?.message.replace(/^[^:]*: /, ""));
   }
   return r;
+}
+
+/** `--disk-bps`, `--disk-iops`, `--net-bps` (run and sandbox create). */
+export function parseLimits(opts: { diskBps?: string; diskIops?: string; netBps?: string }) {
+  const iops = opts.diskIops === undefined ? undefined : Number(opts.diskIops);
+  if (iops !== undefined && (!Number.isInteger(iops) || iops < 1)) {
+    throw new MmError("MM_USAGE", `--disk-iops "${opts.diskIops}": a whole number of operations per second`);
+  }
+  return {
+    ...(opts.diskBps !== undefined && { diskBps: parseRate(opts.diskBps, "--disk-bps") }),
+    ...(iops !== undefined && { diskIops: iops }),
+    ...(opts.netBps !== undefined && { netBps: parseRate(opts.netBps, "--net-bps") }),
+  };
 }

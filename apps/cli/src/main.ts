@@ -48,7 +48,7 @@ import {
   sshEndpoint,
 } from "@mm/runtime";
 import Table from "cli-table3";
-import { collect, failedStart } from "./common.js";
+import { collect, failedStart, parseLimits } from "./common.js";
 import { addDay2Commands } from "./day2-commands.js";
 import { execCommand } from "./exec.js";
 import { ago, commandText, statusText } from "./format.js";
@@ -197,6 +197,9 @@ export function buildProgram(): Command {
     .option("--force-mount", "share a host directory even if it is / or holds mm's state", false)
     .option("--restart <policy>", "no | on-failure[:N] | always | unless-stopped (with -d)", "no")
     .option("--cold", "boot the kernel even if the image has a booted template", false)
+    .option("--disk-bps <rate>", "throttle the root disk to this many bytes/s (e.g. 10M)")
+    .option("--disk-iops <n>", "throttle the root disk to this many operations/s")
+    .option("--net-bps <rate>", "limit the network to this many bytes/s each way (bridge)")
     .option("--json", "machine-readable output", false)
     .passThroughOptions()
     .action(async (image, command, opts) => {
@@ -257,6 +260,7 @@ export function buildProgram(): Command {
           ...(volumes.length > 0 && { volumes }),
           ...(binds.length > 0 && { binds }),
           ...(diskSizeMib !== undefined && { diskSizeMib }),
+          limits: parseLimits(opts),
           network: {
             mode,
             publish,

@@ -3,7 +3,11 @@
 // published ports reached from the namespace (the host's view) with curl.
 
 import assert from "node:assert/strict";
-import { execFile, execFileSync } from "node:child_process";
+import { execFile, execFileSync, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { harness } from "./test-helpers.js";
 
@@ -134,6 +138,60 @@ describe("sandboxes", () => {
       assert.notEqual((await ping(closed, openIp)).code, 0, "one sandbox reached another");
     } finally {
       if (made.length) await h.mm(["sandbox", "rm", ...made]);
+    }
+  });
+});
+
+describe("throughput limits", () => {
+  test("--net-bps and --disk-bps slow a machine down to about the rate; an unlimited one is not", async () => {
+    const www = mkdtempSync(join(tmpdir(), "mm-net-www-"));
+    writeFileSync(join(www, "big"), randomBytes(1024 * 1024));
+    const server = spawn("ip", [
+      "netns",
+      "exec",
+      outside,
+      "busybox",
+      "httpd",
+      "-f",
+      "-p",
+      `${OUTSIDE_IP}:8000`,
+      "-h",
+      www,
+    ]);
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      for (const [name, flags] of [
+        ["fast", []],
+        ["slow", ["--net-bps", "256K", "--disk-bps", "1M"]],
+      ] as const) {
+        const r = await h.mm(["run", "-d", "--name", name, ...flags, "--", "sleep", "600"]);
+        assert.equal(r.code, 0, r.stderr);
+      }
+      const timed = async (name: string, script: string) => {
+        const t = performance.now();
+        const r = await h.mm(["exec", name, "--", "sh", "-c", script]);
+        assert.equal(r.code, 0, `${name}: ${r.stdout}${r.stderr}`);
+        return { ms: performance.now() - t, out: r.stdout };
+      };
+      const fetch1M = `printf 'GET /big HTTP/1.0\\r\\n\\r\\n' | nc -w 10 ${OUTSIDE_IP} 8000 | wc -c`;
+      const fastNet = await timed("fast", fetch1M);
+      const slowNet = await timed("slow", fetch1M);
+      assert.ok(Number(fastNet.out.trim()) > 1024 * 1024 && Number(slowNet.out.trim()) > 1024 * 1024, "all arrived");
+      // 1 MiB at 256 KiB/s: about 4 s (policing drops what is over; TCP slows down).
+      assert.ok(slowNet.ms > 2500, `1 MiB at 256 KiB/s took ${slowNet.ms.toFixed(0)} ms`);
+      assert.ok(fastNet.ms < slowNet.ms / 2, `unlimited ${fastNet.ms.toFixed(0)} ms vs ${slowNet.ms.toFixed(0)} ms`);
+      const write4M = "dd if=/dev/zero of=/root/f bs=64k count=64 conv=fsync 2>/dev/null; rm /root/f";
+      const fastDisk = await timed("fast", write4M);
+      const slowDisk = await timed("slow", write4M);
+      assert.ok(slowDisk.ms > 2500, `4 MiB at 1 MiB/s took ${slowDisk.ms.toFixed(0)} ms`);
+      assert.ok(
+        fastDisk.ms < slowDisk.ms / 2,
+        `unlimited ${fastDisk.ms.toFixed(0)} ms vs ${slowDisk.ms.toFixed(0)} ms`,
+      );
+    } finally {
+      server.kill();
+      rmSync(www, { recursive: true, force: true });
+      await h.mm(["rm", "-f", "fast", "slow"]);
     }
   });
 });

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import type { Command } from "@commander-js/extra-typings";
 import { MmError } from "@mm/core";
 import { parseEgress, type Runtime } from "@mm/runtime";
-import { collect, failedStart } from "./common.js";
+import { collect, failedStart, parseLimits } from "./common.js";
 
 /** The API's default socket: in the state root (root's 0711 directory; the socket itself is 0600). */
 export const apiSocket = (rt: Runtime) => join(rt.paths.state, "api.sock");
@@ -77,6 +77,9 @@ export function addServeCommands(
     .option("--cpus <n>", "virtual CPUs")
     .option("-m, --memory <MiB>", "memory in MiB")
     .option("--allow-tcg", "accept TCG emulation where KVM is missing (not a hardware boundary)", false)
+    .option("--disk-bps <rate>", "throttle its root disk (bytes/s, e.g. 10M)")
+    .option("--disk-iops <n>", "throttle its root disk (operations/s)")
+    .option("--net-bps <rate>", "limit its network, each way (bytes/s; bridge)")
     .option("--insecure-registry <host:port>", "plain-HTTP loopback registry", collect, [] as string[])
     .option("--json", "print the sandbox as JSON", false)
     .action(async (image, opts) => {
@@ -92,6 +95,7 @@ export function addServeCommands(
             timeoutMs: parseDuration(opts.timeout),
             ...(opts.idleTimeout !== undefined && { idleMs: parseDuration(opts.idleTimeout) }),
             allowTcg: opts.allowTcg,
+            limits: parseLimits(opts),
             ...(opts.cpus !== undefined && { cpus: Number(opts.cpus) }),
             ...(opts.memory !== undefined && { memoryMib: Number(opts.memory) }),
             network: {

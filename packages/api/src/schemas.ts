@@ -42,6 +42,9 @@ export const MachineCreate = z
     memoryMib: z.number().int().min(64).optional(),
     network: Network.optional(),
     publish: z.array(z.string()).optional().describe("[ip:]hostPort:guestPort[/proto], as `-p`"),
+    diskBps: z.number().int().min(1024).optional().describe("root disk throttle, bytes/s"),
+    diskIops: z.number().int().min(1).optional().describe("root disk throttle, operations/s"),
+    netBps: z.number().int().min(1024).optional().describe("network limit each way, bytes/s (bridge)"),
     insecureRegistries: z.array(z.string()).optional(),
   })
   .strict()
@@ -67,6 +70,9 @@ export const SandboxCreate = z
       .boolean()
       .optional()
       .describe("accept TCG emulation (not a hardware boundary) where KVM is missing; refused otherwise"),
+    diskBps: z.number().int().min(1024).optional().describe("root disk throttle, bytes/s"),
+    diskIops: z.number().int().min(1).optional().describe("root disk throttle, operations/s"),
+    netBps: z.number().int().min(1024).optional().describe("network limit each way, bytes/s (bridge)"),
     insecureRegistries: z.array(z.string()).optional(),
   })
   .strict()

@@ -105,6 +105,12 @@ function toSnapshot(s: RuntimeSnapshot): z.infer<typeof Snapshot> {
   return { id: s.id, kind: s.kind, machine: s.machine, tag: s.tag ?? null, createdAt: s.createdAt };
 }
 
+const limitsOf = (b: { diskBps?: number | undefined; diskIops?: number | undefined; netBps?: number | undefined }) => ({
+  ...(b.diskBps !== undefined && { diskBps: b.diskBps }),
+  ...(b.diskIops !== undefined && { diskIops: b.diskIops }),
+  ...(b.netBps !== undefined && { netBps: b.netBps }),
+});
+
 /** A started machine that failed to boot is an error, with its own code. */
 function started(r: MachineRecord): MachineRecord {
   if (r.state === "failed" && r.error) {
@@ -205,6 +211,7 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
         ...(b.env && { env: b.env }),
         ...(b.cpus !== undefined && { cpus: b.cpus }),
         ...(b.memoryMib !== undefined && { memoryMib: parseMemory(String(b.memoryMib)) }),
+        limits: limitsOf(b),
         network: {
           ...(b.network && { mode: b.network }),
           publish: (b.publish ?? []).map(parsePublish),
@@ -475,6 +482,7 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
           ...(b.timeoutMs !== undefined && { timeoutMs: b.timeoutMs }),
           ...(b.idleTimeoutMs !== undefined && { idleMs: b.idleTimeoutMs }),
           ...(b.allowTcg !== undefined && { allowTcg: b.allowTcg }),
+          limits: limitsOf(b),
           network: {
             ...(b.network && { mode: b.network }),
             ...(b.egress !== undefined && { egress: parseEgress(b.egress) }),

@@ -156,3 +156,14 @@ test("--restart takes Docker's policies; back-off doubles from 100 ms to 10 s", 
   }
   assert.deepEqual([1, 2, 3, 4, 8, 20].map(restartDelayMs), [100, 200, 400, 800, 10_000, 10_000]);
 });
+
+test("rates: plain bytes or K/M/G per second, at least 1K", async () => {
+  const { parseRate } = await import("./spec.js");
+  assert.equal(parseRate("1024", "r"), 1024);
+  assert.equal(parseRate("512K", "r"), 512 * 1024);
+  assert.equal(parseRate("10M", "r"), 10 * 1024 * 1024);
+  assert.equal(parseRate("1.5m", "r"), 1.5 * 1024 * 1024);
+  assert.equal(parseRate("2GB", "r"), 2 * 1024 ** 3);
+  for (const bad of ["", "fast", "100", "-1M", "1T"])
+    assert.throws(() => parseRate(bad, "r"), /MM_USAGE|bytes per second/, bad);
+});

@@ -68,6 +68,8 @@ export interface MachineSpec {
    * A sandbox (`mm sandbox create`, the API's /v1/sandboxes): idles until its hard
    * lifetime ends (then it is stopped and, with autoRemove, removed).
    */
+  /** Throughput limits: the root disk (QEMU's throttling) and the network (bridge: nftables). */
+  readonly limits?: { readonly diskBps?: number; readonly diskIops?: number; readonly netBps?: number };
   readonly sandbox?: {
     readonly timeoutMs: number;
     /** Ended after this long without an exec session (none: only the hard lifetime). */
@@ -252,4 +254,15 @@ export function parseSignal(text: string | undefined): number {
   const n = SIGNALS[text.toUpperCase().replace(/^SIG/, "")];
   if (n === undefined) throw new MmError("MM_USAGE", `unknown signal "${text}"`);
   return n;
+}
+
+/** A byte rate from the command line: 512K, 10M, 1G (per second), or plain bytes. */
+export function parseRate(text: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)([kKmMgG]?)[bB]?$/.exec(text.trim());
+  const unit: Record<string, number> = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 };
+  const n = m ? Number(m[1]) * (unit[(m[2] ?? "").toLowerCase()] as number) : Number.NaN;
+  if (!Number.isFinite(n) || n < 1024) {
+    throw new MmError("MM_USAGE", `${what} "${text}": give bytes per second, at least 1K (e.g. 512K, 10M)`);
+  }
+  return Math.round(n);
 }

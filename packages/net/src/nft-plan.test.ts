@@ -50,6 +50,28 @@ test("golden rulesets: an empty host and three machines", () => {
   golden("three-machines", buildRuleset(THREE));
 });
 
+test("a machine's rate limit polices both directions at the top of forward; bad rates are refused", () => {
+  const limited: NetPlan = {
+    ...EMPTY,
+    machines: [{ ...machine("3f2a9c1b7d40", "10.88.0.2", "allow"), rateBytes: 65536 }],
+  };
+  const text = buildRuleset(limited);
+  const forward = text.slice(text.indexOf("chain forward"));
+  const up = forward.indexOf("ip saddr 10.88.0.2 limit rate over 65536 bytes/second burst 16384 bytes drop");
+  const down = forward.indexOf("ip daddr 10.88.0.2 limit rate over 65536 bytes/second burst 16384 bytes drop");
+  assert.ok(up > 0 && down > 0, "both directions are limited");
+  assert.ok(up < forward.indexOf("ct state established"), "before established traffic is accepted");
+  assert.doesNotMatch(buildRuleset(THREE), /limit rate/, "no limit without a rate");
+  for (const bad of [0, 512, 1.5]) {
+    assert.throws(
+      () =>
+        buildRuleset({ ...EMPTY, machines: [{ ...machine("3f2a9c1b7d40", "10.88.0.2", "allow"), rateBytes: bad }] }),
+      (e) => isMmError(e),
+      String(bad),
+    );
+  }
+});
+
 test("the ruleset replaces both tables in one transaction", () => {
   const text = buildRuleset(THREE);
   const head = removalRuleset();

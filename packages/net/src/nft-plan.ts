@@ -49,6 +49,8 @@ export interface MachineNet {
   /** Machines sharing a group name can reach each other; without one, a machine reaches no guest. */
   readonly group?: string;
   readonly egress: EgressPolicy;
+  /** Bytes per second the machine may send and receive, each way (none: no limit). */
+  readonly rateBytes?: number;
 }
 
 export interface PublishedPort {
@@ -141,6 +143,9 @@ export function validatePlan(plan: NetPlan): void {
     } else if (m.egress !== "allow" && m.egress !== "deny") {
       throw invalid(`egress policy of ${m.id}`);
     }
+    if (m.rateBytes !== undefined && (!Number.isInteger(m.rateBytes) || m.rateBytes < 1024 || m.rateBytes > 2 ** 40)) {
+      throw invalid(`rate of ${m.id} (whole bytes per second, at least 1024)`);
+    }
     for (const [key, value] of [
       ["id", m.id],
       ["tap", m.tap],
@@ -181,6 +186,9 @@ function groupsOf(machines: readonly MachineNet[]): [string, MachineNet[]][] {
 function list(items: readonly (string | number)[]): string {
   return items.length === 1 ? `${items[0]}` : `{ ${items.join(", ")} }`;
 }
+
+/** A quarter second's worth, at least 16 KiB: room for a TCP window's burst. */
+const burstOf = (rate: number) => Math.max(16 * 1024, Math.round(rate / 4));
 
 function egressVerdict(m: MachineNet): string {
   if (m.egress === "allow") return "accept";
@@ -276,6 +284,13 @@ export function buildRuleset(plan: NetPlan): string {
     ]),
     chain("forward", [
       "type filter hook forward priority filter; policy accept;",
+      // Throughput limits (policing: what is over the rate is dropped, and TCP backs off).
+      ...machines
+        .filter((m) => m.rateBytes !== undefined)
+        .flatMap((m) => [
+          `ip saddr ${m.ip} limit rate over ${m.rateBytes} bytes/second burst ${burstOf(m.rateBytes as number)} bytes drop`,
+          `ip daddr ${m.ip} limit rate over ${m.rateBytes} bytes/second burst ${burstOf(m.rateBytes as number)} bytes drop`,
+        ]),
       // Every packet a guest originates is judged, established or not: a conntrack entry
       // left by an earlier machine with the same address must not carry a new one's traffic.
       `iifname ${br} jump from_guests`,

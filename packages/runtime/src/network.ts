@@ -179,7 +179,17 @@ export class HostNetwork {
         const l = leases.get(r.id);
         const n = networkOf(r);
         return l
-          ? [{ id: r.id, tap: l.tap, ip: l.ip, mac: l.mac, egress: n.egress, ...(n.group && { group: n.group }) }]
+          ? [
+              {
+                id: r.id,
+                tap: l.tap,
+                ip: l.ip,
+                mac: l.mac,
+                egress: n.egress,
+                ...(n.group && { group: n.group }),
+                ...(r.spec.limits?.netBps !== undefined && { rateBytes: r.spec.limits.netBps }),
+              },
+            ]
           : [];
       }),
       published: machines.flatMap((r) => {

@@ -94,6 +94,7 @@ export interface CreateInput {
   readonly binds?: readonly BindMount[];
   readonly restart?: RestartPolicy;
   readonly sandbox?: { readonly timeoutMs: number; readonly idleMs?: number };
+  readonly limits?: MachineSpec["limits"];
 }
 
 /** A sandbox's hard lifetime unless the caller says otherwise (E2B's default is 5 min; ours 10). */
@@ -156,6 +157,7 @@ export class Runtime {
       ...(input.volumes && input.volumes.length > 0 && { volumes: [...input.volumes] }),
       ...(input.binds && input.binds.length > 0 && { binds: [...input.binds] }),
       ...(input.restart && input.restart.policy !== "no" && { restart: input.restart }),
+      ...(input.limits && Object.keys(input.limits).length > 0 && { limits: { ...input.limits } }),
       ...(input.sandbox && {
         sandbox: {
           timeoutMs: input.sandbox.timeoutMs,
@@ -174,6 +176,9 @@ export class Runtime {
       throw new MmError("MM_USAGE", "-p, --network-group and --ssh need a network (not --network none)");
     }
     checkRootlessNetwork(spec.network, isRootless());
+    if (spec.limits?.netBps !== undefined && spec.network?.mode !== "bridge") {
+      throw new MmError("MM_USAGE", "--net-bps limits the bridge network (root): not --network user or none");
+    }
     if (spec.network && spec.network.publish.length > 0) {
       // Ports stay reserved by machines that exist and may start again, as in Docker.
       const taken = this.list()

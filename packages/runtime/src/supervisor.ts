@@ -496,7 +496,17 @@ export class Supervisor {
         ...(env.MM_GUEST_DEBUG ? ["mm.debug=1"] : []),
         ...(rec.spec.diskSizeMib !== undefined ? ["mm.growfs=1"] : []),
       ],
-      rootDisk: { path: overlay, format: "qcow2", readOnly: false },
+      rootDisk: {
+        path: overlay,
+        format: "qcow2",
+        readOnly: false,
+        ...((rec.spec.limits?.diskBps !== undefined || rec.spec.limits?.diskIops !== undefined) && {
+          throttle: {
+            ...(rec.spec.limits?.diskBps !== undefined && { bps: rec.spec.limits.diskBps }),
+            ...(rec.spec.limits?.diskIops !== undefined && { iops: rec.spec.limits.diskIops }),
+          },
+        }),
+      },
       cpus: rec.spec.cpus,
       memoryMib: rec.spec.memoryMib,
       accel: accel.accel,

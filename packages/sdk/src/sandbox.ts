@@ -20,6 +20,10 @@ export interface SandboxCreateOptions {
   readonly idleTimeoutMs?: number;
   readonly cpus?: number;
   readonly memoryMib?: number;
+  /** Root disk throttle (bytes/s, operations/s) and network limit each way (bytes/s, bridge). */
+  readonly diskBps?: number;
+  readonly diskIops?: number;
+  readonly netBps?: number;
   /** allow, deny, or CIDR[:port[/proto]],... (bridge network, root) */
   readonly egress?: string;
   readonly network?: "bridge" | "user" | "none";

@@ -11,6 +11,8 @@ export interface DiskSpec {
   readonly path: string;
   readonly format: "raw" | "qcow2";
   readonly readOnly: boolean;
+  /** QEMU's I/O throttling of this disk: bytes and operations per second, reads and writes together. */
+  readonly throttle?: { readonly bps?: number; readonly iops?: number };
 }
 
 export interface BootSpec {

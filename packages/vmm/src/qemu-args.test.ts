@@ -155,6 +155,20 @@ describe("buildQemuArgs", () => {
     assert.ok(values(a, "-device").includes("virtio-net-device,netdev=net0,mac=02:aa:bb:cc:dd:ee"));
   });
 
+  test("disk throttling lands on the root drive; nonsense is refused", () => {
+    const a = build(
+      spec({
+        rootDisk: { path: "/m/r.qcow2", format: "qcow2", readOnly: false, throttle: { bps: 1048576, iops: 200 } },
+      }),
+    );
+    assert.match(values(a, "-drive")[0] as string, /,throttling\.bps-total=1048576,throttling\.iops-total=200$/);
+    assert.doesNotMatch(values(build(spec()), "-drive")[0] as string, /throttling/);
+    assert.throws(
+      () => build(spec({ rootDisk: { path: "/m/r", format: "raw", readOnly: false, throttle: { bps: -1 } } })),
+      RangeError,
+    );
+  });
+
   test("the seccomp filter is passed when asked for", () => {
     assert.deepEqual(values(build(spec({ sandbox: "on,spawn=deny" })), "-sandbox"), ["on,spawn=deny"]);
     assert.deepEqual(values(build(spec()), "-sandbox"), []);

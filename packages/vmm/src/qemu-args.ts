@@ -62,6 +62,21 @@ export function kernelCommandLine(spec: BootSpec, tscKhz?: number): string {
   return args.join(" ");
 }
 
+/** `-drive` throttling options (QEMU's block throttle groups, one per drive). */
+function throttleOptions(t: { readonly bps?: number; readonly iops?: number } | undefined): string {
+  if (!t) return "";
+  const out: string[] = [];
+  for (const [k, v] of [
+    ["bps-total", t.bps],
+    ["iops-total", t.iops],
+  ] as const) {
+    if (v === undefined) continue;
+    if (!Number.isInteger(v) || v <= 0) throw new RangeError(`throttle ${k} must be a positive integer, got ${v}`);
+    out.push(`,throttling.${k}=${v}`);
+  }
+  return out.join("");
+}
+
 export function buildQemuArgs(input: QemuArgsInput): string[] {
   const { spec } = input;
   if (!Number.isInteger(spec.cpus) || spec.cpus < 1) throw new RangeError(`cpus must be ≥ 1, got ${spec.cpus}`);
@@ -103,7 +118,7 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     "-serial",
     "chardev:console",
     "-drive",
-    `id=root,file=${e(spec.rootDisk.path)},format=${spec.rootDisk.format},if=none,cache=writeback,discard=unmap${spec.rootDisk.readOnly ? ",readonly=on" : ""}`,
+    `id=root,file=${e(spec.rootDisk.path)},format=${spec.rootDisk.format},if=none,cache=writeback,discard=unmap${spec.rootDisk.readOnly ? ",readonly=on" : ""}${throttleOptions(spec.rootDisk.throttle)}`,
     "-device",
     "virtio-blk-device,drive=root",
     "-device",
