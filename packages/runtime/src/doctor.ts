@@ -7,6 +7,7 @@ import { userInfo } from "node:os";
 import { join } from "node:path";
 import { chooseAccel, findExecutable, kvmDeviceUsable } from "@mm/vmm";
 import { defaultImageRootfs, elfNeedsInterpreter } from "./default-image.js";
+import { cgroupLayout, cgroupMountDir, jailEnabled } from "./jail.js";
 import { HostNetwork } from "./network.js";
 import { initPath, isRootless, kernelPath, runDir } from "./paths.js";
 import type { Runtime } from "./runtime.js";
@@ -101,6 +102,7 @@ export async function doctor(rt: Runtime, options: { fix?: boolean } = {}): Prom
   if (isRootless()) {
     checks.push(...(await rootlessChecks()));
   } else {
+    checks.push(await jailCheck(rt));
     checks.push(await tool("ip", "iproute2", ["-V"]));
     checks.push(await tool("nft", "nftables", ["--version"]));
   }
@@ -197,4 +199,36 @@ async function rootlessChecks(): Promise<Check[]> {
     }),
   });
   return checks;
+}
+
+/** What the jailed VMM (docs/adr/0008) needs here, and whether it is on. */
+async function jailCheck(rt: Runtime): Promise<Check> {
+  if (!jailEnabled(rt.env)) {
+    return {
+      name: "VMM jail",
+      ok: false,
+      detail: "off (MM_JAIL=0)",
+      hint: "unset MM_JAIL: every VMM then runs jailed",
+    };
+  }
+  const missing: string[] = [];
+  for (const t of ["unshare", "setpriv", "prlimit", "mknod", "chroot", "mount"]) {
+    if (!(await findExecutable(t))) missing.push(t);
+  }
+  if (missing.length) {
+    return {
+      name: "VMM jail",
+      ok: false,
+      detail: `missing ${missing.join(", ")}`,
+      hint: "apt-get install util-linux coreutils mount",
+    };
+  }
+  const cg = await cgroupLayout("doctor", cgroupMountDir(rt.paths));
+  return {
+    name: "VMM jail",
+    ok: true,
+    detail: `on: a uid per machine, its own mount namespace, no capabilities, seccomp; cgroups ${
+      cg ? (cg.version === 2 ? "v2" : "v1 (cpu, memory, pids)") : "unavailable (no resource limits)"
+    }`,
+  };
 }
