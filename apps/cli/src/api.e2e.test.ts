@@ -180,6 +180,34 @@ describe("sandboxes through the SDK", () => {
     assert.equal(err, "bye\n");
   });
 
+  test("logs, stats, memory, volumes and templates over the API", async () => {
+    const c = client();
+    await sb.exec(["sh", "-c", "echo to-the-console > /dev/console"]);
+    // The console reaches the log as QEMU writes it out: a moment later.
+    await until(async () => {
+      const logs = await c.json<{ stream: string; data: string }[]>("GET", `/v1/machines/${sb.id}/logs`);
+      // Console output comes in chunks as the serial port delivers it: joined, as `mm logs` does.
+      const text = logs.map((l) => Buffer.from(l.data, "base64").toString()).join("");
+      return text.includes("to-the-console") || undefined;
+    }, 10_000);
+    const stats = await c.json<{ id: string; memory: { hostRssBytes: number } }>("GET", `/v1/machines/${sb.id}/stats`);
+    assert.equal(stats.id, sb.id);
+    assert.ok(stats.memory.hostRssBytes > 0);
+    const mem = await c.json<{ balloonBytes: number | null }>("POST", `/v1/machines/${sb.id}/memory`, {
+      body: { memoryMib: 200 },
+    });
+    assert.ok(mem.balloonBytes !== undefined);
+    const vol = await c.json<{ name: string; sizeBytes: number }>("POST", "/v1/volumes", {
+      body: { name: "apivol", sizeBytes: 64 * 2 ** 20 },
+    });
+    assert.deepEqual(vol.name, "apivol");
+    assert.ok((await c.json<{ name: string }[]>("GET", "/v1/volumes")).some((v) => v.name === "apivol"));
+    await c.json("DELETE", "/v1/volumes/apivol");
+    assert.ok(!(await c.json<{ name: string }[]>("GET", "/v1/volumes")).some((v) => v.name === "apivol"));
+    assert.ok(Array.isArray(await c.json("GET", "/v1/templates")));
+    await c.close();
+  });
+
   test("an AbortSignal cancels a request", async () => {
     const ac = new AbortController();
     const pending = sb.exec(["sleep", "5"], { signal: ac.signal });
@@ -265,6 +293,29 @@ describe("sandbox lifetime and TCG", () => {
     );
     assert.match(out, /^hi from nobody\n0\n\[exit 1 in sandbox \S+\]\n$/);
     assert.equal((await client().json<unknown[]>("GET", "/v1/machines")).length, before, "the sandbox is gone");
+  });
+
+  test("the CLI through the API: --host (and MM_HOST) for run -d, ps, exec, sandbox, rm", async () => {
+    const host = `unix://${socket}`;
+    const remote = (args: string[], env: NodeJS.ProcessEnv = {}) => h.mm(["--host", host, ...args], env);
+    const run = await remote(["run", "-d", "--name", "viaapi", "--", "sleep", "600"]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match((await remote(["ps"])).stdout, /\tviaapi\n/);
+    const ex = await remote(["exec", "viaapi", "--", "sh", "-c", "echo out; echo err >&2; exit 4"]);
+    assert.deepEqual([ex.code, ex.stdout, ex.stderr], [4, "out\n", "err\n"]);
+    const piped = await h.mm(["exec", "-i", "viaapi", "--", "cat"], { MM_HOST: host }, "through stdin\n");
+    assert.equal(piped.stdout, "through stdin\n", piped.stderr);
+    const sb = await remote(["sandbox", "create", "--allow-tcg"]);
+    assert.equal(sb.code, 0, sb.stderr);
+    assert.match((await remote(["sandbox", "ls"])).stdout, new RegExp(sb.stdout.trim()));
+    assert.equal((await remote(["sandbox", "rm", sb.stdout.trim()])).code, 0);
+    const unsupported = await remote(["snapshot", "ls"]);
+    assert.equal(unsupported.code, 125);
+    assert.match(unsupported.stderr, /not available through --host/);
+    const missing = await remote(["inspect", "nosuch"]);
+    assert.equal(missing.code, 125);
+    assert.match(missing.stderr, /MM_NO_SUCH_MACHINE/);
+    assert.equal((await remote(["rm", "-f", "viaapi"])).code, 0);
   });
 
   test("SIGTERM stops the server gracefully: it exits 0 and removes its socket", async () => {

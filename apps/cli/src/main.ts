@@ -883,9 +883,23 @@ async function printLogs(rt: Runtime, ref: string, follow: boolean, withConsole:
 }
 
 export async function main(argv: string[]): Promise<number> {
+  let args = argv.slice(2);
+  // `mm --host URL …` or MM_HOST: the commands go to `mm serve` there (remote.ts), except
+  // the server's own (`serve`, and the supervisors it starts).
+  let host = process.env.MM_HOST;
+  if (args[0] === "--host" || args[0] === "-H") {
+    host = args[1];
+    args = args.slice(2);
+  } else if (args[0]?.startsWith("--host=")) {
+    host = args[0].slice("--host=".length);
+    args = args.slice(1);
+  }
+  if (host && args[0] !== "serve" && args[0] !== "__supervise") {
+    const remote = (await import(new URL("./remote-cli.js", import.meta.url).href)) as typeof import("./remote.js");
+    return remote.runRemote(host, args);
+  }
   const program = buildProgram();
   // `mm run [IMAGE] -- CMD...`: everything after the first `--` is the workload's argv.
-  const args = argv.slice(2);
   const dashes = args.indexOf("--");
   if ((args[0] === "run" || args[0] === "exec" || args[0] === "ssh") && dashes >= 0) {
     (program as unknown as { _mmAfterDashes?: string[] })._mmAfterDashes = args.slice(dashes + 1);

@@ -17,6 +17,7 @@ import {
   parsePublish,
   type Runtime,
   type Snapshot as RuntimeSnapshot,
+  sampleStats,
 } from "@mm/runtime";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import {
@@ -555,6 +556,95 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
       const clones = await rt.fork(req.params.ref, req.body.name, req.body.count ?? 1);
       return reply.code(201).send(clones.map((r) => toMachine(r, ip(r))));
     },
+  );
+
+  // Logs, stats, memory
+  app.get(
+    "/v1/machines/:ref/logs",
+    {
+      schema: {
+        params: Ref,
+        response: {
+          200: z.array(z.object({ time: z.number(), stream: z.string(), data: z.string().describe("base64") })),
+          ...errors,
+        },
+      },
+    },
+    async (req) =>
+      rt.logs(req.params.ref).map((e) => ({ time: e.time, stream: e.stream, data: e.data.toString("base64") })),
+  );
+
+  app.get(
+    "/v1/machines/:ref/stats",
+    {
+      schema: {
+        params: Ref,
+        response: { 200: z.record(z.string(), z.unknown()).describe("as `mm stats --json`"), ...errors },
+      },
+    },
+    async (req) => {
+      const rec = rt.find(req.params.ref);
+      if (rec.state !== "running") throw new MmError("MM_MACHINE_NOT_RUNNING", `${rec.spec.name} is ${rec.state}`);
+      const [st] = await sampleStats(rt, [rec]);
+      if (!st) throw new MmError("MM_MACHINE_NOT_RUNNING", rec.spec.name);
+      return st as unknown as Record<string, unknown>;
+    },
+  );
+
+  app.post(
+    "/v1/machines/:ref/memory",
+    {
+      schema: {
+        params: Ref,
+        body: z.object({ memoryMib: z.number().int().min(16) }).strict(),
+        response: { 200: z.record(z.string(), z.unknown()), ...errors },
+      },
+    },
+    async (req) => (await rt.updateMemory(req.params.ref, req.body.memoryMib)) as unknown as Record<string, unknown>,
+  );
+
+  // Volumes and templates
+  const Volume = z.object({
+    name: z.string(),
+    sizeBytes: z.number(),
+    usedBy: z.array(z.string()),
+    attachedTo: z.string().nullable(),
+  });
+  const toVolume = (v: ReturnType<Runtime["volume"]>) => ({
+    name: v.name,
+    sizeBytes: v.sizeBytes,
+    usedBy: [...v.usedBy],
+    attachedTo: v.attachedTo,
+  });
+  app.get("/v1/volumes", { schema: { response: { 200: z.array(Volume), ...errors } } }, async () =>
+    rt.volumes().map(toVolume),
+  );
+  app.post(
+    "/v1/volumes",
+    {
+      schema: {
+        body: z
+          .object({
+            name: z.string().min(1),
+            sizeBytes: z
+              .number()
+              .int()
+              .min(16 * 2 ** 20)
+              .optional(),
+          })
+          .strict(),
+        response: { 201: Volume, ...errors },
+      },
+    },
+    async (req, reply) => reply.code(201).send(toVolume(await rt.createVolume(req.body.name, req.body.sizeBytes))),
+  );
+  app.delete(
+    "/v1/volumes/:name",
+    { schema: { params: z.object({ name: z.string().min(1) }), response: { 200: Volume, ...errors } } },
+    async (req) => toVolume(await rt.removeVolume(req.params.name)),
+  );
+  app.get("/v1/templates", { schema: { response: { 200: z.array(Snapshot), ...errors } } }, async () =>
+    rt.templates().map(toSnapshot),
   );
 
   // Images

@@ -1,0 +1,188 @@
+// `mm --host unix:///…/api.sock …` (or MM_HOST): the CLI as a client of `mm serve`, for
+// the commands a remote user needs most — ps, inspect, run -d, exec, stop, start, rm,
+// sandbox create/ls/rm. Bundled apart (apps/cli/dist/remote-cli.js) and loaded only when
+// a host is given, so local commands do not carry the HTTP and WebSocket clients.
+
+import { Command, CommanderError } from "@commander-js/extra-typings";
+import { type Machine, MmApiError, MmClient, Sandbox } from "@micromachines/sdk";
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+function fail(e: unknown): number {
+  if (e instanceof MmApiError) {
+    process.stderr.write(`mm: ${e.code}: ${e.message}\n  hint: ${e.hint}\n`);
+    return 125;
+  }
+  process.stderr.write(`mm: ${(e as Error).message}\n`);
+  return 125;
+}
+
+function row(m: Machine): string {
+  return `${m.id}\t${m.image}\t${m.state}\t${m.accel ?? ""}\t${m.name}\n`;
+}
+
+/** Runs the remote command line; resolves with the exit code. */
+export async function runRemote(host: string, argv: readonly string[]): Promise<number> {
+  const client = new MmClient({ host });
+  let code = 0;
+  let afterDashes: string[] | undefined;
+  const program = new Command("mm")
+    .description(`mm through the API at ${host}`)
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  program
+    .command("ps")
+    .option("-a, --all", "include machines that are not running", false)
+    .option("-q, --quiet", "ids only", false)
+    .option("--json", "JSON", false)
+    .action(async (opts) => {
+      const all = (await client.json<Machine[]>("GET", "/v1/machines")).filter(
+        (m) => opts.all || m.state === "running" || m.state === "starting",
+      );
+      if (opts.json) process.stdout.write(`${JSON.stringify(all, null, 2)}\n`);
+      else if (opts.quiet) process.stdout.write(all.map((m) => `${m.id}\n`).join(""));
+      else process.stdout.write(`MACHINE ID\tIMAGE\tSTATUS\tACCEL\tNAME\n${all.map(row).join("")}`);
+    });
+
+  program
+    .command("inspect")
+    .argument("<machines...>")
+    .action(async (refs) => {
+      const out = [];
+      for (const r of refs) out.push(await client.json<Machine>("GET", `/v1/machines/${encodeURIComponent(r)}`));
+      process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+    });
+
+  program
+    .command("run")
+    .argument("[image]")
+    .argument("[command...]")
+    .option("-d, --detach", "required over --host: the machine runs on the server", false)
+    .option("--name <name>")
+    .option("-e, --env <KEY=VALUE>", "environment (repeatable)", collect, [] as string[])
+    .option("-p, --publish <spec>", "publish a port (repeatable)", collect, [] as string[])
+    .option("--network <mode>")
+    .option("--insecure-registry <host:port>", "plain-HTTP loopback registry", collect, [] as string[])
+    .action(async (image, operands, opts) => {
+      const command = afterDashes ?? operands;
+      if (!opts.detach) throw new MmApiError("MM_USAGE", "over --host, mm run needs -d", "add -d, then mm exec", 400);
+      const m = await client.json<Machine>("POST", "/v1/machines", {
+        body: {
+          ...(image !== undefined && image !== "mm/busybox" && { image }),
+          ...(opts.name !== undefined && { name: opts.name }),
+          ...(command.length > 0 && { command }),
+          ...(opts.env.length > 0 && { env: opts.env }),
+          ...(opts.publish.length > 0 && { publish: opts.publish }),
+          ...(opts.network !== undefined && { network: opts.network }),
+          ...(opts.insecureRegistry.length > 0 && { insecureRegistries: opts.insecureRegistry }),
+        },
+      });
+      process.stdout.write(`${m.id}\n`);
+    });
+
+  program
+    .command("exec")
+    .argument("<machine>")
+    .argument("<command...>")
+    .option("-i, --interactive", "pass stdin to the command", false)
+    .option("-e, --env <KEY=VALUE>", "environment (repeatable)", collect, [] as string[])
+    .option("-u, --user <user>")
+    .option("-w, --workdir <dir>")
+    .action(async (ref, command, opts) => {
+      const sb = await Sandbox.connect(ref, client);
+      const p = sb.execStream(command, {
+        ...(opts.env.length > 0 && { env: opts.env }),
+        ...(opts.user !== undefined && { user: opts.user }),
+        ...(opts.workdir !== undefined && { workdir: opts.workdir }),
+      });
+      if (opts.interactive) {
+        process.stdin.on("data", (d: Buffer) => p.write(d));
+        process.stdin.on("end", () => p.end());
+      } else p.end();
+      for await (const c of p.output) (c.stream === "stdout" ? process.stdout : process.stderr).write(c.data);
+      code = await p.exited;
+      process.stdin.destroy();
+    });
+
+  for (const [name, method, path] of [
+    ["stop", "POST", "/stop"],
+    ["start", "POST", "/start"],
+  ] as const) {
+    program
+      .command(name)
+      .argument("<machines...>")
+      .action(async (refs) => {
+        for (const r of refs) {
+          await client.json(method, `/v1/machines/${encodeURIComponent(r)}${path}`);
+          process.stdout.write(`${r}\n`);
+        }
+      });
+  }
+
+  program
+    .command("rm")
+    .argument("<machines...>")
+    .option("-f, --force", "remove running machines too", false)
+    .action(async (refs, opts) => {
+      for (const r of refs) {
+        await client.json("DELETE", `/v1/machines/${encodeURIComponent(r)}`, {
+          query: { force: String(opts.force) },
+        });
+        process.stdout.write(`${r}\n`);
+      }
+    });
+
+  const sandbox = program.command("sandbox");
+  sandbox
+    .command("create")
+    .argument("[image]")
+    .option("--name <name>")
+    .option("--timeout <ms>", "hard lifetime in ms")
+    .option("--allow-tcg", "accept TCG emulation (not a hardware boundary)", false)
+    .action(async (image, opts) => {
+      const sb = await Sandbox.create({
+        client,
+        ...(image !== undefined && { image }),
+        ...(opts.name !== undefined && { name: opts.name }),
+        ...(opts.timeout !== undefined && { timeoutMs: Number(opts.timeout) }),
+        allowTcg: opts.allowTcg,
+      });
+      process.stdout.write(`${sb.id}\n`);
+    });
+  sandbox.command("ls").action(async () => {
+    for (const m of await client.json<Machine[]>("GET", "/v1/sandboxes")) process.stdout.write(row(m));
+  });
+  sandbox
+    .command("rm")
+    .argument("<sandboxes...>")
+    .action(async (refs) => {
+      for (const r of refs) {
+        await client.json("DELETE", `/v1/machines/${encodeURIComponent(r)}`, { query: { force: "true" } });
+        process.stdout.write(`${r}\n`);
+      }
+    });
+
+  // As locally: in `run … -- CMD` everything after the first `--` is the command (never the image).
+  let args = [...argv];
+  const dashes = args.indexOf("--");
+  if (args[0] === "run" && dashes >= 0) {
+    afterDashes = args.slice(dashes + 1);
+    args = args.slice(0, dashes);
+  }
+  try {
+    await program.parseAsync(args, { from: "user" });
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === "commander.unknownCommand") {
+        process.stderr.write(
+          "mm: MM_USAGE: this command is not available through --host yet\n  hint: ps, inspect, run -d, exec, stop, start, rm and sandbox are; run others on the server\n",
+        );
+        code = 125;
+      } else code = e.exitCode === 0 ? 0 : 125;
+    } else code = fail(e);
+  } finally {
+    await client.close();
+  }
+  return code;
+}
