@@ -190,6 +190,18 @@ describe("sandboxes through the SDK", () => {
       const text = logs.map((l) => Buffer.from(l.data, "base64").toString()).join("");
       return text.includes("to-the-console") || undefined;
     }, 10_000);
+    let now = "";
+    for await (const e of sb.logs({ follow: false })) now += Buffer.from(e.data).toString();
+    assert.match(now, /to-the-console/);
+    // Following a machine's log: lines as they come, and the end when it ends.
+    const m = await c.json<{ id: string }>("POST", "/v1/machines", {
+      body: { command: ["sh", "-c", "echo one; sleep 1; echo two"] },
+    });
+    const followed = await Sandbox.connect(m.id, c);
+    let text = "";
+    for await (const e of followed.logs()) if (e.stream === "stdout") text += Buffer.from(e.data).toString();
+    assert.equal(text, "one\ntwo\n");
+    await c.json("DELETE", `/v1/machines/${m.id}`, { query: { force: "true" } });
     const stats = await c.json<{ id: string; memory: { hostRssBytes: number } }>("GET", `/v1/machines/${sb.id}/stats`);
     assert.equal(stats.id, sb.id);
     assert.ok(stats.memory.hostRssBytes > 0);

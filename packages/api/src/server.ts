@@ -559,19 +559,66 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
   );
 
   // Logs, stats, memory
+  // Logs: the whole log (JSON), or with ?follow=true a stream of JSON lines that ends
+  // when the machine does.
   app.get(
     "/v1/machines/:ref/logs",
     {
       schema: {
         params: Ref,
+        querystring: z.object({ follow: z.enum(["true", "false"]).optional() }),
         response: {
           200: z.array(z.object({ time: z.number(), stream: z.string(), data: z.string().describe("base64") })),
           ...errors,
         },
       },
     },
-    async (req) =>
-      rt.logs(req.params.ref).map((e) => ({ time: e.time, stream: e.stream, data: e.data.toString("base64") })),
+    async (req, reply) => {
+      const wire = (e: { time: number; stream: string; data: Buffer }) => ({
+        time: e.time,
+        stream: e.stream,
+        data: e.data.toString("base64"),
+      });
+      const id = rt.find(req.params.ref).id;
+      if (req.query.follow !== "true") return rt.logs(id).map(wire);
+      reply.hijack();
+      const res = reply.raw;
+      res.writeHead(200, { "content-type": "application/x-ndjson" });
+      let open = true;
+      req.raw.on("close", () => {
+        open = false;
+      });
+      // Entries are ordered by time; several may share a millisecond: remember how many of
+      // the last millisecond were sent.
+      let lastTime = -1;
+      let sentAtLast = 0;
+      while (open) {
+        let entries: ReturnType<Runtime["logs"]> = [];
+        let active = false;
+        try {
+          entries = rt.logs(id);
+          active = ["created", "starting", "running", "stopping"].includes(rt.find(id).state);
+        } catch {
+          // removed meanwhile: what was read is all
+        }
+        let atLast = 0;
+        for (const e of entries) {
+          if (e.time < lastTime) continue;
+          if (e.time === lastTime && atLast++ < sentAtLast) continue;
+          res.write(`${JSON.stringify(wire(e))}\n`);
+          if (e.time !== lastTime) {
+            lastTime = e.time;
+            sentAtLast = 0;
+            atLast = 1;
+          }
+          sentAtLast++;
+        }
+        if (!active) break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      res.end();
+      return reply;
+    },
   );
 
   app.get(

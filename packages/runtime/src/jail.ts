@@ -173,8 +173,12 @@ export async function prepareJail(options: {
     const st = await stat(p).catch(() => null);
     if (st?.isFile()) largest = Math.max(largest, st.size, (await qcow2VirtualSize(p)) ?? 0);
   }
+  const all = [files.kernel, ...files.readOnly, ...files.readWrite, ...(files.shared ?? [])];
+  const directories: string[] = [];
+  for (const p of all) if ((await stat(p).catch(() => null))?.isDirectory()) directories.push(p);
   return planJail({
     slot: options.slot,
+    directories,
     ...(options.ids && { ids: options.ids }),
     root: options.root,
     readOnly: [files.kernel, ...files.readOnly],

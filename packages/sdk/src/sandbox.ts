@@ -8,7 +8,7 @@
 
 import WebSocket from "ws";
 import { type ClientOptions, MmApiError, MmClient } from "./client.js";
-import type { ExecResult, Machine, MachineEvent, Process } from "./types.js";
+import type { ExecResult, LogEntry, Machine, MachineEvent, Process } from "./types.js";
 
 export interface SandboxCreateOptions {
   /** Image reference; the embedded busybox image when absent. */
@@ -244,6 +244,31 @@ export class Sandbox {
       ...(opts.signal && { signal: opts.signal }),
     })) {
       if (e.machineId === this.machine.id) yield e;
+    }
+  }
+
+  /**
+   * The sandbox's log (console and its workload's output), as it is written; with
+   * `follow: false` what is there now. Ends with the sandbox, or when `signal` aborts.
+   */
+  async *logs(opts: { follow?: boolean; signal?: AbortSignal } = {}): AsyncGenerator<LogEntry> {
+    const wire = (e: { time: number; stream: string; data: string }): LogEntry => ({
+      time: e.time,
+      stream: e.stream as LogEntry["stream"],
+      data: new Uint8Array(Buffer.from(e.data, "base64")),
+    });
+    if (opts.follow === false) {
+      const all = await this.client.json<{ time: number; stream: string; data: string }[]>("GET", this.path("/logs"), {
+        ...(opts.signal && { signal: opts.signal }),
+      });
+      for (const e of all) yield wire(e);
+      return;
+    }
+    for await (const e of this.client.lines<{ time: number; stream: string; data: string }>(this.path("/logs"), {
+      query: { follow: "true" },
+      ...(opts.signal && { signal: opts.signal }),
+    })) {
+      yield wire(e);
     }
   }
 

@@ -39,3 +39,10 @@ export interface MachineEvent {
   readonly type: string;
   readonly detail: Record<string, unknown> | null;
 }
+
+export interface LogEntry {
+  /** Milliseconds since the epoch. */
+  readonly time: number;
+  readonly stream: "stdout" | "stderr" | "console";
+  readonly data: Uint8Array;
+}

@@ -17,6 +17,7 @@ const input = (over: Partial<JailInput> = {}): JailInput => ({
   root: "/var/lib/mm/run/m1/jail",
   readOnly: ["/var/cache/mm/kernels/default/vmlinux", "/var/lib/mm/rootfs/base.ext4"],
   readWrite: ["/var/lib/mm/machines/m1", "/var/lib/mm/machines/m1/root.qcow2", "/dev/shm/mm-x/machines/m1.ram"],
+  directories: ["/var/lib/mm/machines/m1"],
   kvm: false,
   tap: true,
   cpus: 2,
@@ -98,9 +99,10 @@ test("the executor: a private mount namespace, then chroot, setpriv and prlimit 
     assert.ok(last.includes(want), want);
   }
   // Directories are bound before what lies inside them; read-only binds are remounted ro.
-  const binds = [...script.matchAll(/^mount --bind '([^']+)'/gm)].map((m) => m[1]);
+  const binds = [...script.matchAll(/^mount --bind -o (?:ro,)?nosuid,nodev '([^']+)'/gm)].map((m) => m[1]);
   assert.ok(binds.indexOf("/var/lib/mm/machines/m1") < binds.indexOf("/var/lib/mm/machines/m1/root.qcow2"));
-  assert.match(script, /mount -o remount,bind,ro,nosuid,nodev "\$J"'\/usr'/);
+  assert.match(script, /^mount --bind -o ro,nosuid,nodev '\/usr' "\$J"'\/usr'$/m);
+  assert.match(script, /^mount --bind -o nosuid,nodev '\/var\/lib\/mm\/machines\/m1' /m);
   assert.match(script, /echo \$\$ > '\/c\/memory\/mm\/m1\/cgroup.procs'/);
   assert.match(script, /mount -t proc -o hidepid=invisible,subset=pid/);
 });
@@ -111,9 +113,11 @@ test("shellQuote: any path survives sh (quotes, spaces, $, backslashes)", () => 
   }
 });
 
-test("the executor never truncates a file that a bound directory already shows", () => {
-  const script = jailCommand(planJail(input()), ["x"])[7] as string;
-  for (const line of script.split("\n").filter((l) => l.includes(": >"))) {
-    assert.match(line, /elif \[ ! -e "\$J"/, line);
-  }
+test("the executor makes every mount point in its tmpfs before binding anything (no host file is touched)", () => {
+  const lines = (jailCommand(planJail(input()), ["x"])[7] as string).split("\n");
+  const firstBind = lines.findIndex((l) => l.startsWith("mount --bind"));
+  const made = lines.map((l, i) => [l, i] as const).filter(([l]) => l.startsWith(": >") || l.startsWith("mkdir"));
+  assert.ok(made.length >= 2);
+  for (const [l, i] of made) assert.ok(i < firstBind, l);
+  assert.equal(lines.filter((l) => l.startsWith("mkdir")).length, 1, "one mkdir for all mount points");
 });

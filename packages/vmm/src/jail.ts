@@ -43,6 +43,8 @@ export interface JailPlan {
   readonly readOnly: readonly string[];
   /** Host paths visible read-write inside, at the same path. */
   readonly readWrite: readonly string[];
+  /** Which of those paths are directories (the rest are files). */
+  readonly directories: readonly string[];
   readonly devices: readonly JailDevice[];
   readonly rlimits: { readonly nofile: number; readonly fsizeBytes: number };
   readonly cgroup: { readonly layout: CgroupLayout; readonly limits: CgroupLimits } | null;
@@ -82,6 +84,8 @@ export interface JailInput {
   readonly root: string;
   readonly readOnly: readonly string[];
   readonly readWrite: readonly string[];
+  /** Which of the paths above are directories. */
+  readonly directories: readonly string[];
   readonly kvm: boolean;
   readonly tap: boolean;
   readonly cpus: number;
@@ -110,6 +114,7 @@ export function planJail(input: JailInput): JailPlan {
     root: input.root,
     readOnly: [...SYSTEM_READ_ONLY, ...dedupe(input.readOnly)],
     readWrite: dedupe(input.readWrite),
+    directories: [...SYSTEM_READ_ONLY, ...dedupe(input.directories)],
     devices: [...BASIC_DEVICES, ...(input.kvm ? [KVM_DEVICE] : []), ...(input.tap ? [TUN_DEVICE] : [])],
     rlimits: { nofile: 4096, fsizeBytes: input.fsizeBytes },
     cgroup: input.cgroupLayout
@@ -172,41 +177,34 @@ export function cgroupWrites(layout: CgroupLayout, limits: CgroupLimits): { file
  */
 export function jailCommand(plan: JailPlan, vmm: readonly string[]): string[] {
   const q = shellQuote;
-  const J = plan.root;
-  const lines = [
-    "set -eu",
-    `J=${q(J)}`,
-    'mount -t tmpfs -o mode=0755,nosuid,size=1m mm-jail "$J"',
-    'mkdir -p "$J/dev/net" "$J/tmp" "$J/proc"',
-    // QEMU reaches its own descriptors through /proc/self/fd (9p's xattrs): a proc of its
-    // own, showing only processes of its uid and nothing but processes.
-    'mount -t proc -o hidepid=invisible,subset=pid,nosuid,nodev,noexec mm-proc "$J/proc"',
-    ...USR_LINKS.map((l) => `ln -s usr/${l} "$J/${l}"`),
-  ];
-  const bind = (p: string, ro: boolean) => {
-    lines.push(
-      // The mount point: never truncate or create what is already there (a file inside a
-      // directory bound before it is the host's own file).
-      `if [ -d ${q(p)} ]; then mkdir -p "$J"${q(p)}; elif [ ! -e "$J"${q(p)} ]; then mkdir -p "$(dirname "$J"${q(p)})"; : > "$J"${q(p)}; fi`,
-      `mount --bind ${q(p)} "$J"${q(p)}`,
-    );
-    if (ro) lines.push(`mount -o remount,bind,ro,nosuid,nodev ${'"$J"'}${q(p)}`);
-    else lines.push(`mount -o remount,bind,nosuid,nodev ${'"$J"'}${q(p)}`);
-  };
+  const at = (p: string) => `"$J"${q(p)}`;
   // Parents before children: a directory bound later would hide what is bound inside it.
   const depth = (p: string) => p.split("/").length;
   const binds = [...plan.readOnly.map((p) => ({ p, ro: true })), ...plan.readWrite.map((p) => ({ p, ro: false }))].sort(
     (a, b) => depth(a.p) - depth(b.p),
   );
-  for (const b of binds) bind(b.p, b.ro);
-  for (const d of plan.devices) {
-    const owner = d.mode === 0o600 ? `${plan.uid}:${plan.gid}` : "0:0";
-    lines.push(
-      `mknod "$J"${q(d.path)} ${d.type} ${d.major} ${d.minor}`,
-      `chown ${owner} "$J"${q(d.path)}`,
-      `chmod ${d.mode.toString(8)} "$J"${q(d.path)}`,
-    );
-  }
+  const isDir = (p: string) => plan.directories.includes(p);
+  const parent = (p: string) => p.slice(0, p.lastIndexOf("/")) || "/";
+  // Every mount point is made in the tmpfs before anything is bound, in one mkdir: nothing
+  // is ever created or truncated in a host directory bound into the jail. (Few processes:
+  // each costs a millisecond or two before the VMM starts.)
+  const dirs = [...new Set(["/dev/net", "/tmp", "/proc", ...binds.map((b) => (isDir(b.p) ? b.p : parent(b.p)))])];
+  const own = plan.devices.filter((d) => d.mode === 0o600);
+  const lines = [
+    "set -eu",
+    `J=${q(plan.root)}`,
+    'mount -t tmpfs -o mode=0755,nosuid,size=1m mm-jail "$J"',
+    `mkdir -p ${dirs.map(at).join(" ")}`,
+    ...binds.filter((b) => !isDir(b.p)).map((b) => `: > ${at(b.p)}`),
+    `ln -s ${USR_LINKS.map((l) => `usr/${l}`).join(" ")} "$J/"`,
+    // QEMU reaches its own descriptors through /proc/self/fd (9p's xattrs): a proc of its
+    // own, showing only processes of its uid and nothing but processes.
+    'mount -t proc -o hidepid=invisible,subset=pid,nosuid,nodev,noexec mm-proc "$J/proc"',
+    // util-linux binds and then remounts with the options, in one call.
+    ...binds.map((b) => `mount --bind -o ${b.ro ? "ro," : ""}nosuid,nodev ${q(b.p)} ${at(b.p)}`),
+    ...plan.devices.map((d) => `mknod -m ${d.mode.toString(8)} ${at(d.path)} ${d.type} ${d.major} ${d.minor}`),
+    ...(own.length ? [`chown ${plan.uid}:${plan.gid} ${own.map((d) => at(d.path)).join(" ")}`] : []),
+  ];
   if (plan.cgroup) {
     for (const w of cgroupWrites(plan.cgroup.layout, plan.cgroup.limits)) {
       lines.push(`echo ${w.value === "$$" ? "$$" : q(w.value)} > ${q(w.file)}`);

@@ -4,7 +4,7 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream, constants as fsc } from "node:fs";
-import { access, chown, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { access, chmod, chown, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -103,6 +103,8 @@ export class QemuEngine implements Engine {
     const pidFile = join(ownDir, "qemu.pid");
     await Promise.all([rm(qmpSocket, { force: true }), rm(agentSocket, { force: true }), rm(pidFile, { force: true })]);
     const servers = [await listen(qmpSocket), ...(spec.agentChannel ? [await listen(agentSocket)] : [])];
+    // mm's own and 0600 (in a 0700 directory); gone again once QEMU holds its descriptors.
+    await Promise.all([chmod(qmpSocket, 0o600), ...(spec.agentChannel ? [chmod(agentSocket, 0o600)] : [])]);
     const [qmpServer, agentServer] = servers as [Server, Server | undefined];
     // QEMU gets the other ends as inherited descriptors: connected before it starts, so
     // there is no race and no socket path it must be allowed to reach.
