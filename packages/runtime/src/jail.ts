@@ -111,6 +111,11 @@ export async function removeCgroups(layout: CgroupLayout, waitMs = 0): Promise<v
   }
 }
 
+/** The file whose writing moves a process into the machine's memory cgroup. */
+export function memoryProcsFile(layout: CgroupLayout): string {
+  return layout.version === 2 ? join(layout.dir, "cgroup.procs") : join(layout.dirs.memory, "cgroup.procs");
+}
+
 /** The limits and counters of a machine's memory cgroup (for `mm inspect` and tests). */
 export function memoryEventsFile(layout: CgroupLayout): string {
   return layout.version === 2 ? join(layout.dir, "memory.events") : join(layout.dirs.memory, "memory.failcnt");

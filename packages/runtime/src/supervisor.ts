@@ -28,6 +28,7 @@ import {
   chooseAccel,
   DEVICE_LAYOUT,
   describeExit,
+  type CgroupLayout,
   type Engine,
   type JailPlan,
   jailIds,
@@ -49,8 +50,10 @@ import { Images } from "./images.js";
 import {
   cgroupLayout,
   cgroupMountDir,
+  createCgroups,
   jailEnabled,
   jailSummary,
+  memoryProcsFile,
   ninePOwner,
   prepareJail,
   removeCgroups,
@@ -162,6 +165,7 @@ export class Supervisor {
   private diskFullTimer: NodeJS.Timeout | null = null;
   /** The VMM's jail (null: not jailed, e.g. rootless) and its cgroups, removed when it ends. */
   private jail: JailPlan | null = null;
+  private cgroups: CgroupLayout | null = null;
   /** Host daemons of the machine (virtio-fs, passt): killed when the VMM ends. */
   private daemons: ChildProcess[] = [];
   private finished = false;
@@ -233,7 +237,7 @@ export class Supervisor {
       return { record: rec, exitCode: null, error: err };
     } finally {
       for (const t of this.stopTimers) clearTimeout(t);
-      if (this.jail?.cgroup) await removeCgroups(this.jail.cgroup.layout);
+      if (this.cgroups) await removeCgroups(this.cgroups, 2000);
       this.finished = true;
       for (const d of this.daemons) d.kill("SIGKILL"); // also after a failed boot
       this.daemons = [];
@@ -364,12 +368,26 @@ export class Supervisor {
     await mkdir(join(this.ramFile, ".."), { recursive: true, mode: 0o700 });
     await rm(this.ramFile, { force: true });
     let memoryFile = { path: this.ramFile, shared: true };
+    // The machine's cgroups exist before its RAM is written: the copy below is charged to
+    // the machine, as every page its VMM touches later is.
+    const cgroups = jailEnabled(env) ? await cgroupLayout(this.id, cgroupMountDir(paths)) : null;
+    if (cgroups) {
+      await createCgroups(cgroups);
+      this.cgroups = cgroups;
+    }
     if (restore?.snap.memory === "file" && restore.snap.ram) {
       if (restore.memory === "cow") memoryFile = { path: restore.snap.ram.path, shared: false };
       else {
         const source =
           restore.snap.kind === "template" ? await templateRamCache(paths, env, restore.snap) : restore.snap.ram.path;
-        await runTool("cp", ["--sparse=always", source, this.ramFile], "copying the snapshot's RAM");
+        const copy = ["--sparse=always", source, this.ramFile];
+        await (cgroups
+          ? runTool(
+              "sh",
+              ["-c", 'echo $$ > "$1" && shift && exec cp "$@"', "mm-ram-copy", memoryProcsFile(cgroups), ...copy],
+              "copying the snapshot's RAM",
+            )
+          : runTool("cp", copy, "copying the snapshot's RAM"));
       }
     }
     this.memoryShared = memoryFile.shared;
@@ -478,7 +496,7 @@ export class Supervisor {
         tap: netMode === "bridge",
         cpus: rec.spec.cpus,
         memoryMib: rec.spec.memoryMib,
-        cgroup: await cgroupLayout(this.id, cgroupMountDir(paths)),
+        cgroup: cgroups,
         ...(env.MM_VMM_OVERHEAD_MIB && { overheadMib: Number(env.MM_VMM_OVERHEAD_MIB) }),
       });
       store.update(this.id, { jail: jailSummary(this.jail) });
