@@ -321,7 +321,36 @@ describe("sandbox lifetime and TCG", () => {
     assert.equal(sb.code, 0, sb.stderr);
     assert.match((await remote(["sandbox", "ls"])).stdout, new RegExp(sb.stdout.trim()));
     assert.equal((await remote(["sandbox", "rm", sb.stdout.trim()])).code, 0);
-    const unsupported = await remote(["snapshot", "ls"]);
+    // Files, logs, snapshots and forks through the API too.
+    const { mkdtempSync, readFileSync, writeFileSync } = await import("node:fs");
+    const { tmpdir } = await import("node:os");
+    const tmp = mkdtempSync(join(tmpdir(), "mm-remote-"));
+    writeFileSync(join(tmp, "in.txt"), "host bytes\n");
+    assert.equal((await remote(["cp", join(tmp, "in.txt"), "viaapi:/tmp/in.txt"])).code, 0);
+    assert.equal((await remote(["exec", "viaapi", "--", "cat", "/tmp/in.txt"])).stdout, "host bytes\n");
+    assert.equal((await remote(["cp", "viaapi:/tmp/in.txt", join(tmp, "back.txt")])).code, 0);
+    assert.equal(readFileSync(join(tmp, "back.txt"), "utf8"), "host bytes\n");
+    const snap = await remote(["snapshot", "create", "--tag", "remote", "viaapi"]);
+    assert.equal(snap.code, 0, snap.stderr);
+    assert.match((await remote(["snapshot", "ls"])).stdout, /\tviaapi\tremote\t/);
+    const forked = await remote(["fork", "viaapi", "viaclone"]);
+    assert.equal(forked.code, 0, forked.stderr);
+    assert.equal((await remote(["exec", "viaclone", "--", "cat", "/tmp/in.txt"])).stdout, "host bytes\n");
+    assert.equal((await remote(["rm", "-f", "viaclone"])).code, 0);
+    const printer = await remote([
+      "run",
+      "-d",
+      "--name",
+      "printer",
+      "--",
+      "sh",
+      "-c",
+      "echo first; sleep 1; echo second",
+    ]);
+    assert.equal(printer.code, 0, printer.stderr);
+    assert.equal((await remote(["logs", "-f", "printer"])).stdout, "first\nsecond\n");
+    await remote(["rm", "-f", "printer"]);
+    const unsupported = await remote(["volume", "ls"]);
     assert.equal(unsupported.code, 125);
     assert.match(unsupported.stderr, /not available through --host/);
     const missing = await remote(["inspect", "nosuch"]);
@@ -333,9 +362,13 @@ describe("sandbox lifetime and TCG", () => {
   test("SIGTERM stops the server gracefully: it exits 0 and removes its socket", async () => {
     const extra = join(h.state, "api-term.sock");
     const s = await startServer(["--socket", extra], true);
-    const code = new Promise<number | null>((r) => s.child.on("exit", r));
+    let stderr = "";
+    s.child.stderr?.on("data", (d) => {
+      stderr += d;
+    });
+    const ended = new Promise<[number | null, string | null]>((r) => s.child.on("exit", (c, sig) => r([c, sig])));
     s.child.kill("SIGTERM");
-    assert.equal(await code, 0);
+    assert.deepEqual(await ended, [0, null], stderr);
     assert.equal(existsSync(extra), false);
   });
 });

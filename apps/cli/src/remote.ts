@@ -1,6 +1,6 @@
 // `mm --host unix:///…/api.sock …` (or MM_HOST): the CLI as a client of `mm serve`, for
-// the commands a remote user needs most — ps, inspect, run -d, exec, stop, start, rm,
-// sandbox create/ls/rm. Bundled apart (apps/cli/dist/remote-cli.js) and loaded only when
+// the commands a remote user needs most — ps, inspect, run -d, exec, logs, cp (one file),
+// stop, start, rm, snapshot create/ls, restore, fork, images, sandbox create/ls/rm. Bundled apart (apps/cli/dist/remote-cli.js) and loaded only when
 // a host is given, so local commands do not carry the HTTP and WebSocket clients.
 
 import { Command, CommanderError } from "@commander-js/extra-typings";
@@ -133,6 +133,90 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
       }
     });
 
+  program
+    .command("logs")
+    .argument("<machine>")
+    .option("-f, --follow", "follow until the machine ends", false)
+    .action(async (ref, opts) => {
+      const sb = await Sandbox.connect(ref, client);
+      for await (const e of sb.logs({ follow: opts.follow })) {
+        if (e.stream !== "console") (e.stream === "stderr" ? process.stderr : process.stdout).write(e.data);
+      }
+    });
+
+  program
+    .command("cp")
+    .description("copy one file: HOSTFILE MACHINE:/path, or MACHINE:/path HOSTFILE")
+    .argument("<src>")
+    .argument("<dest>")
+    .action(async (src, dest) => {
+      const { readFile, writeFile } = await import("node:fs/promises");
+      const guest = (x: string) => /^([^/:]+):(\/.*)$/.exec(x);
+      const into = guest(dest);
+      const from = guest(src);
+      if (into && !from) {
+        const sb = await Sandbox.connect(into[1] as string, client);
+        await sb.files.write(into[2] as string, await readFile(src));
+      } else if (from && !into) {
+        const sb = await Sandbox.connect(from[1] as string, client);
+        await writeFile(dest, await sb.files.read(from[2] as string));
+      } else {
+        throw new MmApiError("MM_USAGE", "one side must be MACHINE:/path, the other a host file", "", 400);
+      }
+    });
+
+  const snapshot = program.command("snapshot");
+  snapshot
+    .command("create")
+    .argument("<machine>")
+    .option("--tag <tag>")
+    .action(async (ref, opts) => {
+      const s = await client.json<{ id: string }>("POST", `/v1/machines/${encodeURIComponent(ref)}/snapshots`, {
+        body: { ...(opts.tag !== undefined && { tag: opts.tag }) },
+      });
+      process.stdout.write(`${s.id}\n`);
+    });
+  snapshot.command("ls").action(async () => {
+    for (const s of await client.json<{ id: string; machine: string; tag: string | null; createdAt: string }[]>(
+      "GET",
+      "/v1/snapshots",
+    )) {
+      process.stdout.write(`${s.id.slice(0, 12)}\t${s.machine}\t${s.tag ?? ""}\t${s.createdAt}\n`);
+    }
+  });
+
+  program
+    .command("restore")
+    .argument("<snapshot>")
+    .argument("<name>")
+    .action(async (snap, name) => {
+      const m = await client.json<Machine>("POST", `/v1/snapshots/${encodeURIComponent(snap)}/restore`, {
+        body: { name },
+      });
+      process.stdout.write(`${m.id}\n`);
+    });
+
+  program
+    .command("fork")
+    .argument("<machine>")
+    .argument("<name>")
+    .option("--count <n>", "clones", "1")
+    .action(async (ref, name, opts) => {
+      const clones = await client.json<Machine[]>("POST", `/v1/machines/${encodeURIComponent(ref)}/fork`, {
+        body: { name, count: Number(opts.count) },
+      });
+      for (const c of clones) process.stdout.write(`${c.id}\n`);
+    });
+
+  program.command("images").action(async () => {
+    for (const i of await client.json<{ reference: string; digest: string; sizeBytes: number }[]>(
+      "GET",
+      "/v1/images",
+    )) {
+      process.stdout.write(`${i.reference}\t${i.digest.slice(7, 19)}\t${i.sizeBytes}\n`);
+    }
+  });
+
   const sandbox = program.command("sandbox");
   sandbox
     .command("create")
@@ -176,7 +260,7 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
     if (e instanceof CommanderError) {
       if (e.code === "commander.unknownCommand") {
         process.stderr.write(
-          "mm: MM_USAGE: this command is not available through --host yet\n  hint: ps, inspect, run -d, exec, stop, start, rm and sandbox are; run others on the server\n",
+          "mm: MM_USAGE: this command is not available through --host yet\n  hint: ps, inspect, run -d, exec, logs, cp, stop, start, rm, snapshot, restore, fork, images and sandbox are; run others on the server\n",
         );
         code = 125;
       } else code = e.exitCode === 0 ? 0 : 125;
