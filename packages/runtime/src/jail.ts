@@ -55,7 +55,8 @@ async function mountedLayout(id: string, dir: string): Promise<CgroupLayout | nu
   return layoutAt(id, dir);
 }
 
-async function layoutAt(id: string, root: string): Promise<CgroupLayout | null> {
+/** The layout under one cgroup root (exported for tests). */
+export async function layoutAt(id: string, root: string): Promise<CgroupLayout | null> {
   const controllers = await readFile(join(root, "cgroup.controllers"), "utf8").catch(() => null);
   if (controllers !== null) {
     const have = controllers.split(/\s+/);
