@@ -65,7 +65,8 @@ did "packages built (tsc -b, incremental) and the CLI bundled (esbuild: apps/cli
 # 4. guest init
 step "guest init (mm-init, static musl)"
 make -s -C guest/init
-did "$(ls -l guest/init/build/mm-init | awk '{print $5}') bytes: guest/init/build/mm-init"
+make -s -C host/jail
+did "$(ls -l guest/init/build/mm-init | awk '{print $5}') bytes: guest/init/build/mm-init; host/jail/build/mm-jail"
 
 # 5. guest kernel
 step "guest kernel"

@@ -7,7 +7,7 @@ import { userInfo } from "node:os";
 import { join } from "node:path";
 import { chooseAccel, findExecutable, kvmDeviceUsable } from "@mm/vmm";
 import { defaultImageRootfs, elfNeedsInterpreter } from "./default-image.js";
-import { cgroupLayout, cgroupMountDir, jailEnabled } from "./jail.js";
+import { cgroupLayout, cgroupMountDir, jailEnabled, jailExecutor } from "./jail.js";
 import { HostNetwork } from "./network.js";
 import { initPath, isRootless, kernelPath, runDir } from "./paths.js";
 import type { Runtime } from "./runtime.js";
@@ -211,16 +211,13 @@ async function jailCheck(rt: Runtime): Promise<Check> {
       hint: "unset MM_JAIL: every VMM then runs jailed",
     };
   }
-  const missing: string[] = [];
-  for (const t of ["unshare", "setpriv", "prlimit", "mknod", "chroot", "mount"]) {
-    if (!(await findExecutable(t))) missing.push(t);
-  }
-  if (missing.length) {
+  const executor = jailExecutor(rt.env);
+  if (!(await findExecutable(executor))) {
     return {
       name: "VMM jail",
       ok: false,
-      detail: `missing ${missing.join(", ")}`,
-      hint: "apt-get install util-linux coreutils mount",
+      detail: `${executor} is missing`,
+      hint: "make -C host/jail (scripts/setup.sh does it)",
     };
   }
   const cg = await cgroupLayout("doctor", cgroupMountDir(rt.paths));

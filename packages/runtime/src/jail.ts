@@ -8,7 +8,7 @@ import { chmod, chown, mkdir, open, readFile, rmdir, stat, writeFile } from "nod
 import { dirname, join } from "node:path";
 import { MmError } from "@mm/core";
 import { type CgroupLayout, type JailPlan, jailIds, planJail } from "@mm/vmm";
-import { isRootless, type Paths } from "./paths.js";
+import { installRoot, isRootless, type Paths } from "./paths.js";
 
 const CGROUP_ROOT = "/sys/fs/cgroup";
 /** What the VMM may use beyond the guest's RAM (TCG's translation cache, page tables, buffers). */
@@ -122,6 +122,11 @@ export function memoryEventsFile(layout: CgroupLayout): string {
   return layout.version === 2 ? join(layout.dir, "memory.events") : join(layout.dirs.memory, "memory.failcnt");
 }
 
+/** The jail's executor (host/jail/mm-jail.c), built by scripts/setup.sh; MM_JAIL_BIN overrides. */
+export function jailExecutor(env: NodeJS.ProcessEnv = process.env): string {
+  return env.MM_JAIL_BIN || join(installRoot(), "host", "jail", "build", "mm-jail");
+}
+
 /** Whether VMMs run jailed here: as root, unless MM_JAIL=0 (a debugging switch, said in `mm inspect`). */
 export function jailEnabled(env: NodeJS.ProcessEnv): boolean {
   return !isRootless() && env.MM_JAIL !== "0";
@@ -142,8 +147,6 @@ export interface JailFiles {
 /** Plans the machine's jail and gives its files to the machine's uid. */
 export async function prepareJail(options: {
   readonly slot: number;
-  /** Run as these ids instead of the slot's (a 9p share's owner, see JailInput.ids). */
-  readonly ids?: { readonly uid: number; readonly gid: number };
   readonly root: string;
   readonly files: JailFiles;
   readonly kvm: boolean;
@@ -154,7 +157,7 @@ export async function prepareJail(options: {
   /** The VMM's memory allowance above guest RAM (MM_VMM_OVERHEAD_MIB, default VMM_OVERHEAD_MIB). */
   readonly overheadMib?: number;
 }): Promise<JailPlan> {
-  const { uid, gid } = options.ids ?? jailIds(options.slot);
+  const { uid, gid } = jailIds(options.slot);
   const { files } = options;
   try {
     await mkdir(options.root, { recursive: true, mode: 0o700 });
@@ -183,9 +186,9 @@ export async function prepareJail(options: {
   const directories: string[] = [];
   for (const p of all) if ((await stat(p).catch(() => null))?.isDirectory()) directories.push(p);
   return planJail({
+    executor: jailExecutor(),
     slot: options.slot,
     directories,
-    ...(options.ids && { ids: options.ids }),
     root: options.root,
     readOnly: [files.kernel, ...files.readOnly],
     readWrite: [...files.readWrite, ...(files.shared ?? [])],
@@ -251,20 +254,4 @@ export function jailSummary(plan: JailPlan): JailSummary {
     capabilities: "none",
     noNewPrivs: true,
   };
-}
-
-/**
- * The ids a VMM serving 9p shares runs as: the shared directories' owner (one owner for
- * all of them, or the start is refused).
- */
-export async function ninePOwner(sources: readonly string[]): Promise<{ uid: number; gid: number } | undefined> {
-  if (sources.length === 0) return undefined;
-  const owners = await Promise.all(sources.map((p) => stat(p)));
-  const first = owners[0] as { uid: number; gid: number };
-  if (owners.some((o) => o.uid !== first.uid)) {
-    throw new MmError("MM_JAIL_FAILED", `9p shares of different owners (${sources.join(", ")})`, {
-      hint: "a VMM serving 9p acts as the directories' owner: share directories of one owner, or use virtio-fs",
-    });
-  }
-  return { uid: first.uid, gid: first.gid };
 }

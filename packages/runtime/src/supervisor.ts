@@ -25,10 +25,10 @@ import {
   workloadArgv,
 } from "@mm/core";
 import {
+  type CgroupLayout,
   chooseAccel,
   DEVICE_LAYOUT,
   describeExit,
-  type CgroupLayout,
   type Engine,
   type JailPlan,
   jailIds,
@@ -54,7 +54,6 @@ import {
   jailEnabled,
   jailSummary,
   memoryProcsFile,
-  ninePOwner,
   prepareJail,
   removeCgroups,
 } from "./jail.js";
@@ -397,13 +396,17 @@ export class Supervisor {
     let identity: NetworkIdentity | undefined;
     const jailed = jailEnabled(env);
     const slot = jailed ? store.jailSlot(this.id) : null;
-    // A VMM serving 9p shares runs as their owner (jail.ts, ninePOwner).
-    const nineP = driver === "9p" ? binds : [];
-    const owner = slot === null ? undefined : await ninePOwner(nineP.map((b) => b.source));
+    // QEMU's 9p server acts with the VMM's own credentials, and a jailed VMM is never the
+    // directory's owner: 9p shares are for rootless mode (or MM_JAIL=0).
+    if (slot !== null && driver === "9p" && binds.length > 0) {
+      throw new MmError("MM_JAIL_FAILED", "a jailed VMM cannot serve a 9p share (it acts as its own uid)", {
+        hint: "share over virtio-fs (Debian's qemu-system-common has virtiofsd; unset MM_FS=9p), or run mm without root",
+      });
+    }
     if (netMode === "bridge") {
       this.attached = true;
       // A jailed VMM opens its TAP as the machine's uid: the TAP is that uid's.
-      const tapUser = slot === null ? undefined : (owner ?? jailIds(slot)).uid;
+      const tapUser = slot === null ? undefined : jailIds(slot).uid;
       const a = await new HostNetwork(store, env).attach(rec, hostnameFor(rec.spec.name), tapUser);
       nic = { tap: a.lease.tap, mac: a.lease.mac };
       identity = a.identity;
@@ -470,15 +473,10 @@ export class Supervisor {
       await mkdir(vmmDir(run), { recursive: true, mode: 0o700 });
       this.jail = await prepareJail({
         slot,
-        ...(owner && { ids: owner }),
         root: join(run, "jail"),
         files: {
           kernel,
-          readOnly: [
-            ...(await diskChain(overlay)).slice(1),
-            tools.disk,
-            ...nineP.filter((b) => b.readOnly).map((b) => b.source),
-          ],
+          readOnly: [...(await diskChain(overlay)).slice(1), tools.disk],
           readWrite: [
             machineDir(paths, this.id),
             overlay,
@@ -487,10 +485,7 @@ export class Supervisor {
             ...volumePaths,
           ],
           machineDir: machineDir(paths, this.id),
-          shared: [
-            ...(memoryFile.shared ? [] : [memoryFile.path]),
-            ...nineP.filter((b) => !b.readOnly).map((b) => b.source),
-          ],
+          shared: [...(memoryFile.shared ? [] : [memoryFile.path])],
         },
         kvm: accel.accel === "kvm",
         tap: netMode === "bridge",

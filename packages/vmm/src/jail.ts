@@ -1,15 +1,16 @@
-// The jailed VMM: a pure plan (what the VMM may see and be) and the shell script that
-// carries it out between mm's supervisor and QEMU. Like Firecracker's jailer, but QEMU
-// is a dynamically linked binary, so the jail's root holds the host's /usr read-only
-// next to the machine's own files (bound at their usual paths, so QEMU's arguments and
-// qcow2 backing paths stay as they are) and nothing else of mm's state.
+// The jailed VMM: a pure plan (what the VMM may see and be) and the command line of its
+// executor, mm-jail (host/jail/mm-jail.c), which carries it out between mm's supervisor
+// and QEMU. Like Firecracker's jailer, but QEMU is a dynamically linked binary, so the
+// jail's root holds the host's /usr read-only next to the machine's own files (bound at
+// their usual paths, so QEMU's arguments and qcow2 backing paths stay as they are) and
+// nothing else of mm's state.
 //
-// Inside a private mount namespace (unshare --mount), the script mounts a tmpfs root,
-// binds what the plan lists, creates the device nodes the VMM needs (owned by its uid),
-// joins the machine's cgroups, then chroots, drops to the machine's own uid/gid with no
-// supplementary groups, no capabilities (bounding set emptied) and no_new_privs, lowers
-// its rlimits and execs QEMU, whose seccomp filter (-sandbox) comes on before the guest
-// runs. Every step that fails ends the start: a jail is never half applied.
+// In a private mount namespace the executor mounts a tmpfs root, binds what the plan
+// lists, creates the device nodes the VMM needs (owned by its uid), joins the machine's
+// cgroups, then chroots, drops to the machine's own uid/gid with no supplementary groups,
+// no capabilities (bounding set emptied) and no_new_privs, lowers its rlimits and execs
+// QEMU, whose seccomp filter (-sandbox) comes on before the guest runs. Every step that
+// fails ends the start: a jail is never half applied.
 
 export interface JailDevice {
   readonly path: string;
@@ -35,6 +36,8 @@ export type CgroupLayout =
   | { readonly version: 1; readonly dirs: { readonly cpu: string; readonly memory: string; readonly pids: string } };
 
 export interface JailPlan {
+  /** The executor binary (mm-jail). */
+  readonly executor: string;
   readonly uid: number;
   readonly gid: number;
   /** An empty directory on the host: the jail's root is a tmpfs mounted on it (in the namespace only). */
@@ -74,13 +77,9 @@ export const KVM_DEVICE: JailDevice = { path: "/dev/kvm", type: "c", major: 10, 
 export const TUN_DEVICE: JailDevice = { path: "/dev/net/tun", type: "c", major: 10, minor: 200, mode: 0o666 };
 
 export interface JailInput {
+  /** The executor binary (host/jail/build/mm-jail). */
+  readonly executor: string;
   readonly slot: number;
-  /**
-   * The VMM's ids when they cannot be the slot's: QEMU's 9p server acts on the shared
-   * directory with the VMM's own credentials, so a machine sharing a directory over 9p
-   * runs its VMM as that directory's owner (every other part of the jail holds).
-   */
-  readonly ids?: { readonly uid: number; readonly gid: number };
   readonly root: string;
   readonly readOnly: readonly string[];
   readonly readWrite: readonly string[];
@@ -103,12 +102,13 @@ export function jailIds(slot: number): { uid: number; gid: number } {
 }
 
 export function planJail(input: JailInput): JailPlan {
-  const { uid, gid } = input.ids ?? jailIds(input.slot);
+  const { uid, gid } = jailIds(input.slot);
   for (const p of [input.root, ...input.readOnly, ...input.readWrite]) checkPath(p);
   const overlapsSystem = (p: string) => SYSTEM_READ_ONLY.some((s) => p === s || p.startsWith(`${s}/`));
   const own = [...input.readOnly, ...input.readWrite].filter(overlapsSystem);
   if (own.length > 0) throw new RangeError(`jail paths inside system directories: ${own.join(", ")}`);
   return {
+    executor: input.executor,
     uid,
     gid,
     root: input.root,
@@ -142,12 +142,7 @@ function checkPath(p: string): void {
   }
 }
 
-/** Single-quoted for sh: every byte literal. */
-export function shellQuote(s: string): string {
-  return `'${s.replaceAll("'", `'\\''`)}'`;
-}
-
-/** The cgroup files the script writes: limits first, then the VMM's pid (the script's own, kept across exec). */
+/** The cgroup files the executor writes: limits first, then its pid ("self": the VMM's, kept across exec). */
 export function cgroupWrites(layout: CgroupLayout, limits: CgroupLimits): { file: string; value: string }[] {
   if (layout.version === 2) {
     return [
@@ -155,7 +150,7 @@ export function cgroupWrites(layout: CgroupLayout, limits: CgroupLimits): { file
       { file: `${layout.dir}/memory.swap.max`, value: "0" },
       { file: `${layout.dir}/cpu.max`, value: `${limits.cpuQuotaUs} ${limits.cpuPeriodUs}` },
       { file: `${layout.dir}/pids.max`, value: String(limits.pids) },
-      { file: `${layout.dir}/cgroup.procs`, value: "$$" },
+      { file: `${layout.dir}/cgroup.procs`, value: "self" },
     ];
   }
   const d = layout.dirs;
@@ -164,20 +159,21 @@ export function cgroupWrites(layout: CgroupLayout, limits: CgroupLimits): { file
     { file: `${d.cpu}/cpu.cfs_period_us`, value: String(limits.cpuPeriodUs) },
     { file: `${d.cpu}/cpu.cfs_quota_us`, value: String(limits.cpuQuotaUs) },
     { file: `${d.pids}/pids.max`, value: String(limits.pids) },
-    { file: `${d.memory}/cgroup.procs`, value: "$$" },
-    { file: `${d.cpu}/cgroup.procs`, value: "$$" },
-    { file: `${d.pids}/cgroup.procs`, value: "$$" },
+    { file: `${d.memory}/cgroup.procs`, value: "self" },
+    { file: `${d.cpu}/cgroup.procs`, value: "self" },
+    { file: `${d.pids}/cgroup.procs`, value: "self" },
   ];
 }
 
 /**
- * The executor: `unshare --mount --propagation private -- sh -c SCRIPT` then the VMM's
- * argv. The script ends in `exec chroot … setpriv … prlimit … "$@"`, so the VMM keeps
- * the pid mm started (and the parent-death signal, set again after the uid change).
+ * The executor's command line: mm-jail (host/jail/mm-jail.c) carries the plan out with
+ * system calls — a private mount namespace and its tmpfs root, every mount point made
+ * there before anything is bound (nothing is ever created in a host directory), binds
+ * (parents first), device nodes, cgroup joins, then chroot, no groups, the VMM's ids, no
+ * capabilities, no_new_privs, rlimits and the parent-death signal — and execs the VMM,
+ * which keeps the pid mm started.
  */
 export function jailCommand(plan: JailPlan, vmm: readonly string[]): string[] {
-  const q = shellQuote;
-  const at = (p: string) => `"$J"${q(p)}`;
   // Parents before children: a directory bound later would hide what is bound inside it.
   const depth = (p: string) => p.split("/").length;
   const binds = [...plan.readOnly.map((p) => ({ p, ro: true })), ...plan.readWrite.map((p) => ({ p, ro: false }))].sort(
@@ -185,48 +181,39 @@ export function jailCommand(plan: JailPlan, vmm: readonly string[]): string[] {
   );
   const isDir = (p: string) => plan.directories.includes(p);
   const parent = (p: string) => p.slice(0, p.lastIndexOf("/")) || "/";
-  // Every mount point is made in the tmpfs before anything is bound, in one mkdir: nothing
-  // is ever created or truncated in a host directory bound into the jail. (Few processes:
-  // each costs a millisecond or two before the VMM starts.)
-  const dirs = [...new Set(["/dev/net", "/tmp", "/proc", ...binds.map((b) => (isDir(b.p) ? b.p : parent(b.p)))])];
-  const own = plan.devices.filter((d) => d.mode === 0o600);
-  const lines = [
-    "set -eu",
-    `J=${q(plan.root)}`,
-    'mount -t tmpfs -o mode=0755,nosuid,size=1m mm-jail "$J"',
-    `mkdir -p ${dirs.map(at).join(" ")}`,
-    ...binds.filter((b) => !isDir(b.p)).map((b) => `: > ${at(b.p)}`),
-    `ln -s ${USR_LINKS.map((l) => `usr/${l}`).join(" ")} "$J/"`,
+  const dirs = [...new Set(["/dev/net", "/tmp", ...binds.map((b) => (isDir(b.p) ? b.p : parent(b.p)))])];
+  const ops: string[] = [
+    "root",
+    plan.root,
+    "ids",
+    String(plan.uid),
+    String(plan.gid),
+    ...dirs.flatMap((d) => ["dir", d]),
+    ...binds.filter((b) => !isDir(b.p)).flatMap((b) => ["file", b.p]),
+    ...USR_LINKS.flatMap((l) => ["link", `usr/${l}`, `/${l}`]),
     // QEMU reaches its own descriptors through /proc/self/fd (9p's xattrs): a proc of its
     // own, showing only processes of its uid and nothing but processes.
-    'mount -t proc -o hidepid=invisible,subset=pid,nosuid,nodev,noexec mm-proc "$J/proc"',
-    // util-linux binds and then remounts with the options, in one call.
-    ...binds.map((b) => `mount --bind -o ${b.ro ? "ro," : ""}nosuid,nodev ${q(b.p)} ${at(b.p)}`),
-    ...plan.devices.map((d) => `mknod -m ${d.mode.toString(8)} ${at(d.path)} ${d.type} ${d.major} ${d.minor}`),
-    ...(own.length ? [`chown ${plan.uid}:${plan.gid} ${own.map((d) => at(d.path)).join(" ")}`] : []),
+    "proc",
+    ...binds.flatMap((b) => ["bind", b.ro ? "ro" : "rw", b.p]),
+    ...plan.devices.flatMap((d) => {
+      const own = d.mode === 0o600;
+      return [
+        "dev",
+        d.path,
+        String(d.major),
+        String(d.minor),
+        d.mode.toString(8),
+        String(own ? plan.uid : 0),
+        String(own ? plan.gid : 0),
+      ];
+    }),
+    ...(plan.cgroup
+      ? cgroupWrites(plan.cgroup.layout, plan.cgroup.limits).flatMap((w) => ["cgroup", w.file, w.value])
+      : []),
+    "nofile",
+    String(plan.rlimits.nofile),
+    "fsize",
+    String(plan.rlimits.fsizeBytes),
   ];
-  if (plan.cgroup) {
-    for (const w of cgroupWrites(plan.cgroup.layout, plan.cgroup.limits)) {
-      lines.push(`echo ${w.value === "$$" ? "$$" : q(w.value)} > ${q(w.file)}`);
-    }
-  }
-  lines.push(
-    [
-      'exec chroot "$J" /usr/bin/setpriv',
-      `--reuid=${plan.uid}`,
-      `--regid=${plan.gid}`,
-      "--clear-groups",
-      "--inh-caps=-all",
-      "--bounding-set=-all",
-      "--no-new-privs",
-      "--pdeathsig=KILL",
-      "--",
-      "/usr/bin/prlimit",
-      `--nofile=${plan.rlimits.nofile}:${plan.rlimits.nofile}`,
-      `--fsize=${plan.rlimits.fsizeBytes}:${plan.rlimits.fsizeBytes}`,
-      "--",
-      '"$@"',
-    ].join(" "),
-  );
-  return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", lines.join("\n"), "mm-jail", ...vmm];
+  return [plan.executor, ...ops, "--", ...vmm];
 }

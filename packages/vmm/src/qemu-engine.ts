@@ -131,12 +131,13 @@ export class QemuEngine implements Engine {
         pidFile,
         ...(this.options.tscKhz !== undefined && { tscKhz: this.options.tscKhz }),
       });
-      const vmm = spec.jail ? jailCommand(spec.jail, [qemu, ...args]) : [qemu, ...args];
-      // setpriv --pdeathsig: if the supervising process dies (even by SIGKILL), the kernel
-      // kills QEMU too, so no VMM is ever orphaned (the jail sets it again after its uid change).
-      child = spawn(setpriv, ["--pdeathsig", "KILL", "--", ...vmm], {
-        stdio: ["ignore", "pipe", "pipe", ...handed],
-      });
+      // If the supervising process dies (even by SIGKILL), the kernel kills QEMU too, so no
+      // VMM is ever orphaned: setpriv --pdeathsig, or the jail's executor, which sets it
+      // itself (again after its uid change, which clears it).
+      const argv = spec.jail
+        ? jailCommand(spec.jail, [qemu, ...args])
+        : [setpriv, "--pdeathsig", "KILL", "--", qemu, ...args];
+      child = spawn(argv[0] as string, argv.slice(1), { stdio: ["ignore", "pipe", "pipe", ...handed] });
       vm = new QemuVm(child, spec, join(ownDir, "migrate.sock"));
       for (const h of handed) h.destroy(); // the child holds its own copies
       const running = vm;
