@@ -57,11 +57,12 @@ export function addServeCommands(
         bodyLimit: Number(opts.bodyLimit),
         supervisorCommand,
       });
-      process.stdout.write(`${JSON.stringify({ listening: serving.addresses })}\n`);
-      // Graceful on SIGTERM/SIGINT: no new connections, requests in flight finish.
+      // Graceful on SIGTERM/SIGINT: no new connections, requests in flight finish. Set up
+      // before the address is printed: whoever reads it may signal at once.
       const shutdown = () => void serving.close().then(() => process.exit(0));
       process.once("SIGTERM", shutdown);
       process.once("SIGINT", shutdown);
+      process.stdout.write(`${JSON.stringify({ listening: serving.addresses })}\n`);
     });
 
   const sandbox = program.command("sandbox").description("sandboxes: machines that idle until their lifetime ends");
