@@ -13,6 +13,9 @@
 //   link TARGET NAME         a symlink NAME (relative to the root) → TARGET
 //   proc                     a proc of its own at /proc: hidepid=invisible,subset=pid
 //   bind ro|rw PATH          PATH of the host at the same path inside, nosuid,nodev(,ro)
+//   idmap ro|rw PATH UID GID the same, idmapped: files the host has as UID:GID are the
+//                            VMM's own inside, and what it creates lands as UID:GID (a 9p
+//                            share served by a VMM that never is the directory's owner)
 //   dev PATH MAJOR MINOR MODE UID GID   a character device node
 //   cgroup FILE VALUE        written before the chroot; VALUE "self" is this process's pid
 //   ids UID GID              what the VMM runs as
@@ -34,6 +37,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 // capset(2)'s structures (musl has no <linux/capability.h>): version 3, two data words.
@@ -105,6 +109,77 @@ static void write_file(const char *file, const char *value) {
   close(fd);
 }
 
+// Idmapped mounts (Linux 5.12): open_tree, mount_setattr, move_mount. musl has no
+// wrappers, so the system calls are made directly (x86_64 numbers).
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#define OPEN_TREE_CLONE 1
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#define MOUNT_ATTR_RDONLY 0x00000001
+#define MOUNT_ATTR_NOSUID 0x00000002
+#define MOUNT_ATTR_NODEV 0x00000004
+#define MOUNT_ATTR_IDMAP 0x00100000
+struct mount_attr_v0 {
+  uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+/* A user namespace whose only mapping is host id `disk` ↔ `vmm`: a mount idmapped with
+   it shows files `disk` owns as `vmm`'s. Made by a child that unshares and waits. */
+static int idmap_userns(unsigned long disk_uid, unsigned long disk_gid, long vmm_uid, long vmm_gid) {
+  int ready[2], go[2];
+  if (pipe(ready) != 0 || pipe(go) != 0) die("pipe", NULL);
+  pid_t pid = fork();
+  if (pid < 0) die("fork", NULL);
+  if (pid == 0) {
+    char c = 0;
+    if (unshare(CLONE_NEWUSER) != 0) _exit(1);
+    if (write(ready[1], &c, 1) != 1) _exit(1);
+    if (read(go[0], &c, 1) < 0) _exit(1);
+    _exit(0);
+  }
+  char c;
+  if (read(ready[0], &c, 1) != 1) die("userns child", NULL);
+  char path[64], map[128];
+  int n;
+  snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
+  n = snprintf(map, sizeof map, "%lu %ld 1\n", disk_uid, vmm_uid);
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || write(fd, map, (size_t)n) != n) die("uid_map", path);
+  close(fd);
+  snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
+  n = snprintf(map, sizeof map, "%lu %ld 1\n", disk_gid, vmm_gid);
+  fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || write(fd, map, (size_t)n) != n) die("gid_map", path);
+  close(fd);
+  snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
+  int ns = open(path, O_RDONLY | O_CLOEXEC);
+  if (ns < 0) die("userns", path);
+  if (write(go[1], &c, 1) != 1) die("userns child", NULL);
+  waitpid(pid, NULL, 0);
+  close(ready[0]);
+  close(ready[1]);
+  close(go[0]);
+  close(go[1]);
+  return ns;
+}
+
+static void idmapped_bind(const char *src, const char *dst, int ro, int userns) {
+  int tree = (int)syscall(SYS_open_tree, AT_FDCWD, src, OPEN_TREE_CLONE | O_CLOEXEC);
+  if (tree < 0) die("open_tree", src);
+  struct mount_attr_v0 attr = {MOUNT_ATTR_IDMAP | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (ro ? MOUNT_ATTR_RDONLY : 0), 0, 0,
+                               (uint64_t)userns};
+  if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) != 0) die("mount_setattr", src);
+  if (syscall(SYS_move_mount, tree, "", AT_FDCWD, dst, MOVE_MOUNT_F_EMPTY_PATH) != 0) die("move_mount", src);
+  close(tree);
+}
+
 int main(int argc, char **argv) {
   // Dies with its supervisor from the first moment (set again after the uid change,
   // which clears it).
@@ -162,6 +237,13 @@ int main(int argc, char **argv) {
       if (mount(src, dst, NULL, MS_BIND, NULL) != 0) die("bind", src);
       unsigned long flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (ro ? MS_RDONLY : 0);
       if (mount(NULL, dst, NULL, flags, NULL) != 0) die("remount", src);
+    } else if (strcmp(op, "idmap") == 0 && i + 4 < sep) {
+      int ro = strcmp(argv[i + 1], "ro") == 0;
+      const char *src = argv[i + 2];
+      int ns = idmap_userns(number(argv[i + 3], 10), number(argv[i + 4], 10), uid, gid);
+      idmapped_bind(src, in_jail(src), ro, ns);
+      close(ns);
+      i += 4;
     } else if (strcmp(op, "dev") == 0 && i + 6 < sep) {
       const char *p = in_jail(argv[i + 1]);
       unsigned maj = (unsigned)number(argv[i + 2], 10), min = (unsigned)number(argv[i + 3], 10);

@@ -30,9 +30,7 @@ const inspect = async (name: string): Promise<M> => (JSON.parse((await h.mm(["in
 
 for (const driver of ["virtio-fs", "9p"] as const) {
   describe(`shared directories over ${driver}`, () => {
-    // 9p is the rootless fallback: a jailed VMM (as root) refuses it (tested below), so
-    // the 9p cases here run without the jail.
-    const env: Record<string, string> = driver === "9p" ? { MM_FS: "9p", MM_JAIL: "0" } : {};
+    const env: Record<string, string> = driver === "9p" ? { MM_FS: "9p" } : {};
     const name = `share-${driver === "9p" ? "9p" : "vfs"}`;
 
     test("changes are visible both ways", async () => {
@@ -122,14 +120,28 @@ describe("bad mounts and a dead daemon", () => {
   });
 });
 
-test("as root, a jailed VMM refuses a 9p share with MM_JAIL_FAILED and the way out", async () => {
+test("9p under the jail: the VMM keeps its own uid; the share is idmapped, so files stay the owner's", async () => {
   const dir = mkdtempSync(join(tmpdir(), "mm-share-9pjail-"));
   try {
-    const r = await h.mm(["run", "--rm", "-v", `${dir}:/mnt`, "--", "true"], { MM_FS: "9p" });
-    assert.equal(r.code, 125);
-    assert.match(r.stderr, /MM_JAIL_FAILED/);
-    assert.match(r.stderr, /virtio-fs/);
+    const { chownSync } = await import("node:fs");
+    writeFileSync(join(dir, "theirs"), "owned by 1234\n");
+    chownSync(dir, 1234, 1234);
+    chownSync(join(dir, "theirs"), 1234, 1234);
+    const r = await h.mm(["run", "-d", "--name", "ninep-jail", "-v", `${dir}:/mnt`, "--", "sleep", "600"], {
+      MM_FS: "9p",
+    });
+    assert.equal(r.code, 0, r.stderr);
+    const m = JSON.parse((await h.mm(["inspect", "ninep-jail"])).stdout)[0] as {
+      pids: { vmm: number };
+      jail: { uid: number } | null;
+    };
+    assert.ok(m.jail && m.jail.uid >= 1_500_000_000, "the VMM runs as the machine's own uid");
+    assert.match(readFileSync(`/proc/${m.pids.vmm}/status`, "utf8"), new RegExp(`^Uid:\\s+${m.jail.uid}\\s`, "m"));
+    const w = await h.mm(["exec", "ninep-jail", "sh", "-c", "cat /mnt/theirs && echo from the guest > /mnt/mine"]);
+    assert.equal(w.stdout, "owned by 1234\n", w.stderr);
+    assert.equal(statSync(join(dir, "mine")).uid, 1234, "what the guest writes is the directory owner's on the host");
   } finally {
+    await h.mm(["rm", "-f", "ninep-jail"]);
     rmSync(dir, { recursive: true, force: true });
   }
 });

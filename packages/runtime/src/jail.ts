@@ -142,6 +142,8 @@ export interface JailFiles {
   readonly machineDir: string;
   /** Bound read-write but not made the machine's: a fork's RAM capture, which its clones map copy-on-write. */
   readonly shared?: readonly string[];
+  /** 9p shares: bound idmapped, their owner's files the VMM's own inside (never chowned). */
+  readonly idmapped?: readonly { readonly path: string; readonly readOnly: boolean }[];
 }
 
 /** Plans the machine's jail and gives its files to the machine's uid. */
@@ -185,8 +187,14 @@ export async function prepareJail(options: {
   const all = [files.kernel, ...files.readOnly, ...files.readWrite, ...(files.shared ?? [])];
   const directories: string[] = [];
   for (const p of all) if ((await stat(p).catch(() => null))?.isDirectory()) directories.push(p);
+  const idmapped = [];
+  for (const d of files.idmapped ?? []) {
+    const st = await stat(d.path);
+    idmapped.push({ path: d.path, readOnly: d.readOnly, uid: st.uid, gid: st.gid });
+  }
   return planJail({
     executor: jailExecutor(),
+    idmapped,
     slot: options.slot,
     directories,
     root: options.root,

@@ -396,13 +396,6 @@ export class Supervisor {
     let identity: NetworkIdentity | undefined;
     const jailed = jailEnabled(env);
     const slot = jailed ? store.jailSlot(this.id) : null;
-    // QEMU's 9p server acts with the VMM's own credentials, and a jailed VMM is never the
-    // directory's owner: 9p shares are for rootless mode (or MM_JAIL=0).
-    if (slot !== null && driver === "9p" && binds.length > 0) {
-      throw new MmError("MM_JAIL_FAILED", "a jailed VMM cannot serve a 9p share (it acts as its own uid)", {
-        hint: "share over virtio-fs (Debian's qemu-system-common has virtiofsd; unset MM_FS=9p), or run mm without root",
-      });
-    }
     if (netMode === "bridge") {
       this.attached = true;
       // A jailed VMM opens its TAP as the machine's uid: the TAP is that uid's.
@@ -486,6 +479,9 @@ export class Supervisor {
           ],
           machineDir: machineDir(paths, this.id),
           shared: [...(memoryFile.shared ? [] : [memoryFile.path])],
+          // QEMU's 9p server acts with the VMM's own credentials: the directory is bound
+          // idmapped, so its owner's files are the VMM's inside (and stay the owner's).
+          idmapped: driver === "9p" ? binds.map((b) => ({ path: b.source, readOnly: b.readOnly })) : [],
         },
         kvm: accel.accel === "kvm",
         tap: netMode === "bridge",

@@ -124,6 +124,15 @@ test("the executor's command line: mm-jail, its steps in order, then the VMM's a
   assert.deepEqual(step("nofile"), [["4096"]]);
 });
 
+test("a 9p share is an idmapped bind: its owner's files are the VMM's own inside", () => {
+  const plan = planJail(input({ idmapped: [{ path: "/srv/share", readOnly: false, uid: 1000, gid: 100 }] }));
+  const argv = jailCommand(plan, ["q"]);
+  const i = argv.indexOf("idmap");
+  assert.deepEqual(argv.slice(i, i + 5), ["idmap", "rw", "/srv/share", "1000", "100"]);
+  assert.ok(argv.indexOf("dir") < i && argv.slice(0, i).includes("/srv/share"), "its mount point is made first");
+  assert.throws(() => planJail(input({ idmapped: [{ path: "/srv/x", readOnly: true, uid: -1, gid: 0 }] })), RangeError);
+});
+
 test("mm-jail: the executor refuses what it cannot carry out, with the step named", async () => {
   const { spawnSync } = await import("node:child_process");
   const { existsSync } = await import("node:fs");

@@ -48,6 +48,11 @@ export interface JailPlan {
   readonly readWrite: readonly string[];
   /** Which of those paths are directories (the rest are files). */
   readonly directories: readonly string[];
+  /**
+   * Directories bound through an idmapped mount: what the host has as uid:gid is the
+   * VMM's own inside (a 9p share: QEMU serves it with its own credentials).
+   */
+  readonly idmapped: readonly IdmappedDir[];
   readonly devices: readonly JailDevice[];
   readonly rlimits: { readonly nofile: number; readonly fsizeBytes: number };
   readonly cgroup: { readonly layout: CgroupLayout; readonly limits: CgroupLimits } | null;
@@ -76,6 +81,14 @@ export const BASIC_DEVICES: readonly JailDevice[] = [
 export const KVM_DEVICE: JailDevice = { path: "/dev/kvm", type: "c", major: 10, minor: 232, mode: 0o600 };
 export const TUN_DEVICE: JailDevice = { path: "/dev/net/tun", type: "c", major: 10, minor: 200, mode: 0o666 };
 
+export interface IdmappedDir {
+  readonly path: string;
+  readonly readOnly: boolean;
+  /** The directory's owner on the host, shown inside as the VMM's uid and gid. */
+  readonly uid: number;
+  readonly gid: number;
+}
+
 export interface JailInput {
   /** The executor binary (host/jail/build/mm-jail). */
   readonly executor: string;
@@ -85,6 +98,7 @@ export interface JailInput {
   readonly readWrite: readonly string[];
   /** Which of the paths above are directories. */
   readonly directories: readonly string[];
+  readonly idmapped?: readonly IdmappedDir[];
   readonly kvm: boolean;
   readonly tap: boolean;
   readonly cpus: number;
@@ -103,7 +117,13 @@ export function jailIds(slot: number): { uid: number; gid: number } {
 
 export function planJail(input: JailInput): JailPlan {
   const { uid, gid } = jailIds(input.slot);
-  for (const p of [input.root, ...input.readOnly, ...input.readWrite]) checkPath(p);
+  const idmapped = input.idmapped ?? [];
+  for (const p of [input.root, ...input.readOnly, ...input.readWrite, ...idmapped.map((d) => d.path)]) checkPath(p);
+  for (const d of idmapped) {
+    if (!Number.isInteger(d.uid) || d.uid < 0 || !Number.isInteger(d.gid) || d.gid < 0) {
+      throw new RangeError(`bad owner of ${d.path}`);
+    }
+  }
   const overlapsSystem = (p: string) => SYSTEM_READ_ONLY.some((s) => p === s || p.startsWith(`${s}/`));
   const own = [...input.readOnly, ...input.readWrite].filter(overlapsSystem);
   if (own.length > 0) throw new RangeError(`jail paths inside system directories: ${own.join(", ")}`);
@@ -115,6 +135,7 @@ export function planJail(input: JailInput): JailPlan {
     readOnly: [...SYSTEM_READ_ONLY, ...dedupe(input.readOnly)],
     readWrite: dedupe(input.readWrite),
     directories: [...SYSTEM_READ_ONLY, ...dedupe(input.directories)],
+    idmapped,
     devices: [...BASIC_DEVICES, ...(input.kvm ? [KVM_DEVICE] : []), ...(input.tap ? [TUN_DEVICE] : [])],
     rlimits: { nofile: 4096, fsizeBytes: input.fsizeBytes },
     cgroup: input.cgroupLayout
@@ -176,10 +197,12 @@ export function cgroupWrites(layout: CgroupLayout, limits: CgroupLimits): { file
 export function jailCommand(plan: JailPlan, vmm: readonly string[]): string[] {
   // Parents before children: a directory bound later would hide what is bound inside it.
   const depth = (p: string) => p.split("/").length;
-  const binds = [...plan.readOnly.map((p) => ({ p, ro: true })), ...plan.readWrite.map((p) => ({ p, ro: false }))].sort(
-    (a, b) => depth(a.p) - depth(b.p),
-  );
-  const isDir = (p: string) => plan.directories.includes(p);
+  const binds: { p: string; ro: boolean; idmap?: IdmappedDir }[] = [
+    ...plan.readOnly.map((p) => ({ p, ro: true })),
+    ...plan.readWrite.map((p) => ({ p, ro: false })),
+    ...plan.idmapped.map((d) => ({ p: d.path, ro: d.readOnly, idmap: d })),
+  ].sort((a, b) => depth(a.p) - depth(b.p));
+  const isDir = (p: string) => plan.directories.includes(p) || plan.idmapped.some((d) => d.path === p);
   const parent = (p: string) => p.slice(0, p.lastIndexOf("/")) || "/";
   const dirs = [...new Set(["/dev/net", "/tmp", ...binds.map((b) => (isDir(b.p) ? b.p : parent(b.p)))])];
   const ops: string[] = [
@@ -194,7 +217,11 @@ export function jailCommand(plan: JailPlan, vmm: readonly string[]): string[] {
     // QEMU reaches its own descriptors through /proc/self/fd (9p's xattrs): a proc of its
     // own, showing only processes of its uid and nothing but processes.
     "proc",
-    ...binds.flatMap((b) => ["bind", b.ro ? "ro" : "rw", b.p]),
+    ...binds.flatMap((b) =>
+      b.idmap
+        ? ["idmap", b.ro ? "ro" : "rw", b.p, String(b.idmap.uid), String(b.idmap.gid)]
+        : ["bind", b.ro ? "ro" : "rw", b.p],
+    ),
     ...plan.devices.flatMap((d) => {
       const own = d.mode === 0o600;
       return [
