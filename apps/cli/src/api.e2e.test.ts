@@ -350,7 +350,16 @@ describe("sandbox lifetime and TCG", () => {
     assert.equal(printer.code, 0, printer.stderr);
     assert.equal((await remote(["logs", "-f", "printer"])).stdout, "first\nsecond\n");
     await remote(["rm", "-f", "printer"]);
-    const unsupported = await remote(["volume", "ls"]);
+    assert.equal((await remote(["volume", "create", "remotevol"])).code, 0);
+    assert.match((await remote(["volume", "ls"])).stdout, /^remotevol\t/m);
+    assert.match((await remote(["volume", "inspect", "remotevol"])).stdout, /"name": "remotevol"/);
+    assert.equal((await remote(["volume", "rm", "remotevol"])).code, 0);
+    assert.match((await remote(["top", "viaapi"])).stdout, /sleep 600/);
+    assert.match((await remote(["stats", "viaapi"])).stdout, /"cpuPercent"/);
+    const snapId = snap.stdout.trim();
+    assert.equal((await remote(["snapshot", "rm", snapId])).code, 0);
+    assert.doesNotMatch((await remote(["snapshot", "ls"])).stdout, /\tremote\t/);
+    const unsupported = await remote(["system", "start-all"]);
     assert.equal(unsupported.code, 125);
     assert.match(unsupported.stderr, /not available through --host/);
     const missing = await remote(["inspect", "nosuch"]);

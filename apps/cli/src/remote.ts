@@ -1,6 +1,7 @@
 // `mm --host unix:///…/api.sock …` (or MM_HOST): the CLI as a client of `mm serve`, for
 // the commands a remote user needs most — ps, inspect, run -d, exec, logs, cp (one file),
-// stop, start, rm, snapshot create/ls, restore, fork, images, sandbox create/ls/rm. Bundled apart (apps/cli/dist/remote-cli.js) and loaded only when
+// top, stats, stop, start, rm, snapshot create/ls/rm, template ls/rm, volume, restore,
+// fork, images, sandbox create/ls/rm. Bundled apart (apps/cli/dist/remote-cli.js) and loaded only when
 // a host is given, so local commands do not carry the HTTP and WebSocket clients.
 
 import { Command, CommanderError } from "@commander-js/extra-typings";
@@ -185,6 +186,90 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
     }
   });
 
+  snapshot
+    .command("rm")
+    .argument("<snapshots...>")
+    .action(async (refs) => {
+      for (const r of refs) {
+        const s2 = await client.json<{ id: string }>("DELETE", `/v1/snapshots/${encodeURIComponent(r)}`);
+        process.stdout.write(`${s2.id}\n`);
+      }
+    });
+
+  const template = program.command("template");
+  template.command("ls").action(async () => {
+    for (const t of await client.json<{ id: string; machine: string; createdAt: string }[]>("GET", "/v1/templates")) {
+      process.stdout.write(`${t.id.slice(0, 12)}\t${t.machine}\t${t.createdAt}\n`);
+    }
+  });
+  template
+    .command("rm")
+    .argument("<templates...>")
+    .action(async (refs) => {
+      for (const r of refs) {
+        const t = await client.json<{ id: string }>("DELETE", `/v1/templates/${encodeURIComponent(r)}`);
+        process.stdout.write(`${t.id}\n`);
+      }
+    });
+
+  const volume = program.command("volume");
+  volume.command("ls").action(async () => {
+    for (const v of await client.json<{ name: string; sizeBytes: number; attachedTo: string | null }[]>(
+      "GET",
+      "/v1/volumes",
+    )) {
+      process.stdout.write(`${v.name}\t${v.sizeBytes}\t${v.attachedTo ?? ""}\n`);
+    }
+  });
+  volume
+    .command("create")
+    .argument("<name>")
+    .option("--size <bytes>", "size in bytes")
+    .action(async (name, opts) => {
+      await client.json("POST", "/v1/volumes", {
+        body: { name, ...(opts.size !== undefined && { sizeBytes: Number(opts.size) }) },
+      });
+      process.stdout.write(`${name}\n`);
+    });
+  volume
+    .command("inspect")
+    .argument("<name>")
+    .action(async (name) => {
+      process.stdout.write(
+        `${JSON.stringify(await client.json("GET", `/v1/volumes/${encodeURIComponent(name)}`), null, 2)}\n`,
+      );
+    });
+  volume
+    .command("rm")
+    .argument("<names...>")
+    .action(async (names) => {
+      for (const n of names) {
+        await client.json("DELETE", `/v1/volumes/${encodeURIComponent(n)}`);
+        process.stdout.write(`${n}\n`);
+      }
+    });
+
+  program
+    .command("top")
+    .argument("<machine>")
+    .action(async (ref) => {
+      const ps = await client.json<{ pid: number; ppid: number; user: string; command: string }[]>(
+        "GET",
+        `/v1/machines/${encodeURIComponent(ref)}/processes`,
+      );
+      process.stdout.write(
+        `PID\tPPID\tUSER\tCOMMAND\n${ps.map((p) => `${p.pid}\t${p.ppid}\t${p.user}\t${p.command}\n`).join("")}`,
+      );
+    });
+
+  program
+    .command("stats")
+    .argument("<machine>")
+    .action(async (ref) => {
+      const st = await client.json("GET", `/v1/machines/${encodeURIComponent(ref)}/stats`);
+      process.stdout.write(`${JSON.stringify(st, null, 2)}\n`);
+    });
+
   program
     .command("restore")
     .argument("<snapshot>")
@@ -260,7 +345,7 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
     if (e instanceof CommanderError) {
       if (e.code === "commander.unknownCommand") {
         process.stderr.write(
-          "mm: MM_USAGE: this command is not available through --host yet\n  hint: ps, inspect, run -d, exec, logs, cp, stop, start, rm, snapshot, restore, fork, images and sandbox are; run others on the server\n",
+          "mm: MM_USAGE: this command is not available through --host yet\n  hint: ps, inspect, run -d, exec, logs, cp, top, stats, stop, start, rm, snapshot, template, volume, restore, fork, images and sandbox are; run others on the server\n",
         );
         code = 125;
       } else code = e.exitCode === 0 ? 0 : 125;

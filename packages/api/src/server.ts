@@ -693,6 +693,20 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
   app.get("/v1/templates", { schema: { response: { 200: z.array(Snapshot), ...errors } } }, async () =>
     rt.templates().map(toSnapshot),
   );
+  app.delete(
+    "/v1/templates/:id",
+    { schema: { params: z.object({ id: z.string().min(1) }), response: { 200: Snapshot, ...errors } } },
+    async (req) => {
+      const t = rt.findSnapshot(req.params.id);
+      if (t.kind !== "template") throw new MmError("MM_NO_SUCH_SNAPSHOT", `${req.params.id} is not a template`);
+      return toSnapshot(await rt.removeSnapshot(t.id));
+    },
+  );
+  app.get(
+    "/v1/volumes/:name",
+    { schema: { params: z.object({ name: z.string().min(1) }), response: { 200: Volume, ...errors } } },
+    async (req) => toVolume(rt.volume(req.params.name)),
+  );
 
   // Images
   app.get("/v1/images", { schema: { response: { 200: z.array(Image), ...errors } } }, async () =>
