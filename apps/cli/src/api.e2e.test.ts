@@ -356,9 +356,15 @@ describe("sandbox lifetime and TCG", () => {
     assert.equal((await remote(["volume", "rm", "remotevol"])).code, 0);
     assert.match((await remote(["top", "viaapi"])).stdout, /sleep 600/);
     assert.match((await remote(["stats", "viaapi"])).stdout, /"cpuPercent"/);
+    assert.equal((await remote(["update", "viaapi", "--memory", "200"])).code, 0);
     const snapId = snap.stdout.trim();
     assert.equal((await remote(["snapshot", "rm", snapId])).code, 0);
     assert.doesNotMatch((await remote(["snapshot", "ls"])).stdout, /\tremote\t/);
+    assert.equal((await remote(["snapshot", "create", "viaapi"])).code, 0);
+    assert.equal((await remote(["snapshot", "create", "viaapi"])).code, 0);
+    const gc = await remote(["snapshot", "gc", "viaapi", "--keep", "1"]);
+    assert.equal(gc.code, 0, gc.stderr);
+    assert.equal(gc.stdout.trim().split("\n").length, 1, "one of two removed");
     const unsupported = await remote(["system", "start-all"]);
     assert.equal(unsupported.code, 125);
     assert.match(unsupported.stderr, /not available through --host/);

@@ -1,7 +1,7 @@
 // `mm --host unix:///…/api.sock …` (or MM_HOST): the CLI as a client of `mm serve`, for
 // the commands a remote user needs most — ps, inspect, run -d, exec, logs, cp (one file),
-// top, stats, stop, start, rm, snapshot create/ls/rm, template ls/rm, volume, restore,
-// fork, images, sandbox create/ls/rm. Bundled apart (apps/cli/dist/remote-cli.js) and loaded only when
+// top, stats, update, stop, start, rm, snapshot create/ls/rm/gc, template ls/rm, volume,
+// restore, fork, pull, images, sandbox create/ls/rm. Bundled apart (apps/cli/dist/remote-cli.js) and loaded only when
 // a host is given, so local commands do not carry the HTTP and WebSocket clients.
 
 import { Command, CommanderError } from "@commander-js/extra-typings";
@@ -196,6 +196,42 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
       }
     });
 
+  snapshot
+    .command("gc")
+    .argument("<machine>")
+    .option("--keep <n>", "snapshots to keep, newest first", "3")
+    .action(async (machine, opts) => {
+      const r = await client.json<{ removed: { id: string }[] }>("POST", "/v1/snapshots/gc", {
+        body: { machine, keep: Number(opts.keep) },
+      });
+      for (const x of r.removed) process.stdout.write(`${x.id}\n`);
+    });
+
+  program
+    .command("pull")
+    .argument("<image>")
+    .option("--insecure-registry <host:port>", "plain-HTTP loopback registry", collect, [] as string[])
+    .action(async (image, opts) => {
+      const i = await client.json<{ reference: string; digest: string }>("POST", "/v1/images/pull", {
+        body: {
+          reference: image,
+          ...(opts.insecureRegistry.length > 0 && { insecureRegistries: opts.insecureRegistry }),
+        },
+      });
+      process.stdout.write(`${i.reference}@${i.digest}\n`);
+    });
+
+  program
+    .command("update")
+    .argument("<machine>")
+    .requiredOption("-m, --memory <MiB>", "the memory the guest keeps, MiB")
+    .action(async (ref, opts) => {
+      await client.json("POST", `/v1/machines/${encodeURIComponent(ref)}/memory`, {
+        body: { memoryMib: Number(opts.memory) },
+      });
+      process.stdout.write(`${ref}\n`);
+    });
+
   const template = program.command("template");
   template.command("ls").action(async () => {
     for (const t of await client.json<{ id: string; machine: string; createdAt: string }[]>("GET", "/v1/templates")) {
@@ -345,7 +381,7 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
     if (e instanceof CommanderError) {
       if (e.code === "commander.unknownCommand") {
         process.stderr.write(
-          "mm: MM_USAGE: this command is not available through --host yet\n  hint: ps, inspect, run -d, exec, logs, cp, top, stats, stop, start, rm, snapshot, template, volume, restore, fork, images and sandbox are; run others on the server\n",
+          "mm: MM_USAGE: this command is not available through --host yet\n  hint: ps, inspect, run -d, exec, logs, cp, top, stats, update, stop, start, rm, snapshot, template, volume, restore, fork, pull, images and sandbox are; run others on the server\n",
         );
         code = 125;
       } else code = e.exitCode === 0 ? 0 : 125;

@@ -522,6 +522,20 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
     rt.snapshots({ all: true }).map(toSnapshot),
   );
 
+  app.post(
+    "/v1/snapshots/gc",
+    {
+      schema: {
+        body: z.object({ machine: z.string().min(1), keep: z.number().int().min(0) }).strict(),
+        response: { 200: z.object({ removed: z.array(Snapshot), kept: z.array(Snapshot) }), ...errors },
+      },
+    },
+    async (req) => {
+      const r = await rt.gcSnapshots(req.body.machine, req.body.keep);
+      return { removed: r.removed.map(toSnapshot), kept: r.kept.map(toSnapshot) };
+    },
+  );
+
   app.delete(
     "/v1/snapshots/:id",
     { schema: { params: z.object({ id: z.string().min(1) }), response: { 200: Snapshot, ...errors } } },
