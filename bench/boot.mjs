@@ -17,7 +17,9 @@ const N = Number(process.argv[2] ?? 10);
 const mm = join(root, "bin/mm");
 const state = mkdtempSync(join(tmpdir(), "mm-bench-"));
 // No NIC: the bare QEMU line has none either, and a benchmark must not touch the host network.
-const env = { ...process.env, MM_STATE: state, MM_NETWORK: "none" };
+// Guest RAM files in a shared-memory directory of the run's own, removed with it.
+const shm = `/dev/shm/mm-bench-boot-${process.pid}`;
+const env = { ...process.env, MM_STATE: state, MM_SHM: shm, MM_NETWORK: "none" };
 const { hostTscKhz } = await import(join(root, "packages/vmm/dist/index.js"));
 const { defaultImageRootfs, defaultPaths, initPath, kernelPath } = await import(
   join(root, "packages/runtime/dist/index.js")
@@ -92,6 +94,7 @@ const supStatus = readFileSync(`/proc/${rec.pids.supervisor}/status`, "utf8");
 const supRssMb = Number(/VmRSS:\s+(\d+)/.exec(supStatus)[1]) / 1024;
 execFileSync(mm, ["rm", "-f", "rss"], { env });
 rmSync(state, { recursive: true, force: true });
+rmSync(shm, { recursive: true, force: true });
 
 const ma = median(a);
 const mb = median(b);

@@ -15,7 +15,9 @@ const root = resolve(import.meta.dirname, "..");
 const N = Number(process.argv[2] ?? 10);
 const work = mkdtempSync(join(tmpdir(), "mm-bench-exec-"));
 const ns = `mm-bench-${randomBytes(3).toString("hex")}`;
-const env = { ...process.env, MM_STATE: join(work, "state") };
+// Guest RAM files in a shared-memory directory of the run's own, removed with it.
+const shm = `/dev/shm/mm-bench-exec-${process.pid}`;
+const env = { ...process.env, MM_STATE: join(work, "state"), MM_SHM: shm };
 // Stdin comes from a file, as `mm exec -i … < file` would have it.
 const stdinOf = (file) => (file ? [openSync(file, "r"), "pipe", "pipe"] : ["ignore", "pipe", "pipe"]);
 const mm = (args, file) =>
@@ -78,6 +80,7 @@ try {
   mm(["rm", "-f", "bench"]);
   execFileSync("ip", ["netns", "del", ns]);
   rmSync(work, { recursive: true, force: true });
+  rmSync(shm, { recursive: true, force: true });
 }
 
 const section = `## exec — \`mm exec\` vs \`ssh\` into the same machine
