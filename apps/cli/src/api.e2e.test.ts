@@ -355,6 +355,11 @@ describe("sandbox lifetime and TCG", () => {
     assert.match((await remote(["volume", "inspect", "remotevol"])).stdout, /"name": "remotevol"/);
     assert.equal((await remote(["volume", "rm", "remotevol"])).code, 0);
     assert.match((await remote(["top", "viaapi"])).stdout, /sleep 600/);
+    assert.match((await remote(["df"])).stdout, /^images\t\d+\t\d+\t\d+$/m);
+    const pub = await remote(["run", "-d", "--name", "pub", "-p", "18099:80", "--", "sleep", "60"]);
+    assert.equal(pub.code, 0, pub.stderr);
+    assert.equal((await remote(["port", "pub"])).stdout, "80/tcp -> 0.0.0.0:18099\n");
+    await remote(["rm", "-f", "pub"]);
     assert.match((await remote(["stats", "viaapi"])).stdout, /"cpuPercent"/);
     assert.equal((await remote(["update", "viaapi", "--memory", "200"])).code, 0);
     const snapId = snap.stdout.trim();

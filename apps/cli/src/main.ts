@@ -27,6 +27,7 @@ import {
   defaultNetworkMode,
   defaultPublicKey,
   doctor,
+  formatPortLine,
   formatPublishedList,
   freeLoopbackPort,
   hostKeyAlias,
@@ -625,9 +626,7 @@ export function buildProgram(): Command {
       const rt = runtime();
       try {
         const r = rt.find(ref);
-        for (const p of r.spec.network?.publish ?? []) {
-          process.stdout.write(`${p.guestPort}/${p.proto} -> ${p.hostIp ?? "0.0.0.0"}:${p.hostPort}\n`);
-        }
+        for (const p of r.spec.network?.publish ?? []) process.stdout.write(`${formatPortLine(p)}\n`);
       } finally {
         rt.close();
       }

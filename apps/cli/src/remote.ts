@@ -1,6 +1,6 @@
 // `mm --host unix:///…/api.sock …` (or MM_HOST): the CLI as a client of `mm serve`, for
 // the commands a remote user needs most — ps, inspect, run -d, exec, logs, cp (one file),
-// top, stats, update, stop, start, rm, snapshot create/ls/rm/gc, template ls/rm, volume,
+// port, df, top, stats, update, stop, start, rm, snapshot create/ls/rm/gc, template ls/rm, volume,
 // restore, fork, pull, images, sandbox create/ls/rm. Bundled apart (apps/cli/dist/remote-cli.js) and loaded only when
 // a host is given, so local commands do not carry the HTTP and WebSocket clients.
 
@@ -286,6 +286,23 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
     });
 
   program
+    .command("port")
+    .argument("<machine>")
+    .action(async (ref) => {
+      const m = await client.json<Machine>("GET", `/v1/machines/${encodeURIComponent(ref)}`);
+      for (const p of m.ports) process.stdout.write(`${p}\n`);
+    });
+
+  program.command("df").action(async () => {
+    for (const u of await client.json<{ type: string; count: number; bytes: number; reclaimableBytes: number }[]>(
+      "GET",
+      "/v1/df",
+    )) {
+      process.stdout.write(`${u.type}\t${u.count}\t${u.bytes}\t${u.reclaimableBytes}\n`);
+    }
+  });
+
+  program
     .command("top")
     .argument("<machine>")
     .action(async (ref) => {
@@ -381,7 +398,7 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
     if (e instanceof CommanderError) {
       if (e.code === "commander.unknownCommand") {
         process.stderr.write(
-          "mm: MM_USAGE: this command is not available through --host yet\n  hint: ps, inspect, run -d, exec, logs, cp, top, stats, update, stop, start, rm, snapshot, template, volume, restore, fork, pull, images and sandbox are; run others on the server\n",
+          "mm: MM_USAGE: this command is not available through --host yet\n  hint: ps, inspect, run -d, exec, logs, cp, port, df, top, stats, update, stop, start, rm, snapshot, template, volume, restore, fork, pull, images and sandbox are; run others on the server\n",
         );
         code = 125;
       } else code = e.exitCode === 0 ? 0 : 125;

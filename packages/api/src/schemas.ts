@@ -24,6 +24,7 @@ export const Machine = z
     exitCode: z.number().int().nullable(),
     error: z.object({ code: z.string(), message: z.string() }).nullable(),
     sandbox: z.object({ timeoutMs: z.number().int(), idleMs: z.number().int().optional() }).nullable(),
+    ports: z.array(z.string()).describe("published ports, as `mm port` prints them"),
     createdAt: z.string(),
     startedAt: z.string().nullable(),
     finishedAt: z.string().nullable(),

@@ -10,6 +10,8 @@ import swagger from "@fastify/swagger";
 import websocket from "@fastify/websocket";
 import { ERRORS, type ErrorCode, isMmError, MmError, parseMemory } from "@mm/core";
 import {
+  diskUsage,
+  formatPortLine,
   GUEST_BUSYBOX,
   guestProcesses,
   type MachineRecord,
@@ -96,6 +98,7 @@ function toMachine(r: MachineRecord, ip: string | undefined): z.infer<typeof Mac
     exitCode: r.exitCode,
     error: r.error,
     sandbox: r.spec.sandbox ?? null,
+    ports: (r.spec.network?.publish ?? []).map(formatPortLine),
     createdAt: r.createdAt,
     startedAt: r.startedAt,
     finishedAt: r.finishedAt,
@@ -704,6 +707,21 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
     { schema: { params: z.object({ name: z.string().min(1) }), response: { 200: Volume, ...errors } } },
     async (req) => toVolume(await rt.removeVolume(req.params.name)),
   );
+  app.get(
+    "/v1/df",
+    {
+      schema: {
+        response: {
+          200: z.array(
+            z.object({ type: z.string(), count: z.number(), bytes: z.number(), reclaimableBytes: z.number() }),
+          ),
+          ...errors,
+        },
+      },
+    },
+    async () => [...(await diskUsage(rt))],
+  );
+
   app.get("/v1/templates", { schema: { response: { 200: z.array(Snapshot), ...errors } } }, async () =>
     rt.templates().map(toSnapshot),
   );

@@ -16,5 +16,6 @@ export * from "./ssh.js";
 export * from "./stats.js";
 export * from "./store.js";
 export * from "./supervisor.js";
+export * from "./usage.js";
 export * from "./user-network.js";
 export * from "./volumes.js";

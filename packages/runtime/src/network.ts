@@ -26,7 +26,7 @@ import {
 } from "@mm/net";
 import type { Lease, MachineRecord, Store } from "./store.js";
 
-export { checkPortConflicts, formatPublishedList, parsePublish } from "@mm/net";
+export { checkPortConflicts, formatPortLine, formatPublishedList, parsePublish } from "@mm/net";
 
 /** Parses `--egress`: allow, deny, or a comma list of CIDR[:port[/proto]] entries. */
 export function parseEgress(text: string): NetworkSpec["egress"] {

@@ -11,6 +11,8 @@ export interface Machine {
   readonly exitCode: number | null;
   readonly error: { readonly code: string; readonly message: string } | null;
   readonly sandbox: { readonly timeoutMs: number; readonly idleMs?: number } | null;
+  /** Published ports, as `mm port` prints them ("80/tcp -> 0.0.0.0:8080"). */
+  readonly ports: readonly string[];
   readonly createdAt: string;
   readonly startedAt: string | null;
   readonly finishedAt: string | null;
