@@ -322,7 +322,7 @@ describe("sandbox lifetime and TCG", () => {
     assert.match((await remote(["sandbox", "ls"])).stdout, new RegExp(sb.stdout.trim()));
     assert.equal((await remote(["sandbox", "rm", sb.stdout.trim()])).code, 0);
     // Files, logs, snapshots and forks through the API too.
-    const { mkdtempSync, readFileSync, writeFileSync } = await import("node:fs");
+    const { mkdtempSync, readFileSync, rmSync, writeFileSync } = await import("node:fs");
     const { tmpdir } = await import("node:os");
     const tmp = mkdtempSync(join(tmpdir(), "mm-remote-"));
     writeFileSync(join(tmp, "in.txt"), "host bytes\n");
@@ -377,6 +377,7 @@ describe("sandbox lifetime and TCG", () => {
     assert.equal(missing.code, 125);
     assert.match(missing.stderr, /MM_NO_SUCH_MACHINE/);
     assert.equal((await remote(["rm", "-f", "viaapi"])).code, 0);
+    rmSync(tmp, { recursive: true, force: true });
   });
 
   test("SIGTERM stops the server gracefully: it exits 0 and removes its socket", async () => {
