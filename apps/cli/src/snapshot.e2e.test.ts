@@ -277,6 +277,7 @@ describe("faults", () => {
     assert.match(r.stderr, /MM_SNAPSHOT_CORRUPT.*hash/s);
     assert.equal((await h.mm(["inspect", "broken"])).code, 125);
     ok(await h.mm(["snapshot", "rm", "counter:bad"]), "rm");
+    rmSync(join(saved, ".."), { recursive: true, force: true });
   });
 
   test("a snapshot from another kernel build is MM_SNAPSHOT_INCOMPATIBLE", async () => {
