@@ -4,7 +4,7 @@
 // it holds no lifecycle logic of its own.
 
 import { spawn } from "node:child_process";
-import { closeSync, openSync, readFileSync, readSync, statSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { constants as osConstants } from "node:os";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError } from "@commander-js/extra-typings";
@@ -33,13 +33,11 @@ import {
   hostKeyAlias,
   imagesInUse,
   knownHostsPath,
-  type LogEntry,
   layersInUse,
   type MachineRecord,
   machineDir as machineDirOf0,
   parseCopyTarget,
   parseEgress,
-  parseLogLines,
   parsePublish,
   type RunOutcome,
   Runtime,
@@ -47,6 +45,7 @@ import {
   SSH_PORT,
   type Supervisor,
   sshEndpoint,
+  tailLog,
 } from "@mm/runtime";
 import Table from "cli-table3";
 import { collect, failedStart, parseLimits } from "./common.js";
@@ -847,37 +846,11 @@ function publicRecord(r: MachineRecord, ip?: string) {
 }
 
 async function printLogs(rt: Runtime, ref: string, follow: boolean, withConsole: boolean): Promise<void> {
-  const emit = (entries: LogEntry[]) => {
+  for await (const entries of tailLog(rt.logPath(ref), follow, () => isActive(rt.find(ref).state))) {
     for (const e of entries) {
       if (e.stream === "console" && !withConsole) continue;
       (e.stream === "stderr" ? process.stderr : process.stdout).write(e.data);
     }
-  };
-  const path = rt.logPath(ref);
-  let offset = statSync(path, { throwIfNoEntry: false })?.size ?? 0;
-  emit(rt.logs(ref));
-  if (!follow) return;
-  let partial = "";
-  const readNew = () => {
-    const size = statSync(path, { throwIfNoEntry: false })?.size ?? 0;
-    if (size < offset) offset = 0; // rotated
-    if (size === offset) return;
-    const fd = openSync(path, "r");
-    const buf = Buffer.alloc(size - offset);
-    readSync(fd, buf, 0, buf.length, offset);
-    closeSync(fd);
-    offset = size;
-    const text = partial + buf.toString("utf8");
-    const cut = text.lastIndexOf("\n") + 1;
-    emit(parseLogLines(text.slice(0, cut)));
-    partial = text.slice(cut);
-  };
-  for (;;) {
-    // The supervisor writes output before it records the end: read once more after it.
-    const active = isActive(rt.find(ref).state);
-    readNew();
-    if (!active) return;
-    await new Promise((r) => setTimeout(r, 200));
   }
 }
 

@@ -8,7 +8,7 @@ import { timingSafeEqual } from "node:crypto";
 import { Transform } from "node:stream";
 import swagger from "@fastify/swagger";
 import websocket from "@fastify/websocket";
-import { ERRORS, type ErrorCode, isMmError, MmError, parseMemory } from "@mm/core";
+import { ERRORS, type ErrorCode, isActive, isMmError, MmError, parseMemory } from "@mm/core";
 import {
   diskUsage,
   formatPortLine,
@@ -20,6 +20,7 @@ import {
   type Runtime,
   type Snapshot as RuntimeSnapshot,
   sampleStats,
+  tailLog,
 } from "@mm/runtime";
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from "fastify";
 import {
@@ -114,6 +115,32 @@ const limitsOf = (b: { diskBps?: number | undefined; diskIops?: number | undefin
   ...(b.diskIops !== undefined && { diskIops: b.diskIops }),
   ...(b.netBps !== undefined && { netBps: b.netBps }),
 });
+
+/**
+ * Answers with JSON lines from `batches` until they end or the client goes (`?follow=true`
+ * for logs and events).
+ */
+async function streamLines<T>(
+  req: FastifyRequest,
+  reply: FastifyReply,
+  batches: AsyncGenerator<T[]>,
+  toWire: (batch: T[]) => unknown[],
+): Promise<FastifyReply> {
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, { "content-type": "application/x-ndjson" });
+  let open = true;
+  req.raw.on("close", () => {
+    open = false;
+  });
+  for await (const batch of batches) {
+    if (!open) break;
+    for (const line of toWire(batch)) res.write(`${JSON.stringify(line)}\n`);
+  }
+  await batches.return(undefined);
+  res.end();
+  return reply;
+}
 
 /** A started machine that failed to boot is an error, with its own code. */
 function started(r: MachineRecord): MachineRecord {
@@ -598,43 +625,14 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
       });
       const id = rt.find(req.params.ref).id;
       if (req.query.follow !== "true") return rt.logs(id).map(wire);
-      reply.hijack();
-      const res = reply.raw;
-      res.writeHead(200, { "content-type": "application/x-ndjson" });
-      let open = true;
-      req.raw.on("close", () => {
-        open = false;
-      });
-      // Entries are ordered by time; several may share a millisecond: remember how many of
-      // the last millisecond were sent.
-      let lastTime = -1;
-      let sentAtLast = 0;
-      while (open) {
-        let entries: ReturnType<Runtime["logs"]> = [];
-        let active = false;
+      const active = () => {
         try {
-          entries = rt.logs(id);
-          active = ["created", "starting", "running", "stopping"].includes(rt.find(id).state);
+          return isActive(rt.find(id).state);
         } catch {
-          // removed meanwhile: what was read is all
+          return false; // removed meanwhile: what was read is all
         }
-        let atLast = 0;
-        for (const e of entries) {
-          if (e.time < lastTime) continue;
-          if (e.time === lastTime && atLast++ < sentAtLast) continue;
-          res.write(`${JSON.stringify(wire(e))}\n`);
-          if (e.time !== lastTime) {
-            lastTime = e.time;
-            sentAtLast = 0;
-            atLast = 1;
-          }
-          sentAtLast++;
-        }
-        if (!active) break;
-        await new Promise((r) => setTimeout(r, 200));
-      }
-      res.end();
-      return reply;
+      };
+      return streamLines(req, reply, tailLog(rt.logPath(id), true, active), (batch) => batch.map(wire));
     },
   );
 
@@ -781,22 +779,15 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
     async (req, reply) => {
       let after = req.query.after ?? 0;
       if (req.query.follow !== "true") return rt.store.events(after);
-      reply.hijack();
-      const res = reply.raw;
-      res.writeHead(200, { "content-type": "application/x-ndjson" });
-      let open = true;
-      req.raw.on("close", () => {
-        open = false;
-      });
-      while (open) {
-        for (const e of rt.store.events(after)) {
-          res.write(`${JSON.stringify(e)}\n`);
-          after = e.seq;
+      async function* poll() {
+        for (;;) {
+          const batch = rt.store.events(after);
+          after = batch.at(-1)?.seq ?? after;
+          yield batch;
+          await new Promise((r) => setTimeout(r, 200));
         }
-        await new Promise((r) => setTimeout(r, 200));
       }
-      res.end();
-      return reply;
+      return streamLines(req, reply, poll(), (batch) => batch);
     },
   );
 

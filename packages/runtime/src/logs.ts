@@ -2,7 +2,7 @@
 // The guest controls what it writes, so the file rotates once at `maxBytes`
 // and keeps at most one previous file: at most 2 × maxBytes per machine.
 
-import { closeSync, existsSync, openSync, readFileSync, renameSync, statSync, writeSync } from "node:fs";
+import { closeSync, existsSync, openSync, readFileSync, readSync, renameSync, statSync, writeSync } from "node:fs";
 import { join } from "node:path";
 
 export type LogStream = "stdout" | "stderr" | "console";
@@ -79,5 +79,36 @@ export class TextTail {
   }
   toString(): string {
     return this.text;
+  }
+}
+
+/**
+ * A machine's log as `mm logs` and the API give it: what is there now, then (with
+ * `follow`) each batch appended, read from the last offset (a rotation starts it over),
+ * until `active()` says the machine has ended — read once more after that, since the
+ * supervisor writes output before it records the end.
+ */
+export async function* tailLog(path: string, follow: boolean, active: () => boolean): AsyncGenerator<LogEntry[]> {
+  let offset = statSync(path, { throwIfNoEntry: false })?.size ?? 0;
+  yield readLog(path);
+  if (!follow) return;
+  let partial = "";
+  for (;;) {
+    const running = active();
+    const size = statSync(path, { throwIfNoEntry: false })?.size ?? 0;
+    if (size < offset) offset = 0; // rotated
+    if (size > offset) {
+      const fd = openSync(path, "r");
+      const buf = Buffer.alloc(size - offset);
+      readSync(fd, buf, 0, buf.length, offset);
+      closeSync(fd);
+      offset = size;
+      const text = partial + buf.toString("utf8");
+      const cut = text.lastIndexOf("\n") + 1;
+      partial = text.slice(cut);
+      yield parseLogLines(text.slice(0, cut));
+    }
+    if (!running) return;
+    await new Promise((r) => setTimeout(r, 200));
   }
 }
