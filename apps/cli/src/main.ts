@@ -27,6 +27,7 @@ import {
   defaultNetworkMode,
   defaultPublicKey,
   doctor,
+  failedStart,
   formatPortLine,
   formatPublishedList,
   freeLoopbackPort,
@@ -48,7 +49,7 @@ import {
   tailLog,
 } from "@mm/runtime";
 import Table from "cli-table3";
-import { collect, failedStart, parseLimits } from "./common.js";
+import { collect, parseLimits } from "./common.js";
 import { addDay2Commands } from "./day2-commands.js";
 import { execCommand } from "./exec.js";
 import { ago, commandText, statusText } from "./format.js";

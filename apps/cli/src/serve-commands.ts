@@ -3,8 +3,8 @@
 import { join } from "node:path";
 import type { Command } from "@commander-js/extra-typings";
 import { MmError } from "@mm/core";
-import { parseEgress, type Runtime } from "@mm/runtime";
-import { collect, failedStart, parseLimits } from "./common.js";
+import { failedStart, parseEgress, type Runtime } from "@mm/runtime";
+import { collect, parseLimits } from "./common.js";
 
 /** The API's default socket: in the state root (root's 0711 directory; the socket itself is 0600). */
 export const apiSocket = (rt: Runtime) => join(rt.paths.state, "api.sock");

@@ -5,8 +5,16 @@ import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import type { Command } from "@commander-js/extra-typings";
 import { DEFAULT_IMAGE, MmError, parseCpus, parseDiskSize, parseMemory } from "@mm/core";
-import { allocatedBytes, diskUsage, GUEST_BUSYBOX, type Runtime, type Snapshot, snapshotsDir } from "@mm/runtime";
-import { collect, failedStart } from "./common.js";
+import {
+  allocatedBytes,
+  diskUsage,
+  failedStart,
+  GUEST_BUSYBOX,
+  type Runtime,
+  type Snapshot,
+  snapshotsDir,
+} from "@mm/runtime";
+import { collect } from "./common.js";
 import { ago } from "./format.js";
 
 type Table = (head: string[], rows: string[][]) => string;

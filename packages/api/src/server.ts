@@ -8,9 +8,10 @@ import { timingSafeEqual } from "node:crypto";
 import { Transform } from "node:stream";
 import swagger from "@fastify/swagger";
 import websocket from "@fastify/websocket";
-import { ERRORS, type ErrorCode, isActive, isMmError, MmError, parseMemory } from "@mm/core";
+import { isActive, isMmError, MmError, parseMemory } from "@mm/core";
 import {
   diskUsage,
+  failedStart,
   formatPortLine,
   GUEST_BUSYBOX,
   guestProcesses,
@@ -142,17 +143,6 @@ async function streamLines<T>(
   return reply;
 }
 
-/** A started machine that failed to boot is an error, with its own code. */
-function started(r: MachineRecord): MachineRecord {
-  if (r.state === "failed" && r.error) {
-    const code = (r.error.code in ERRORS ? r.error.code : "MM_INTERNAL") as ErrorCode;
-    const e = new MmError(code);
-    e.message = r.error.message;
-    throw e;
-  }
-  return r;
-}
-
 /** Bearer token check in constant time (a wrong length is as slow as a wrong byte). */
 function tokenMatches(header: string | undefined, token: string): boolean {
   const m = /^Bearer (.+)$/.exec(header ?? "");
@@ -248,7 +238,7 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
           publish: (b.publish ?? []).map(parsePublish),
         },
       });
-      const r = started(await rt.startDetached(rec.id));
+      const r = failedStart(await rt.startDetached(rec.id));
       return reply.code(201).send(toMachine(r, ip(r)));
     },
   );
@@ -284,7 +274,7 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
       if (rec.state === "running" || rec.state === "starting") {
         throw new MmError("MM_MACHINE_RUNNING", rec.spec.name, { hint: "it is already running" });
       }
-      const r = started(await rt.startDetached(rec.id));
+      const r = failedStart(await rt.startDetached(rec.id));
       return toMachine(r, ip(r));
     },
   );
@@ -504,7 +494,7 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
     async (req, reply) => {
       const b = req.body;
       const image = await resolveImage(b.image, b.insecureRegistries);
-      const r = started(
+      const r = failedStart(
         await rt.createSandbox({
           ...(b.name !== undefined && { name: b.name }),
           ...(image && { image }),
@@ -582,7 +572,7 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
       },
     },
     async (req, reply) => {
-      const r = started(await rt.restore(req.params.id, req.body.name));
+      const r = failedStart(await rt.restore(req.params.id, req.body.name));
       return reply.code(201).send(toMachine(r, ip(r)));
     },
   );

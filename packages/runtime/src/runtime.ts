@@ -11,6 +11,8 @@ import {
   DEFAULT_CPUS,
   DEFAULT_IMAGE,
   DEFAULT_MEMORY_MIB,
+  ERRORS,
+  type ErrorCode,
   generatedName,
   isActive,
   isMmError,
@@ -742,4 +744,15 @@ export function checkRootlessNetwork(net: NetworkSpec | undefined, rootless: boo
       hint: "run mm as root (with --network bridge), or leave them out",
     });
   }
+}
+
+/** A detached start (or restore) that ended in `failed` is that failure's error, with its own code. */
+export function failedStart(r: MachineRecord): MachineRecord {
+  if (r.state === "failed" && r.error) {
+    const code = (r.error.code in ERRORS ? r.error.code : "MM_INTERNAL") as ErrorCode;
+    const e = new MmError(code);
+    e.message = r.error.message;
+    throw e;
+  }
+  return r;
 }
