@@ -66,7 +66,7 @@ did "packages built (tsc -b, incremental) and the CLI bundled (esbuild: apps/cli
 step "guest init (mm-init, static musl)"
 make -s -C guest/init
 make -s -C host/jail
-did "$(ls -l guest/init/build/mm-init | awk '{print $5}') bytes: guest/init/build/mm-init; host/jail/build/mm-jail"
+did "$(ls -l guest/init/build/mm-init | awk '{print $5}') bytes: guest/init/build/mm-init; host/jail/build/mm-jail, mm-seal"
 
 # 5. guest kernel
 step "guest kernel"

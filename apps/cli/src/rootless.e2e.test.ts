@@ -111,13 +111,19 @@ before(async () => {
     "apps/cli/dist/mm.mjs",
     "apps/cli/dist/rootfs-worker.js",
     "guest/init/build/mm-init",
+    "host/jail/build/mm-seal",
   ]) {
     mkdirSync(join(install, f, ".."), { recursive: true });
     copyFileSync(join(repo, f), join(install, f));
   }
   copyFileSync(process.execPath, join(install, "node"));
   execFileSync("chmod", ["-R", "a+rX", install]);
-  execFileSync("chmod", ["a+x", join(install, "node"), join(install, "guest/init/build/mm-init")]);
+  execFileSync("chmod", [
+    "a+x",
+    join(install, "node"),
+    join(install, "guest/init/build/mm-init"),
+    join(install, "host/jail/build/mm-seal"),
+  ]);
   home = mkdtempSync(join(tmpdir(), "mm-rootless-home-"));
   chownSync(home, uid, uid);
   execFileSync("chmod", ["0700", home]);
@@ -264,7 +270,12 @@ describe("rootless", () => {
     for (const needle of ["qemu-system", "passt"]) {
       assert.ok(userProcesses(needle).length >= 1, `${needle} runs as the user`);
     }
-    assert.equal((await asUser(["rm", "-f", "web"], { inNetns: true })).code, 0);
+    // A fork without root: the clone maps the fork's sealed memfd, held by the user's mm-seal.
+    const fork = await asUser(["fork", "web", "webkid"], { inNetns: true });
+    assert.equal(fork.code, 0, fork.stderr);
+    const kid = await asUser(["exec", "webkid", "--", "cat", "/www/index.html"], { inNetns: true });
+    assert.match(kid.stdout, /hello from the mm web fixture/, kid.stderr);
+    assert.equal((await asUser(["rm", "-f", "web", "webkid"], { inNetns: true })).code, 0);
     await until(() => (userProcesses("passt").length === 0 ? true : undefined), 10_000, "passt to end");
   });
 

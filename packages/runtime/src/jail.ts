@@ -127,6 +127,11 @@ export function jailExecutor(env: NodeJS.ProcessEnv = process.env): string {
   return env.MM_JAIL_BIN || join(installRoot(), "host", "jail", "build", "mm-jail");
 }
 
+/** mm-seal (host/jail/mm-seal.c), which holds a fork's RAM as a sealed memfd; MM_SEAL_BIN overrides. */
+export function sealExecutor(env: NodeJS.ProcessEnv = process.env): string {
+  return env.MM_SEAL_BIN || join(installRoot(), "host", "jail", "build", "mm-seal");
+}
+
 /** Whether VMMs run jailed here: as root, unless MM_JAIL=0 (a debugging switch, said in `mm inspect`). */
 export function jailEnabled(env: NodeJS.ProcessEnv): boolean {
   return !isRootless() && env.MM_JAIL !== "0";
@@ -134,14 +139,12 @@ export function jailEnabled(env: NodeJS.ProcessEnv): boolean {
 
 export interface JailFiles {
   readonly kernel: string;
-  /** Files the VMM reads only: backing layers, the tools disk, a capture mapped copy-on-write. */
+  /** Files the VMM reads only: backing layers, the tools disk. */
   readonly readOnly: readonly string[];
   /** Files and directories it writes, made the machine's own: the overlay, RAM, volumes, its run directory. */
   readonly readWrite: readonly string[];
   /** The machine's directory: traversable by its VMM (new overlays appear there), nothing else in it readable. */
   readonly machineDir: string;
-  /** Bound read-write but not made the machine's: a fork's RAM capture, which its clones map copy-on-write. */
-  readonly shared?: readonly string[];
   /** 9p shares: bound idmapped, their owner's files the VMM's own inside (never chowned). */
   readonly idmapped?: readonly { readonly path: string; readonly readOnly: boolean }[];
 }
@@ -184,7 +187,7 @@ export async function prepareJail(options: {
     const st = await stat(p).catch(() => null);
     if (st?.isFile()) largest = Math.max(largest, st.size, (await qcow2VirtualSize(p)) ?? 0);
   }
-  const all = [files.kernel, ...files.readOnly, ...files.readWrite, ...(files.shared ?? [])];
+  const all = [files.kernel, ...files.readOnly, ...files.readWrite];
   const directories: string[] = [];
   for (const p of all) if ((await stat(p).catch(() => null))?.isDirectory()) directories.push(p);
   const idmapped = [];
@@ -199,7 +202,7 @@ export async function prepareJail(options: {
     directories,
     root: options.root,
     readOnly: [files.kernel, ...files.readOnly],
-    readWrite: [...files.readWrite, ...(files.shared ?? [])],
+    readWrite: files.readWrite,
     kvm: options.kvm,
     tap: options.tap,
     cpus: options.cpus,

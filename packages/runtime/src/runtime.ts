@@ -49,6 +49,7 @@ import {
   runDir,
 } from "./paths.js";
 import { commandLine, isSameProcess } from "./proc.js";
+import { type SealedMemory, sealCapture } from "./seal.js";
 import {
   activeOverlay,
   checkCompat,
@@ -328,7 +329,7 @@ export class Runtime {
   }
 
   /** Starts a detached supervisor for the machine and waits until it is running (or has ended). */
-  async startDetached(id: string): Promise<MachineRecord> {
+  async startDetached(id: string, extraEnv: Readonly<Record<string, string>> = {}): Promise<MachineRecord> {
     const argv = this.options.supervisorCommand;
     if (!argv || argv.length === 0) throw new MmError("MM_INTERNAL", "no supervisor command configured");
     const rec = this.store.get(id);
@@ -339,7 +340,7 @@ export class Runtime {
       const child = spawn(argv[0] as string, [...argv.slice(1), id], {
         detached: true,
         stdio: ["ignore", out, out],
-        env: { ...this.env, MM_STATE: this.paths.state, MM_CACHE: this.paths.cache },
+        env: { ...this.env, ...extraEnv, MM_STATE: this.paths.state, MM_CACHE: this.paths.cache },
       });
       child.unref();
     } finally {
@@ -570,7 +571,10 @@ export class Runtime {
 
   /**
    * `mm fork`: captures the running machine once (RAM to shared memory) and starts
-   * `count` clones that map it copy-on-write; the parent runs on throughout.
+   * `count` clones that map it copy-on-write; the parent runs on throughout. The
+   * capture's RAM reaches the clones as one sealed memfd (see seal.ts), which nothing
+   * can write: a clone's VMM (or its balloon's free-page reports) cannot change what
+   * its siblings still share.
    */
   async fork(ref: string, name: string, count = 1): Promise<MachineRecord[]> {
     const parent = this.find(ref);
@@ -592,6 +596,7 @@ export class Runtime {
     const staging = join(snapshotsDir(this.paths), `.staging-${rand}`);
     const ramPath = join(shmDir(this.paths, this.env), "captures", `${rand}.ram`);
     let snap: Snapshot;
+    let sealed: SealedMemory | undefined;
     try {
       const c = await requestCapture(controlSocket(this.paths, parent.id), { staging, ramPath });
       snap = await finalizeSnapshot(this.store, this.paths, staging, {
@@ -605,14 +610,23 @@ export class Runtime {
         spec: parent.spec,
         ...capturedMeta(c),
       });
+      sealed = await sealCapture(ramPath, this.env);
     } catch (e) {
       await rm(staging, { recursive: true, force: true });
-      await rm(ramPath, { force: true });
       throw e;
+    } finally {
+      // The memfd holds the RAM now (or the fork failed): the file would only double it.
+      await rm(ramPath, { force: true });
     }
-    const clones = names.map((n) => this.createFrom(snap, n, "cow"));
-    this.store.addEvent(parent.id, parent.spec.name, "fork", { clones: names, capture: snap.id });
-    const started = await Promise.all(clones.map((c) => this.startDetached(c.id)));
+    const memory = sealed;
+    let started: MachineRecord[];
+    try {
+      const clones = names.map((n) => this.createFrom(snap, n, "cow"));
+      this.store.addEvent(parent.id, parent.spec.name, "fork", { clones: names, capture: snap.id });
+      started = await Promise.all(clones.map((c) => this.startDetached(c.id, { MM_FORK_MEMORY: memory.path })));
+    } finally {
+      memory.release(); // the clones' VMMs hold the memfd from here
+    }
     // Clones that failed to start no longer need the capture; if none runs, it goes now.
     await releaseForkCapture(this.paths, this.store, snap.id);
     return started;

@@ -302,8 +302,9 @@ export function resolveSnapshot(store: Store, ref: string): Snapshot {
  * Checks a snapshot's files before it is restored: every file is there with its
  * recorded size; with `full`, its content hash too (RAM files are read whole).
  */
-export async function verifySnapshot(snap: Snapshot, full: boolean): Promise<void> {
-  const files = [snap.disk.layer, snap.ram, snap.state].filter((f): f is FileDigest => f !== null);
+export async function verifySnapshot(snap: Snapshot, full: boolean, options: { ram?: boolean } = {}): Promise<void> {
+  const ram = options.ram === false ? null : snap.ram;
+  const files = [snap.disk.layer, ram, snap.state].filter((f): f is FileDigest => f !== null);
   for (const f of files) {
     const st = await stat(f.path).catch(() => null);
     if (!st) throw new MmError("MM_SNAPSHOT_CORRUPT", `${f.path} is missing`);

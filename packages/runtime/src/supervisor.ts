@@ -146,6 +146,26 @@ export function hostnameFor(name: string): string {
   );
 }
 
+/**
+ * A clone's RAM: the sealed memfd its fork holds while the clones start (mm-seal's
+ * /proc entry, passed as MM_FORK_MEMORY). Nothing else has it: the capture file is gone
+ * once the memfd holds it, so a clone whose first start did not come with its fork
+ * cannot start from the fork's memory.
+ */
+function forkMemory(env: NodeJS.ProcessEnv): string {
+  const path = env.MM_FORK_MEMORY;
+  if (!path || !existsSync(path)) {
+    throw new MmError(
+      "MM_SNAPSHOT_CORRUPT",
+      "this clone's memory is gone: a clone starts from its fork's memory only with the fork",
+      {
+        hint: "fork the source machine again (mm fork), or remove this clone",
+      },
+    );
+  }
+  return path;
+}
+
 export class Supervisor {
   private vm: RunningVm | null = null;
   private session: AgentSession | null = null;
@@ -327,7 +347,8 @@ export class Supervisor {
     let makeTemplate: string | null = null;
     if (firstBoot && rec.spec.restoreFrom) {
       const snap = resolveSnapshot(store, rec.spec.restoreFrom.snapshot);
-      await verifySnapshot(snap, false);
+      // A clone's RAM is its fork's sealed memfd (MM_FORK_MEMORY), not the capture file.
+      await verifySnapshot(snap, false, { ram: rec.spec.restoreFrom.memory !== "cow" });
       if (snap.memory === null) {
         diskOnly = snap; // a stopped machine's snapshot: boot its disk
       } else {
@@ -366,7 +387,7 @@ export class Supervisor {
     this.ramFile = machineRamPath(paths, this.id, env);
     await mkdir(join(this.ramFile, ".."), { recursive: true, mode: 0o700 });
     await rm(this.ramFile, { force: true });
-    let memoryFile = { path: this.ramFile, shared: true };
+    let memoryFile: { path: string; shared: boolean; descriptor?: boolean } = { path: this.ramFile, shared: true };
     // The machine's cgroups exist before its RAM is written: the copy below is charged to
     // the machine, as every page its VMM touches later is.
     const cgroups = jailEnabled(env) ? await cgroupLayout(this.id, cgroupMountDir(paths)) : null;
@@ -375,7 +396,7 @@ export class Supervisor {
       this.cgroups = cgroups;
     }
     if (restore?.snap.memory === "file" && restore.snap.ram) {
-      if (restore.memory === "cow") memoryFile = { path: restore.snap.ram.path, shared: false };
+      if (restore.memory === "cow") memoryFile = { path: forkMemory(env), shared: false, descriptor: true };
       else {
         const source =
           restore.snap.kind === "template" ? await templateRamCache(paths, env, restore.snap) : restore.snap.ram.path;
@@ -478,7 +499,6 @@ export class Supervisor {
             ...volumePaths,
           ],
           machineDir: machineDir(paths, this.id),
-          shared: [...(memoryFile.shared ? [] : [memoryFile.path])],
           // QEMU's 9p server acts with the VMM's own credentials: the directory is bound
           // idmapped, so its owner's files are the VMM's inside (and stay the owner's).
           idmapped: driver === "9p" ? binds.map((b) => ({ path: b.source, readOnly: b.readOnly })) : [],
@@ -890,11 +910,8 @@ export class Supervisor {
         ramPath = req.ramPath ?? join(req.staging, "ram");
         await mkdir(join(ramPath, ".."), { recursive: true, mode: 0o700 });
         await runTool("cp", ["--sparse=always", this.ramFile, ramPath], "copying the machine's RAM");
-        // A fork's capture is mapped copy-on-write by each clone's VMM, as the clone's own
-        // uid, and QEMU 7.2 opens a RAM file read-write even for a private mapping (its
-        // `rom=on` came in 8.2). The file sits in a 0700 directory and is bound into the
-        // clones' jails alone, so only they reach it; see docs/adr/0008.
-        await chmod(ramPath, req.ramPath ? 0o666 : 0o600);
+        // mm's alone: a fork's clones get it as a sealed memfd (mm-seal), never this file.
+        await chmod(ramPath, 0o600);
       }
       await vm.resume();
       paused = false;

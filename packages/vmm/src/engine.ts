@@ -44,8 +44,10 @@ export interface BootSpec {
    * Guest RAM in a file, so that it can be captured without copying it through the
    * VMM. `shared`: the machine's own RAM (writes reach the file); otherwise the file
    * is a capture mapped copy-on-write, shared with every other clone of it.
+   * `descriptor`: the engine opens `path` (a sealed memfd's /proc entry) and hands QEMU
+   * the descriptor, which it maps as /proc/self/fd/N: a jailed VMM needs no path to it.
    */
-  readonly memoryFile?: { readonly path: string; readonly shared: boolean };
+  readonly memoryFile?: { readonly path: string; readonly shared: boolean; readonly descriptor?: boolean };
   /** Start paused, waiting for `loadState` (a restore) instead of booting the kernel. */
   readonly incoming?: boolean;
   /**

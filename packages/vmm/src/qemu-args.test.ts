@@ -68,6 +68,19 @@ describe("buildQemuArgs", () => {
     assert.deepEqual(values(cow, "-incoming"), []);
   });
 
+  test("RAM handed over as a descriptor (a fork's sealed memfd): mapped through /proc/self/fd", () => {
+    const memfd = { memoryFile: { path: "/proc/77/fd/4", shared: false, descriptor: true } };
+    const a = buildQemuArgs({
+      spec: spec(memfd),
+      fds: { qmp: 3, agent: 4, sockets: new Map(), memory: 5 },
+      pidFile: "/r/qemu.pid",
+    });
+    assert.deepEqual(values(a, "-object"), ["memory-backend-file,id=mem,size=512M,mem-path=/proc/self/fd/5,share=off"]);
+    // The holder's path never reaches QEMU, and a descriptor must have been passed.
+    assert.ok(!a.join(" ").includes("/proc/77"));
+    assert.throws(() => build(spec(memfd)), /no descriptor for the guest RAM/);
+  });
+
   test("shared directories: virtio-fs through its daemon's socket (needs shared RAM), or 9p", () => {
     const shares = [
       { kind: "virtiofs" as const, tag: "mmfs0", socket: "/r/fs0.sock" },

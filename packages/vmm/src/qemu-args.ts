@@ -12,7 +12,13 @@ export interface QemuArgsInput {
    * sockets stay 0600 and a jailed QEMU never needs their paths): QMP's, the agent
    * channel's, and one per socket path in the spec (passt, virtiofsd).
    */
-  readonly fds: { readonly qmp: number; readonly agent: number; readonly sockets: ReadonlyMap<string, number> };
+  readonly fds: {
+    readonly qmp: number;
+    readonly agent: number;
+    readonly sockets: ReadonlyMap<string, number>;
+    /** The guest RAM's descriptor, for a `memoryFile` handed over as one. */
+    readonly memory?: number;
+  };
   readonly pidFile: string;
 }
 
@@ -84,10 +90,15 @@ export function buildQemuArgs(input: QemuArgsInput): string[] {
     throw new RangeError(`memoryMib must be ≥ 16, got ${spec.memoryMib}`);
   }
   const e = escapeOptionValue;
+  let memPath = spec.memoryFile?.path;
+  if (spec.memoryFile?.descriptor) {
+    if (input.fds.memory === undefined) throw new RangeError("no descriptor for the guest RAM");
+    memPath = `/proc/self/fd/${input.fds.memory}`;
+  }
   const memory = spec.memoryFile
     ? [
         "-object",
-        `memory-backend-file,id=mem,size=${spec.memoryMib}M,mem-path=${e(spec.memoryFile.path)},share=${spec.memoryFile.shared ? "on" : "off"}`,
+        `memory-backend-file,id=mem,size=${spec.memoryMib}M,mem-path=${e(memPath as string)},share=${spec.memoryFile.shared ? "on" : "off"}`,
       ]
     : [];
   const args = [

@@ -4,7 +4,7 @@
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { createReadStream, createWriteStream, constants as fsc } from "node:fs";
-import { access, chmod, chown, mkdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { access, chmod, chown, type FileHandle, mkdir, open, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
@@ -109,6 +109,7 @@ export class QemuEngine implements Engine {
     // QEMU gets the other ends as inherited descriptors: connected before it starts, so
     // there is no race and no socket path it must be allowed to reach.
     const handed: Socket[] = [];
+    let memory: FileHandle | undefined;
     let child: ChildProcess | undefined;
     let vm: QemuVm | undefined;
     try {
@@ -125,9 +126,15 @@ export class QemuEngine implements Engine {
         sockets.set(path, 3 + handed.length);
         handed.push(await connectTo(path));
       }
+      // A capture held as a sealed memfd: QEMU gets the descriptor, after the sockets.
+      if (spec.memoryFile?.descriptor) {
+        memory = await open(spec.memoryFile.path, "r").catch((e: NodeJS.ErrnoException) => {
+          throw new MmError("MM_ENGINE_IO", `the guest RAM ${spec.memoryFile?.path} cannot be opened: ${e.code}`);
+        });
+      }
       const args = buildQemuArgs({
         spec,
-        fds: { qmp: 3, agent: 4, sockets },
+        fds: { qmp: 3, agent: 4, sockets, ...(memory && { memory: 3 + handed.length }) },
         pidFile,
         ...(this.options.tscKhz !== undefined && { tscKhz: this.options.tscKhz }),
       });
@@ -137,9 +144,13 @@ export class QemuEngine implements Engine {
       const argv = spec.jail
         ? jailCommand(spec.jail, [qemu, ...args])
         : [setpriv, "--pdeathsig", "KILL", "--", qemu, ...args];
-      child = spawn(argv[0] as string, argv.slice(1), { stdio: ["ignore", "pipe", "pipe", ...handed] });
+      child = spawn(argv[0] as string, argv.slice(1), {
+        stdio: ["ignore", "pipe", "pipe", ...handed, ...(memory ? [memory.fd] : [])],
+      });
       vm = new QemuVm(child, spec, join(ownDir, "migrate.sock"));
       for (const h of handed) h.destroy(); // the child holds its own copies
+      await memory?.close();
+      memory = undefined;
       const running = vm;
       const [qmpSock, channel] = await withTimeout(
         Promise.race([
@@ -156,6 +167,7 @@ export class QemuEngine implements Engine {
       return vm;
     } catch (e) {
       for (const h of handed) h.destroy();
+      await memory?.close();
       await vm?.kill();
       if (e instanceof MmError && e.code === "MM_QEMU_FAILED") throw e;
       const tail = vm?.stderrTail();
