@@ -8,7 +8,7 @@
 
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import { median, writeSection } from "./report.mjs";
@@ -204,8 +204,12 @@ try {
   time(mm, ["fork", "parent", "clone", "--count", String(K)]);
   await settle();
   const clonePss = vmmPids(clones).map(pss);
-  const capture = mmJson(["snapshot", "ls", "--all", "--json"]).find((s) => s.kind === "fork");
-  const captureMb = (statSync(capture.files.ram.path).blocks * 512) / 2 ** 20;
+  // The capture is one sealed memfd the clones' VMMs hold (no file): its allocated size.
+  const clonePid = vmmPids([clones[0]])[0];
+  const memfd = readdirSync(`/proc/${clonePid}/fd`).find((f) =>
+    readlinkSync(`/proc/${clonePid}/fd/${f}`).startsWith("/memfd:mm-fork-ram"),
+  );
+  const captureMb = (statSync(`/proc/${clonePid}/fd/${memfd}`).blocks * 512) / 2 ** 20;
   time(mm, ["rm", "-f", ...clones]);
   const colds = Array.from({ length: K }, (_, i) => `cold-${i + 1}`);
   for (const n of colds) time(mm, ["run", "-d", "--cold", "--name", n, ...insecure, image, "--", "sleep", "3600"]);
@@ -259,7 +263,7 @@ machine maps counts in its PSS, shared pages divided among the processes that ma
 | --- | --- |
 | ${K} forked clones: PSS each | ${mem.clonePss.map((x) => x.toFixed(0)).join(", ")} MB (sum ${sum(mem.clonePss).toFixed(0)} MB) |
 | ${K} cold machines: PSS each | ${mem.coldPss.map((x) => x.toFixed(0)).join(", ")} MB (sum ${sum(mem.coldPss).toFixed(0)} MB) |
-| the fork's RAM capture (shared memory, allocated; mapped by the clones) | ${mem.captureMb.toFixed(0)} MB |
+| the fork's RAM capture (one sealed memfd, allocated; mapped by the clones) | ${mem.captureMb.toFixed(0)} MB |
 | per clone: PSS | ${perClone.toFixed(0)} MB = ${((perClone / mem.ramMib) * 100).toFixed(0)} % of its 256 MiB |
 | per clone, counting the whole capture too: (sum PSS + capture) / ${K} | ${((sum(mem.clonePss) + mem.captureMb) / K).toFixed(0)} MB = ${(((sum(mem.clonePss) + mem.captureMb) / K / mem.ramMib) * 100).toFixed(0)} % (target ≤ 25 %) |
 | per cold machine: PSS | ${perCold.toFixed(0)} MB |
