@@ -11,7 +11,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { MmApiError, MmClient, Sandbox } from "@micromachines/sdk";
-import { harness, until } from "./test-helpers.js";
+import { harness, startServer, until } from "./test-helpers.js";
 
 const h = harness("mm-api-");
 const token = randomBytes(16).toString("hex");
@@ -20,33 +20,15 @@ let tcpServer: ChildProcess;
 let socket = "";
 let tcpBase = "";
 
-/** Starts `mm serve` and resolves with the addresses it prints. */
-function startServer(args: string[], inNetns: boolean): Promise<{ child: ChildProcess; addresses: string[] }> {
-  const child = inNetns ? h.spawnMm(["serve", ...args]) : h.spawnMm(["serve", ...args], {}, "ignore", false);
-  return new Promise((resolve, reject) => {
-    let out = "";
-    let err = "";
-    child.stdout?.on("data", (d) => {
-      out += d;
-      const line = out.split("\n")[0];
-      if (out.includes("\n") && line)
-        resolve({ child, addresses: (JSON.parse(line) as { listening: string[] }).listening });
-    });
-    child.stderr?.on("data", (d) => {
-      err += d;
-    });
-    child.on("exit", (code) => reject(new Error(`mm serve exited ${code}: ${err}`)));
-  });
-}
-
 const client = () => new MmClient({ host: `unix://${socket}` });
 
 before(async () => {
   socket = join(h.state, "api.sock");
   // A small body cap, so that the oversized request fits in the socket's buffer and the
   // client reads the 413 rather than a reset.
-  unixServer = (await startServer(["--body-limit", "65536"], true)).child;
+  unixServer = (await startServer(h, ["--body-limit", "65536"], true)).child;
   const tcp = await startServer(
+    h,
     ["--socket", join(h.state, "api-tcp.sock"), "--tcp", "127.0.0.1:0", "--token", token],
     false,
   );
@@ -307,7 +289,7 @@ describe("sandbox lifetime and TCG", () => {
     assert.equal((await client().json<unknown[]>("GET", "/v1/machines")).length, before, "the sandbox is gone");
   });
 
-  test("the CLI through the API: --host (and MM_HOST) for run -d, ps, exec, sandbox, rm", async () => {
+  test("the CLI through the API: --host (and MM_HOST) for run -d, ps, exec, sandbox, rm, doctor, wait, events…", async () => {
     const host = `unix://${socket}`;
     const remote = (args: string[], env: NodeJS.ProcessEnv = {}) => h.mm(["--host", host, ...args], env);
     const run = await remote(["run", "-d", "--name", "viaapi", "--", "sleep", "600"]);
@@ -370,7 +352,24 @@ describe("sandbox lifetime and TCG", () => {
     const gc = await remote(["snapshot", "gc", "viaapi", "--keep", "1"]);
     assert.equal(gc.code, 0, gc.stderr);
     assert.equal(gc.stdout.trim().split("\n").length, 1, "one of two removed");
-    const unsupported = await remote(["system", "start-all"]);
+    // The host's commands: doctor, system start-all, wait, events.
+    const checks = JSON.parse((await remote(["doctor", "--json"])).stdout) as { name: string; ok: boolean }[];
+    for (const name of ["guest kernel", "acceleration", "VMM jail"]) {
+      assert.ok(
+        checks.some((c) => c.name === name),
+        `doctor checks ${name}`,
+      );
+    }
+    const startAll = await remote(["system", "start-all"]);
+    assert.equal(startAll.code, 0, startAll.stderr);
+    const waiter = await remote(["run", "-d", "--name", "waiter", "--", "sh", "-c", "sleep 1; exit 7"]);
+    assert.equal(waiter.code, 0, waiter.stderr);
+    assert.equal((await remote(["wait", "waiter"])).stdout, "7\n");
+    const events = await remote(["events", "--since", "10m", "--until", "0s", "--machine", "waiter"]);
+    assert.match(events.stdout, / machine create waiter \(id=/);
+    assert.match(events.stdout, / machine exit waiter \(id=.*exitCode=7/);
+    assert.equal((await remote(["rm", "waiter"])).code, 0);
+    const unsupported = await remote(["ssh", "viaapi"]);
     assert.equal(unsupported.code, 125);
     assert.match(unsupported.stderr, /not available through --host/);
     const missing = await remote(["inspect", "nosuch"]);
@@ -382,7 +381,7 @@ describe("sandbox lifetime and TCG", () => {
 
   test("SIGTERM stops the server gracefully: it exits 0 and removes its socket", async () => {
     const extra = join(h.state, "api-term.sock");
-    const s = await startServer(["--socket", extra], true);
+    const s = await startServer(h, ["--socket", extra], true);
     let stderr = "";
     s.child.stderr?.on("data", (d) => {
       stderr += d;

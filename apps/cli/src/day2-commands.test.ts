@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { parseTime, systemdUnit } from "./day2-commands.js";
+import { systemdUnit } from "./day2-commands.js";
+import { parseTime } from "./events-format.js";
 
 test("--since/--until take durations ago or absolute times; nonsense is MM_USAGE", () => {
   const now = Date.parse("2026-11-23T12:00:00Z");

@@ -6,36 +6,11 @@ import { homedir, userInfo } from "node:os";
 import { join } from "node:path";
 import type { Command } from "@commander-js/extra-typings";
 import { MmError, parseMemory } from "@mm/core";
-import {
-  guestProcesses,
-  isRootless,
-  type MachineEventRow,
-  type MachineStats,
-  type Runtime,
-  sampleStats,
-} from "@mm/runtime";
+import { guestProcesses, isRootless, type MachineStats, type Runtime, sampleStats } from "@mm/runtime";
+
+import { printEvents } from "./events-format.js";
 
 type Table = (head: string[], rows: string[][]) => string;
-
-/** `10m`, `90s`, `2h` ago, or an absolute time Date can parse (RFC 3339), as `docker events` takes. */
-export function parseTime(text: string, now = Date.now()): number {
-  const rel = /^(\d+)(ms|s|m|h)$/.exec(text);
-  if (rel) return now - Number(rel[1]) * { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[rel[2] as "ms" | "s" | "m" | "h"];
-  // Absolute times must look like one (a date first): Date.parse("10") would be the year 2010.
-  const t = /^\d{4}-\d{2}-\d{2}/.test(text) ? Date.parse(text) : Number.NaN;
-  if (Number.isNaN(t)) throw new MmError("MM_USAGE", `"${text}" is neither a duration (10m, 90s) nor a time`);
-  return t;
-}
-
-function eventLine(e: MachineEventRow): string {
-  const detail = e.detail
-    ? Object.entries(e.detail)
-        .filter(([, v]) => v !== null && v !== undefined)
-        .map(([k, v]) => `${k}=${Array.isArray(v) ? v.join(",") : String(v)}`)
-        .join(", ")
-    : "";
-  return `${e.time} machine ${e.type} ${e.machine} (id=${e.machineId}${detail ? `, ${detail}` : ""})\n`;
-}
 
 /**
  * The unit `mm system install` writes: one oneshot that boots the machines due at host
@@ -90,28 +65,9 @@ export function addDay2Commands(program: Command, runtime: () => Runtime, table:
     .option("--json", "one JSON object per line", false)
     .action(async (opts) => {
       const rt = runtime();
-      const since = opts.since !== undefined ? parseTime(opts.since) : Date.now();
-      const until = opts.until !== undefined ? parseTime(opts.until) : null;
-      let stop = false;
-      const onInt = () => {
-        stop = true;
-      };
-      process.once("SIGINT", onInt);
       try {
-        let after = 0;
-        for (;;) {
-          for (const e of rt.store.events(after)) {
-            after = e.seq;
-            const t = Date.parse(e.time);
-            if (t < since || (until !== null && t > until)) continue;
-            if (opts.machine !== undefined && e.machine !== opts.machine) continue;
-            process.stdout.write(opts.json ? `${JSON.stringify(e)}\n` : eventLine(e));
-          }
-          if (stop || (until !== null && Date.now() >= until)) break;
-          await new Promise((r) => setTimeout(r, 200));
-        }
+        await printEvents((after) => rt.store.events(after), opts);
       } finally {
-        process.off("SIGINT", onInt);
         rt.close();
       }
     });

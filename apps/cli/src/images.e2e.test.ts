@@ -8,7 +8,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { CLI, harness } from "./test-helpers.js";
+import { CLI, harness, startServer } from "./test-helpers.js";
 
 type Expect = {
   path: string;
@@ -309,5 +309,60 @@ describe("image housekeeping", () => {
     assert.equal(r.code, 0, r.stderr);
     const run = await h.mm(["run", "--rm", "--pull", "never", "local/imported:1", "--", "cat", "/etc/mm-fixture"]);
     assert.equal(run.stdout, "busybox\n", run.stderr);
+  });
+});
+
+describe("image commands through the API (mm --host)", () => {
+  test("login, logout, pull, images, import, template create, rmi and prune, served by mm serve", async () => {
+    const sock = join(work, "api.sock");
+    const authRef = () => fx("busybox").authRef as string;
+    const server = (await startServer(h, ["--socket", sock], false)).child;
+    const remote = (args: string[], input?: string) => h.mm(["--host", `unix://${sock}`, ...args], {}, input);
+    try {
+      const wrong = await remote(["login", "-u", regs.user, "--password-stdin", ...insecure, regs.auth], "wrong\n");
+      assert.equal(wrong.code, 125);
+      assert.match(wrong.stderr, /MM_REGISTRY_AUTH/);
+      const login = await remote(
+        ["login", "-u", regs.user, "--password-stdin", ...insecure, regs.auth],
+        `${regs.password}\n`,
+      );
+      assert.equal(login.code, 0, login.stderr);
+      // The server keeps the credentials: its pulls of the private image work.
+      const pulled = await remote(["pull", ...insecure, authRef()]);
+      assert.equal(pulled.code, 0, pulled.stderr);
+      assert.ok((await remote(["images", "-q"])).stdout.split("\n").includes(authRef()), "the pulled image is listed");
+      assert.equal((await remote(["logout", regs.auth])).stdout, `Removed login credentials for ${regs.auth}\n`);
+      assert.equal((await remote(["logout", regs.auth])).stdout, `Not logged in to ${regs.auth}\n`);
+
+      // An archive sent to the server; a directory is refused with a hint.
+      const archive = join(work, "remote-saved.tar");
+      execFileSync("skopeo", ["copy", "--quiet", fx("busybox").ociRef, `docker-archive:${archive}:remote/saved:1`]);
+      const imported = await remote(["image", "import", archive]);
+      assert.equal(imported.code, 0, imported.stderr);
+      assert.match(imported.stdout, /^docker\.io\/remote\/saved:1@sha256:/);
+      const dir = await remote(["image", "import", fx("busybox").layout]);
+      assert.equal(dir.code, 125);
+      assert.match(dir.stderr, /MM_USAGE.*directory/s);
+
+      const made = await remote(["template", "create", "--network", "none", "--json", "remote/saved:1"]);
+      assert.equal(made.code, 0, made.stderr);
+      const t = JSON.parse(made.stdout) as { id: string; existed: boolean };
+      assert.equal(t.existed, false);
+      const again = JSON.parse(
+        (await remote(["template", "create", "--network", "none", "--json", "remote/saved:1"])).stdout,
+      );
+      assert.deepEqual([again.id, again.existed], [t.id, true]);
+      assert.match((await remote(["template", "ls"])).stdout, new RegExp(`^${t.id.slice(0, 12)}\\t`, "m"));
+
+      // rmi takes the image's templates along; prune frees its blobs.
+      assert.match((await remote(["rmi", "remote/saved:1"])).stdout, /^Untagged: docker\.io\/remote\/saved:1\n$/);
+      assert.doesNotMatch((await remote(["template", "ls"])).stdout, new RegExp(t.id.slice(0, 12)));
+      const missing = await remote(["rmi", "remote/saved:1"]);
+      assert.match(missing.stderr, /MM_NO_SUCH_IMAGE/);
+      const prune = JSON.parse((await remote(["image", "prune", "--json"])).stdout) as { removed: number };
+      assert.ok(prune.removed > 0, JSON.stringify(prune));
+    } finally {
+      server.kill("SIGTERM");
+    }
   });
 });

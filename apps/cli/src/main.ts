@@ -32,9 +32,7 @@ import {
   formatPublishedList,
   freeLoopbackPort,
   hostKeyAlias,
-  imagesInUse,
   knownHostsPath,
-  layersInUse,
   type MachineRecord,
   machineDir as machineDirOf0,
   parseCopyTarget,
@@ -522,12 +520,10 @@ export function buildProgram(): Command {
     .action(async (refs, opts) => {
       const rt = runtime();
       try {
-        const inUse = imagesInUse(rt);
         for (const ref of refs) {
-          const r = await rt.images.remove(ref, inUse, opts.force);
+          const r = await rt.removeImage(ref, opts.force);
           process.stdout.write(`Untagged: ${r.reference}\n`);
         }
-        await rt.removeOrphanTemplates();
       } finally {
         rt.close();
       }
@@ -541,10 +537,7 @@ export function buildProgram(): Command {
     .action(async (opts) => {
       const rt = runtime();
       try {
-        const templates = await rt.removeOrphanTemplates();
-        const r = await rt.images.prune(imagesInUse(rt), await layersInUse(rt.paths, rt.store));
-        r.freedBytes += await rt.collectGarbage();
-        r.removed += templates;
+        const r = await rt.pruneImages();
         process.stdout.write(
           opts.json
             ? `${JSON.stringify(r)}\n`

@@ -1,11 +1,15 @@
-// `mm --host unix:///…/api.sock …` (or MM_HOST): the CLI as a client of `mm serve`, for
-// the commands a remote user needs most — ps, inspect, run -d, exec, logs, cp (one file),
-// port, df, top, stats, update, stop, start, rm, snapshot create/ls/rm/gc, template ls/rm, volume,
-// restore, fork, pull, images, sandbox create/ls/rm. Bundled apart (apps/cli/dist/remote-cli.js) and loaded only when
-// a host is given, so local commands do not carry the HTTP and WebSocket clients.
+// `mm --host unix:///…/api.sock …` (or MM_HOST): the CLI as a client of `mm serve` — ps,
+// inspect, run -d, exec, logs, cp (one file), port, df, top, stats, update, stop, start,
+// rm, wait, events, snapshot create/ls/rm/gc, template create/ls/rm, volume, restore, fork,
+// pull, images, rmi, image ls/prune/import, login, logout, doctor, system start-all,
+// sandbox create/ls/rm (remote-host.ts has the host's commands). Not through it: `mm ssh`
+// (the client side of SSH runs here), `mm system install` (the server's service files)
+// and `mm serve`. Bundled apart (apps/cli/dist/remote-cli.js) and loaded only when a host
+// is given, so local commands do not carry the HTTP and WebSocket clients.
 
 import { Command, CommanderError } from "@commander-js/extra-typings";
 import { type Machine, MmApiError, MmClient, Sandbox } from "@micromachines/sdk";
+import { addHostCommands } from "./remote-host.js";
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -346,15 +350,6 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
       for (const c of clones) process.stdout.write(`${c.id}\n`);
     });
 
-  program.command("images").action(async () => {
-    for (const i of await client.json<{ reference: string; digest: string; sizeBytes: number }[]>(
-      "GET",
-      "/v1/images",
-    )) {
-      process.stdout.write(`${i.reference}\t${i.digest.slice(7, 19)}\t${i.sizeBytes}\n`);
-    }
-  });
-
   const sandbox = program.command("sandbox");
   sandbox
     .command("create")
@@ -385,6 +380,8 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
       }
     });
 
+  addHostCommands(program, client, template);
+
   // As locally: in `run … -- CMD` everything after the first `--` is the command (never the image).
   let args = [...argv];
   const dashes = args.indexOf("--");
@@ -398,7 +395,7 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
     if (e instanceof CommanderError) {
       if (e.code === "commander.unknownCommand") {
         process.stderr.write(
-          "mm: MM_USAGE: this command is not available through --host yet\n  hint: ps, inspect, run -d, exec, logs, cp, port, df, top, stats, update, stop, start, rm, snapshot, template, volume, restore, fork, pull, images and sandbox are; run others on the server\n",
+          "mm: MM_USAGE: this command is not available through --host\n  hint: ssh, system install and serve run on the server itself; see mm --host HOST help\n",
         );
         code = 125;
       } else code = e.exitCode === 0 ? 0 : 125;

@@ -1,19 +1,10 @@
 // `mm snapshot`, `mm restore`, `mm fork`, `mm template` and `mm df`: thin renderings of
 // the runtime's snapshot operations (packages/runtime/src/snapshots.ts).
 
-import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import type { Command } from "@commander-js/extra-typings";
 import { DEFAULT_IMAGE, MmError, parseCpus, parseDiskSize, parseMemory } from "@mm/core";
-import {
-  allocatedBytes,
-  diskUsage,
-  failedStart,
-  GUEST_BUSYBOX,
-  type Runtime,
-  type Snapshot,
-  snapshotsDir,
-} from "@mm/runtime";
+import { allocatedBytes, diskUsage, failedStart, type Runtime, type Snapshot, snapshotsDir } from "@mm/runtime";
 import { collect } from "./common.js";
 import { ago } from "./format.js";
 
@@ -201,32 +192,17 @@ export function addSnapshotCommands(
         if (opts.network !== undefined && !["bridge", "user", "none"].includes(opts.network)) {
           throw new MmError("MM_USAGE", `--network "${opts.network}": use bridge, user or none`);
         }
-        const rec = rt.create({
-          name: `template-${randomBytes(4).toString("hex")}`,
-          ...(pulled && { image: pulled }),
-          cpus: parseCpus(opts.cpus),
-          memoryMib: parseMemory(opts.memory),
-          ...(opts.diskSize !== undefined && { diskSizeMib: parseDiskSize(opts.diskSize) }),
-          ...(opts.network !== undefined && { network: { mode: opts.network as "bridge" | "user" | "none" } }),
-          // The template is taken before the workload starts; mm's own busybox needs nothing of the image.
-          entrypoint: [GUEST_BUSYBOX],
-          command: ["true"],
-        });
-        try {
-          const outcome = await rt.runAttached(rec.id, { onWarning: (m) => process.stderr.write(`mm: ${m}\n`) });
-          if (outcome.error) throw outcome.error;
-          const mode = rt.store.get(rec.id).bootMode ?? "";
-          const short = mode.startsWith("template:") ? mode.slice("template:".length) : null;
-          const t = short
-            ? rt.templates().find((x) => x.id.startsWith(short))
-            : rt.templates().find((x) => x.machineId === rec.id);
-          if (!t) throw new MmError("MM_SNAPSHOT_FAILED", "the image booted, but no template was recorded");
-          process.stdout.write(
-            opts.json ? `${JSON.stringify({ ...snapshotJson(t), existed: short !== null })}\n` : `${t.id}\n`,
-          );
-        } finally {
-          await rt.remove(rec.id, { force: true });
-        }
+        const { template: t, existed } = await rt.createTemplate(
+          {
+            ...(pulled && { image: pulled }),
+            cpus: parseCpus(opts.cpus),
+            memoryMib: parseMemory(opts.memory),
+            ...(opts.diskSize !== undefined && { diskSizeMib: parseDiskSize(opts.diskSize) }),
+            ...(opts.network !== undefined && { network: { mode: opts.network as "bridge" | "user" | "none" } }),
+          },
+          { onWarning: (m) => process.stderr.write(`mm: ${m}\n`) },
+        );
+        process.stdout.write(opts.json ? `${JSON.stringify({ ...snapshotJson(t), existed })}\n` : `${t.id}\n`);
       }),
     );
   tmpl

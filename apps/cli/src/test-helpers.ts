@@ -126,3 +126,26 @@ export async function until<T>(
     await new Promise((r) => setTimeout(r, 100));
   }
 }
+
+/** Starts `mm serve` and resolves with the addresses it prints. */
+export function startServer(
+  h: Harness,
+  args: string[],
+  inNetns: boolean,
+): Promise<{ child: ChildProcess; addresses: string[] }> {
+  const child = inNetns ? h.spawnMm(["serve", ...args]) : h.spawnMm(["serve", ...args], {}, "ignore", false);
+  return new Promise((resolve, reject) => {
+    let out = "";
+    let err = "";
+    child.stdout?.on("data", (d) => {
+      out += d;
+      const line = out.split("\n")[0];
+      if (out.includes("\n") && line)
+        resolve({ child, addresses: (JSON.parse(line) as { listening: string[] }).listening });
+    });
+    child.stderr?.on("data", (d) => {
+      err += d;
+    });
+    child.on("exit", (code) => reject(new Error(`mm serve exited ${code}: ${err}`)));
+  });
+}

@@ -33,6 +33,8 @@ import {
 } from "fastify-type-provider-zod";
 import { z } from "zod";
 import { downloadFile, execBuffered, guestPath, runSession, uploadFile } from "./exec.js";
+import { hostRoutes } from "./host-routes.js";
+import { cappedBody } from "./raw-body.js";
 import {
   ErrorBody,
   Event,
@@ -80,6 +82,7 @@ export function httpStatus(code: string): number {
       "MM_PORT_IN_USE",
       "MM_SNAPSHOT_EXISTS",
       "MM_SNAPSHOT_HAS_CHILDREN",
+      "MM_IMAGE_IN_USE",
     ].includes(code)
   )
     return 409;
@@ -248,6 +251,17 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
     return toMachine(r, ip(r));
   });
 
+  // `mm wait`: answers once the machine has stopped (a long poll; the client may go first).
+  app.get("/v1/machines/:ref/wait", { schema: { params: Ref, response: { 200: Machine, ...errors } } }, async (req) => {
+    const id = rt.find(req.params.ref).id;
+    let gone = false;
+    req.raw.on("close", () => {
+      gone = true;
+    });
+    const r = await rt.waitFor(id, (m) => gone || !isActive(m.state), 24 * 3600 * 1000);
+    return toMachine(r, ip(r));
+  });
+
   app.post(
     "/v1/machines/:ref/stop",
     {
@@ -399,21 +413,8 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
     },
     async (req: FastifyRequest<{ Params: { ref: string }; Querystring: { path: string } }>) => {
       const path = guestPath(req.query.path);
-      const limit = options.fileLimit ?? DEFAULT_FILE_LIMIT;
-      const declared = Number(req.headers["content-length"] ?? 0);
-      if (declared > limit) throw new MmError("MM_BODY_TOO_LARGE", `${declared} bytes (limit ${limit})`);
-      let seen = 0;
-      const capped = new Transform({
-        transform(chunk: Buffer, _enc, cb) {
-          seen += chunk.length;
-          cb(seen > limit ? new MmError("MM_BODY_TOO_LARGE", `over ${limit} bytes`) : null, chunk);
-        },
-      });
-      const body = req.body as NodeJS.ReadableStream | undefined;
-      if (!body || typeof (body as { pipe?: unknown }).pipe !== "function") {
-        throw new MmError("MM_USAGE", "send the file as the body, Content-Type: application/octet-stream");
-      }
-      const bytes = await uploadFile(rt, req.params.ref, path, body.pipe(capped));
+      const body = cappedBody(req, options.fileLimit ?? DEFAULT_FILE_LIMIT, "the file");
+      const bytes = await uploadFile(rt, req.params.ref, path, body);
       return { path, bytes };
     },
   );
@@ -780,6 +781,17 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
       return streamLines(req, reply, poll(), (batch) => batch);
     },
   );
+
+  hostRoutes(app, rt, {
+    errors,
+    importLimit: options.fileLimit ?? DEFAULT_FILE_LIMIT,
+    toSnapshot,
+    toMachines: (ids) =>
+      ids.map((id) => {
+        const r = rt.find(id);
+        return toMachine(r, ip(r));
+      }),
+  });
 
   return app;
 }

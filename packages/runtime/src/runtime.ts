@@ -652,6 +652,50 @@ export class Runtime {
     return rec;
   }
 
+  /**
+   * `mm template create`: boots the image once, as its first `mm run` would, so that the
+   * template exists; `existed` when one did already (the boot then started from it).
+   */
+  async createTemplate(
+    input: Pick<CreateInput, "image" | "cpus" | "memoryMib" | "diskSizeMib" | "network">,
+    io: RunIo = {},
+  ): Promise<{ template: Snapshot; existed: boolean }> {
+    const rec = this.create({
+      ...input,
+      name: `template-${randomBytes(4).toString("hex")}`,
+      // The template is taken before the workload starts; mm's own busybox needs nothing of the image.
+      entrypoint: [GUEST_BUSYBOX],
+      command: ["true"],
+    });
+    try {
+      const outcome = await this.runAttached(rec.id, io);
+      if (outcome.error) throw outcome.error;
+      const mode = this.store.get(rec.id).bootMode ?? "";
+      const short = mode.startsWith("template:") ? mode.slice("template:".length) : null;
+      const template = short
+        ? this.templates().find((x) => x.id.startsWith(short))
+        : this.templates().find((x) => x.machineId === rec.id);
+      if (!template) throw new MmError("MM_SNAPSHOT_FAILED", "the image booted, but no template was recorded");
+      return { template, existed: short !== null };
+    } finally {
+      await this.remove(rec.id, { force: true });
+    }
+  }
+
+  /** `mm rmi`: removes an image reference (its blobs go with a prune) and its orphaned templates. */
+  async removeImage(ref: string, force = false): Promise<{ reference: string }> {
+    const r = await this.images.remove(ref, imagesInUse(this), force);
+    await this.removeOrphanTemplates();
+    return r;
+  }
+
+  /** `mm image prune`: blobs, root filesystems, templates and leftovers that nothing needs. */
+  async pruneImages(): Promise<{ removed: number; freedBytes: number }> {
+    const templates = await this.removeOrphanTemplates();
+    const r = await this.images.prune(imagesInUse(this), await layersInUse(this.paths, this.store));
+    return { removed: r.removed + templates, freedBytes: r.freedBytes + (await this.collectGarbage()) };
+  }
+
   /** Removes the templates of images that no reference names any more (`mm rmi`, `mm image prune`). */
   async removeOrphanTemplates(): Promise<number> {
     const named = new Set((await this.images.list()).map((i) => i.digest));
