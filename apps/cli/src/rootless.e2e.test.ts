@@ -330,13 +330,27 @@ describe("rootless", () => {
   test("root-only options are refused with MM_ROOT_REQUIRED and a hint", async () => {
     for (const flags of [
       ["--network", "bridge"],
-      ["--egress", "deny"],
+      ["--egress", "10.0.0.0/8"],
+      ["--egress", "deny", "-p", "18090:80"],
       ["--network-group", "g"],
+      ["--net-bps", "1M"],
     ]) {
       const r = await asUser(["run", "--rm", ...flags, "--", "true"], { inNetns: true });
       assert.equal(r.code, 125, r.stderr);
       assert.match(r.stderr, /MM_ROOT_REQUIRED/);
       assert.match(r.stderr, /hint: /);
     }
+  });
+
+  test("without root, a deny-all sandbox is a machine with no NIC: it runs and reaches nothing", async () => {
+    const sb = await asUser(["sandbox", "create", "--allow-tcg", "--egress", "deny", "--disk-bps", "8M"], {
+      inNetns: true,
+    });
+    assert.equal(sb.code, 0, sb.stderr);
+    const id = sb.stdout.trim();
+    const r = await asUser(["exec", id, "--", "ls", "/sys/class/net"], { inNetns: true });
+    assert.equal(r.stdout, "lo\n", r.stderr);
+    assert.equal(userProcesses("passt").length, 0, "no user-mode network daemon");
+    assert.equal((await asUser(["sandbox", "rm", id], { inNetns: true })).code, 0);
   });
 });

@@ -73,7 +73,10 @@ export function addServeCommands(
     .option("--name <name>", "name")
     .option("--timeout <duration>", "hard lifetime (90s, 10m, 2h)", "10m")
     .option("--idle-timeout <duration>", "end it after this long without an exec session")
-    .option("--egress <policy>", "allow | deny | CIDR[:port[/proto]],... (bridge network)")
+    .option(
+      "--egress <policy>",
+      "allow | deny | CIDR[:port[/proto]],... (lists: bridge network; deny without root: no NIC)",
+    )
     .option("--network <mode>", "bridge, user or none")
     .option("--cpus <n>", "virtual CPUs")
     .option("-m, --memory <MiB>", "memory in MiB")

@@ -168,7 +168,7 @@ export class Runtime {
         },
       }),
       network: {
-        mode: input.network?.mode ?? defaultNetworkMode(this.env),
+        mode: userDenyAllIsNoNic(input, this.env) ? "none" : (input.network?.mode ?? defaultNetworkMode(this.env)),
         egress: input.network?.egress ?? "allow",
         publish: input.network?.publish ?? [],
         ...(input.network?.group !== undefined && { group: input.network.group }),
@@ -180,7 +180,12 @@ export class Runtime {
     }
     checkRootlessNetwork(spec.network, isRootless());
     if (spec.limits?.netBps !== undefined && spec.network?.mode !== "bridge") {
-      throw new MmError("MM_USAGE", "--net-bps limits the bridge network (root): not --network user or none");
+      if (isRootless()) {
+        throw new MmError("MM_ROOT_REQUIRED", "--net-bps is a policer on the bridge network", {
+          hint: "run mm as root (with --network bridge), or leave it out (--disk-bps works without root)",
+        });
+      }
+      throw new MmError("MM_USAGE", "--net-bps limits the bridge network: not --network user or none");
     }
     if (spec.network && spec.network.publish.length > 0) {
       // Ports stay reserved by machines that exist and may start again, as in Docker.
@@ -787,6 +792,22 @@ export function defaultNetworkMode(env: NodeJS.ProcessEnv, rootless = isRootless
 }
 
 /**
+ * Without root, `--egress deny` (nothing out, no published port, no SSH) is a machine
+ * with no NIC: passt cannot filter what a guest sends, and a guest without a network
+ * reaches nothing at all. Exec, files and logs do not use the network.
+ */
+function userDenyAllIsNoNic(input: CreateInput, env: NodeJS.ProcessEnv): boolean {
+  const net = input.network;
+  return (
+    net?.egress === "deny" &&
+    (net.mode ?? defaultNetworkMode(env)) === "user" &&
+    (net.publish ?? []).length === 0 &&
+    net.group === undefined &&
+    input.ssh === undefined
+  );
+}
+
+/**
  * What only the bridge network does: egress policies and network groups are nftables
  * rules on mm's bridge, which need root. Said at `mm run`, not at boot.
  */
@@ -799,7 +820,7 @@ export function checkRootlessNetwork(net: NetworkSpec | undefined, rootless: boo
   }
   if (net.mode === "user" && (net.egress !== "allow" || net.group !== undefined)) {
     throw new MmError("MM_ROOT_REQUIRED", "--egress and --network-group are filters on the bridge network", {
-      hint: "run mm as root (with --network bridge), or leave them out",
+      hint: "run mm as root (with --network bridge), or leave them out; without root, --egress deny alone (no -p, no --ssh) gives a machine with no network",
     });
   }
 }
