@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,13 +35,34 @@ static void die(const char *step) {
   exit(1);
 }
 
+// Whether a page holds only zero bytes (word by word: musl's memcmp goes byte by byte).
 static int all_zero(const char *p, size_t n) {
-  for (size_t i = 0; i < n; i++)
+  size_t i = 0;
+  for (; i + sizeof(uint64_t) <= n; i += sizeof(uint64_t)) {
+    uint64_t w;
+    memcpy(&w, p + i, sizeof w);
+    if (w) return 0;
+  }
+  for (; i < n; i++)
     if (p[i]) return 0;
   return 1;
 }
 
-// Copies [from, to) of src into dst, leaving pages that are all zero as holes.
+static void write_all(int fd, const char *p, size_t n, off_t at) {
+  while (n > 0) {
+    ssize_t w = pwrite(fd, p, n, at);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      die("writing the memfd");
+    }
+    p += w;
+    n -= (size_t)w;
+    at += w;
+  }
+}
+
+// Copies [from, to) of src into dst, leaving pages that are all zero as holes: each run
+// of pages with data is one write.
 static void copy_range(int src, int dst, off_t from, off_t to, char *buf) {
   while (from < to) {
     size_t want = (size_t)(to - from) < CHUNK ? (size_t)(to - from) : CHUNK;
@@ -50,18 +72,17 @@ static void copy_range(int src, int dst, off_t from, off_t to, char *buf) {
       die("reading the capture");
     }
     if (got == 0) return;
+    ssize_t run = -1;  // start of the current run of pages with data
     for (ssize_t off = 0; off < got; off += PAGE) {
       size_t n = (size_t)(got - off) < PAGE ? (size_t)(got - off) : PAGE;
-      if (all_zero(buf + off, n)) continue;
-      for (size_t done = 0; done < n;) {
-        ssize_t w = pwrite(dst, buf + off + done, n - done, from + off + (off_t)done);
-        if (w < 0) {
-          if (errno == EINTR) continue;
-          die("writing the memfd");
-        }
-        done += (size_t)w;
+      if (all_zero(buf + off, n)) {
+        if (run >= 0) write_all(dst, buf + run, (size_t)(off - run), from + run);
+        run = -1;
+      } else if (run < 0) {
+        run = off;
       }
     }
+    if (run >= 0) write_all(dst, buf + run, (size_t)(got - run), from + run);
     from += got;
   }
 }

@@ -299,9 +299,24 @@ describe("sandbox lifetime and TCG", () => {
     assert.deepEqual([ex.code, ex.stdout, ex.stderr], [4, "out\n", "err\n"]);
     const piped = await h.mm(["exec", "-i", "viaapi", "--", "cat"], { MM_HOST: host }, "through stdin\n");
     assert.equal(piped.stdout, "through stdin\n", piped.stderr);
-    const sb = await remote(["sandbox", "create", "--allow-tcg"]);
+    // The same options as locally: durations, limits.
+    const sb = await remote([
+      "sandbox",
+      "create",
+      "--allow-tcg",
+      "--timeout",
+      "2m",
+      "--idle-timeout",
+      "90s",
+      "--disk-bps",
+      "8M",
+    ]);
     assert.equal(sb.code, 0, sb.stderr);
     assert.match((await remote(["sandbox", "ls"])).stdout, new RegExp(sb.stdout.trim()));
+    const [sbInfo] = JSON.parse((await remote(["inspect", sb.stdout.trim()])).stdout) as {
+      sandbox: { timeoutMs: number; idleMs?: number };
+    }[];
+    assert.deepEqual(sbInfo?.sandbox, { timeoutMs: 120_000, idleMs: 90_000 });
     assert.equal((await remote(["sandbox", "rm", sb.stdout.trim()])).code, 0);
     // Files, logs, snapshots and forks through the API too.
     const { mkdtempSync, readFileSync, rmSync, writeFileSync } = await import("node:fs");

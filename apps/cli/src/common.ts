@@ -17,3 +17,11 @@ export function parseLimits(opts: { diskBps?: string; diskIops?: string; netBps?
     ...(opts.netBps !== undefined && { netBps: parseRate(opts.netBps, "--net-bps") }),
   };
 }
+
+/** Parses a duration: 90s, 10m, 2h, or milliseconds. */
+export function parseDuration(text: string): number {
+  const m = /^(\d+)(ms|s|m|h)?$/.exec(text.trim());
+  if (!m) throw new MmError("MM_USAGE", `duration "${text}": use e.g. 90s, 10m, 2h`);
+  const n = Number(m[1]);
+  return n * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "ms"] as number);
+}

@@ -5,9 +5,9 @@
 import { createReadStream, statSync } from "node:fs";
 import type { Command } from "@commander-js/extra-typings";
 import { type Machine, MmApiError, type MmClient } from "@micromachines/sdk";
+import { collect } from "./common.js";
 import { type EventRow, printEvents } from "./events-format.js";
 
-const collect = (v: string, prev: string[]) => [...prev, v];
 const enc = encodeURIComponent;
 
 interface Check {

@@ -9,9 +9,8 @@
 
 import { Command, CommanderError } from "@commander-js/extra-typings";
 import { type Machine, MmApiError, MmClient, Sandbox } from "@micromachines/sdk";
+import { collect, parseDuration, parseLimits } from "./common.js";
 import { addHostCommands } from "./remote-host.js";
-
-const collect = (v: string, prev: string[]) => [...prev, v];
 
 function fail(e: unknown): number {
   if (e instanceof MmApiError) {
@@ -355,17 +354,36 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
     .command("create")
     .argument("[image]")
     .option("--name <name>")
-    .option("--timeout <ms>", "hard lifetime in ms")
+    .option("--timeout <duration>", "hard lifetime (90s, 10m, 2h)", "10m")
+    .option("--idle-timeout <duration>", "end it after this long without an exec session")
+    .option("--egress <policy>", "allow | deny | CIDR[:port[/proto]],...")
+    .option("--network <mode>", "bridge, user or none")
+    .option("--cpus <n>", "virtual CPUs")
+    .option("-m, --memory <MiB>", "memory in MiB")
     .option("--allow-tcg", "accept TCG emulation (not a hardware boundary)", false)
+    .option("--disk-bps <rate>", "throttle its root disk (bytes/s, e.g. 10M)")
+    .option("--disk-iops <n>", "throttle its root disk (operations/s)")
+    .option("--net-bps <rate>", "limit its network, each way (bytes/s; bridge)")
+    .option("--insecure-registry <host:port>", "plain-HTTP loopback registry", collect, [] as string[])
+    .option("--json", "print the sandbox as JSON", false)
     .action(async (image, opts) => {
       const sb = await Sandbox.create({
         client,
-        ...(image !== undefined && { image }),
+        ...(image !== undefined && image !== "mm/busybox" && { image }),
         ...(opts.name !== undefined && { name: opts.name }),
-        ...(opts.timeout !== undefined && { timeoutMs: Number(opts.timeout) }),
+        timeoutMs: parseDuration(opts.timeout),
+        ...(opts.idleTimeout !== undefined && { idleTimeoutMs: parseDuration(opts.idleTimeout) }),
+        ...(opts.egress !== undefined && { egress: opts.egress }),
+        ...(opts.network !== undefined && { network: opts.network as "bridge" | "user" | "none" }),
+        ...(opts.cpus !== undefined && { cpus: Number(opts.cpus) }),
+        ...(opts.memory !== undefined && { memoryMib: Number(opts.memory) }),
+        ...parseLimits(opts),
+        ...(opts.insecureRegistry.length > 0 && { insecureRegistries: opts.insecureRegistry }),
         allowTcg: opts.allowTcg,
       });
-      process.stdout.write(`${sb.id}\n`);
+      process.stdout.write(
+        opts.json ? `${JSON.stringify({ id: sb.id, name: sb.name, state: sb.info.state })}\n` : `${sb.id}\n`,
+      );
     });
   sandbox.command("ls").action(async () => {
     for (const m of await client.json<Machine[]>("GET", "/v1/sandboxes")) process.stdout.write(row(m));

@@ -4,18 +4,10 @@ import { join } from "node:path";
 import type { Command } from "@commander-js/extra-typings";
 import { MmError } from "@mm/core";
 import { failedStart, parseEgress, type Runtime } from "@mm/runtime";
-import { collect, parseLimits } from "./common.js";
+import { collect, parseDuration, parseLimits } from "./common.js";
 
 /** The API's default socket: in the state root (root's 0711 directory; the socket itself is 0600). */
 export const apiSocket = (rt: Runtime) => join(rt.paths.state, "api.sock");
-
-/** Parses a duration: 90s, 10m, 2h, or milliseconds. */
-export function parseDuration(text: string): number {
-  const m = /^(\d+)(ms|s|m|h)?$/.exec(text.trim());
-  if (!m) throw new MmError("MM_USAGE", `duration "${text}": use e.g. 90s, 10m, 2h`);
-  const n = Number(m[1]);
-  return n * ({ ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] ?? "ms"] as number);
-}
 
 /**
  * The API server module: bundled beside the CLI (apps/cli/dist/api-server.js) and loaded
