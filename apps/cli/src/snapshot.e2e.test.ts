@@ -158,6 +158,19 @@ describe("fork", () => {
     assert.equal(await sh("kid-2", "cat /root/who"), "two");
   });
 
+  test("a fork whose memory cannot be sealed fails whole: no clone, no capture left, the parent runs on", async () => {
+    const snapIds = async () =>
+      (JSON.parse((await h.mm(["snapshot", "ls", "--all", "--json"])).stdout) as { id: string }[]).map((s) => s.id);
+    const before = await snapIds();
+    const r = await h.mm(["fork", "counter", "nope"], { MM_SEAL_BIN: "/bin/false" });
+    assert.equal(r.code, 125);
+    assert.match(r.stderr, /MM_SNAPSHOT_FAILED/);
+    assert.deepEqual(await snapIds(), before);
+    assert.deepEqual(readdirSync(join(h.env.MM_SHM as string, "captures")), []);
+    assert.doesNotMatch((await h.mm(["ps", "-a"])).stdout, /\bnope\b/);
+    assert.equal((await inspect("counter")).state, "running");
+  });
+
   test("forking a stopped machine is MM_MACHINE_NOT_RUNNING with a hint", async () => {
     ok(await h.mm(["run", "--name", "done", "--", "true"]), "run");
     const r = await h.mm(["fork", "done", "x"]);

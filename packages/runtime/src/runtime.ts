@@ -615,7 +615,11 @@ export class Runtime {
         spec: parent.spec,
         ...capturedMeta(c),
       });
-      sealed = await sealCapture(ramPath, this.env);
+      sealed = await sealCapture(ramPath, this.env).catch(async (e: unknown) => {
+        // No clone will map this capture: it goes now, record and files.
+        await releaseForkCapture(this.paths, this.store, snap.id);
+        throw e;
+      });
     } catch (e) {
       await rm(staging, { recursive: true, force: true });
       throw e;
