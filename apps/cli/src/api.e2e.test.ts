@@ -330,8 +330,9 @@ describe("sandbox lifetime and TCG", () => {
     const snap = await remote(["snapshot", "create", "--tag", "remote", "viaapi"]);
     assert.equal(snap.code, 0, snap.stderr);
     assert.match((await remote(["snapshot", "ls"])).stdout, /\tviaapi\tremote\t/);
-    const forked = await remote(["fork", "viaapi", "viaclone"]);
+    const forked = await remote(["fork", "-p", "18097:80", "viaapi", "viaclone"]);
     assert.equal(forked.code, 0, forked.stderr);
+    assert.equal((await remote(["port", "viaclone"])).stdout, "80/tcp -> 0.0.0.0:18097\n");
     assert.equal((await remote(["exec", "viaclone", "--", "cat", "/tmp/in.txt"])).stdout, "host bytes\n");
     assert.equal((await remote(["rm", "-f", "viaclone"])).code, 0);
     const printer = await remote([

@@ -330,9 +330,10 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
     .command("restore")
     .argument("<snapshot>")
     .argument("<name>")
-    .action(async (snap, name) => {
+    .option("-p, --publish <spec>", "publish a port (repeatable)", collect, [] as string[])
+    .action(async (snap, name, opts) => {
       const m = await client.json<Machine>("POST", `/v1/snapshots/${encodeURIComponent(snap)}/restore`, {
-        body: { name },
+        body: { name, ...(opts.publish.length > 0 && { publish: opts.publish }) },
       });
       process.stdout.write(`${m.id}\n`);
     });
@@ -342,9 +343,10 @@ export async function runRemote(host: string, argv: readonly string[]): Promise<
     .argument("<machine>")
     .argument("<name>")
     .option("--count <n>", "clones", "1")
+    .option("-p, --publish <spec>", "publish a port (repeatable; one clone only)", collect, [] as string[])
     .action(async (ref, name, opts) => {
       const clones = await client.json<Machine[]>("POST", `/v1/machines/${encodeURIComponent(ref)}/fork`, {
-        body: { name, count: Number(opts.count) },
+        body: { name, count: Number(opts.count), ...(opts.publish.length > 0 && { publish: opts.publish }) },
       });
       for (const c of clones) process.stdout.write(`${c.id}\n`);
     });

@@ -300,7 +300,16 @@ describe("rootless", () => {
     assert.match((await asUser(["port", "shelly"], { inNetns: true })).stdout, /^22\/tcp -> 127\.0\.0\.1:\d+\n$/);
     const out = await asUser(["ssh", "shelly", "--", "echo hello from $(hostname)"], { inNetns: true });
     assert.equal(out.stdout, "hello from shelly\n", out.stderr);
-    assert.equal((await asUser(["rm", "-f", "shelly"], { inNetns: true })).code, 0);
+    // A clone gets a loopback forward of its own, so `mm ssh` reaches it too.
+    assert.equal((await asUser(["fork", "shelly", "shellykid"], { inNetns: true })).code, 0);
+    const ports = await Promise.all(
+      ["shelly", "shellykid"].map(async (n) => (await asUser(["port", n], { inNetns: true })).stdout),
+    );
+    assert.match(ports[1] as string, /^22\/tcp -> 127\.0\.0\.1:\d+\n$/);
+    assert.notEqual(ports[0], ports[1]);
+    const kid = await asUser(["ssh", "shellykid", "--", "echo hello from $(hostname)"], { inNetns: true });
+    assert.equal(kid.stdout, "hello from shellykid\n", kid.stderr);
+    assert.equal((await asUser(["rm", "-f", "shelly", "shellykid"], { inNetns: true })).code, 0);
   });
 
   test("a shared host directory works without root (over 9p), both ways", async () => {

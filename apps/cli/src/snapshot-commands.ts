@@ -4,7 +4,16 @@
 import { join } from "node:path";
 import type { Command } from "@commander-js/extra-typings";
 import { DEFAULT_IMAGE, MmError, parseCpus, parseDiskSize, parseMemory } from "@mm/core";
-import { allocatedBytes, diskUsage, failedStart, type Runtime, type Snapshot, snapshotsDir } from "@mm/runtime";
+import {
+  allocatedBytes,
+  type CloneOptions,
+  diskUsage,
+  failedStart,
+  parsePublish,
+  type Runtime,
+  type Snapshot,
+  snapshotsDir,
+} from "@mm/runtime";
 import { collect } from "./common.js";
 import { ago } from "./format.js";
 
@@ -34,6 +43,14 @@ type ResolveImage = (
   image: string,
   opts: { insecureRegistry: string[]; platform?: string; pull: "missing" },
 ) => ReturnType<Runtime["images"]["ensure"]>;
+
+/** `-p` of restore and fork; warnings (ports left out) on stderr. */
+function cloneOptions(publish: readonly string[]): CloneOptions {
+  return {
+    ...(publish.length > 0 && { publish: publish.map(parsePublish) }),
+    onWarning: (m) => process.stderr.write(`mm: warning: ${m}\n`),
+  };
+}
 
 export function addSnapshotCommands(
   program: Command,
@@ -135,10 +152,16 @@ export function addSnapshotCommands(
     .description("start a new machine from a snapshot; it resumes where the snapshot was, with its own identity")
     .argument("<snapshot>", "snapshot id (or prefix), or MACHINE:TAG")
     .argument("<name>", "name of the new machine")
+    .option(
+      "-p, --publish <spec>",
+      "publish a port (repeatable); without it, the snapshot's ports that no other machine holds",
+      collect,
+      [] as string[],
+    )
     .option("--json", "print JSON", false)
     .action(
       withRuntime(async (rt, ref, name, opts) => {
-        const r = failedStart(await rt.restore(ref, name));
+        const r = failedStart(await rt.restore(ref, name, cloneOptions(opts.publish)));
         const ip = rt.store.lease(r.id)?.ip ?? null;
         process.stdout.write(opts.json ? `${JSON.stringify({ id: r.id, name: r.spec.name, ip })}\n` : `${r.id}\n`);
       }),
@@ -150,11 +173,17 @@ export function addSnapshotCommands(
     .argument("<machine>")
     .argument("<name>", "name of the clone (NAME-1..NAME-K with --count)")
     .option("--count <k>", "how many clones", "1")
+    .option(
+      "-p, --publish <spec>",
+      "publish a port (repeatable; one clone only): clones publish none by default",
+      collect,
+      [] as string[],
+    )
     .option("--json", "print JSON", false)
     .action(
       withRuntime(async (rt, machine, name, opts) => {
         const count = Number(opts.count);
-        const clones = await rt.fork(machine, name, count);
+        const clones = await rt.fork(machine, name, count, cloneOptions(opts.publish));
         for (const c of clones) failedStart(c);
         if (opts.json) {
           const rows = clones.map((c) => ({ id: c.id, name: c.spec.name, ip: rt.store.lease(c.id)?.ip ?? null }));

@@ -241,6 +241,55 @@ describe("fork", () => {
   });
 });
 
+describe("published ports of restores and clones", () => {
+  const curl = (port: number) =>
+    new Promise<string>((resolve) =>
+      execFile(
+        "ip",
+        ["netns", "exec", h.netns, "curl", "-s", "--max-time", "2", `http://127.0.0.1:${port}/`],
+        (_e, out) => resolve(String(out)),
+      ),
+    );
+  const serves = (port: number) =>
+    until(async () => ((await curl(port)) === "from pweb\n" ? true : undefined), 20_000, `port ${port}`);
+  const port = async (name: string) => (await h.mm(["port", name])).stdout;
+
+  test("a restore keeps its snapshot's free ports, says which it leaves out, and takes -p", async () => {
+    const web = "mkdir -p /w && echo from pweb > /w/index.html && httpd -f -p 80 -h /w";
+    ok(await h.mm(["run", "-d", "--name", "pweb", "-p", "18085:80", "--", "sh", "-c", web]), "run");
+    await serves(18085);
+    ok(await h.mm(["snapshot", "create", "--tag", "p", "pweb"]), "snapshot");
+    // The source still holds 18085: the restore runs without it, and says so.
+    const busy = await h.mm(["restore", "pweb:p", "pcopy"]);
+    ok(busy, "restore");
+    assert.match(busy.stderr, /warning: not published, another machine holds it: 80\/tcp -> 0\.0\.0\.0:18085/);
+    assert.equal(await port("pcopy"), "");
+    ok(await h.mm(["restore", "-p", "18086:80", "pweb:p", "pcopy2"]), "restore -p");
+    assert.equal(await port("pcopy2"), "80/tcp -> 0.0.0.0:18086\n");
+    await serves(18086);
+    const clash = await h.mm(["restore", "-p", "18086:80", "pweb:p", "pcopy3"]);
+    assert.match(clash.stderr, /MM_PORT_IN_USE/);
+    // Once the source is gone, a restore takes the snapshot's own port again.
+    ok(await h.mm(["rm", "-f", "pweb", "pcopy", "pcopy2"]), "rm");
+    ok(await h.mm(["restore", "pweb:p", "pback"]), "restore");
+    assert.equal(await port("pback"), "80/tcp -> 0.0.0.0:18085\n");
+    await serves(18085);
+  });
+
+  test("a fork's clone publishes what -p says (one clone only), none by default", async () => {
+    ok(await h.mm(["fork", "pback", "pkid"]), "fork");
+    assert.equal(await port("pkid"), "");
+    ok(await h.mm(["fork", "-p", "18087:80", "pback", "pkid2"]), "fork -p");
+    assert.equal(await port("pkid2"), "80/tcp -> 0.0.0.0:18087\n");
+    await serves(18087);
+    const many = await h.mm(["fork", "--count", "2", "-p", "18088:80", "pback", "pkids"]);
+    assert.equal(many.code, 125);
+    assert.match(many.stderr, /MM_USAGE.*--count/s);
+    ok(await h.mm(["rm", "-f", "pback", "pkid", "pkid2"]), "rm");
+    ok(await h.mm(["snapshot", "rm", "pweb:p"]), "snapshot rm");
+  });
+});
+
 describe("disk-only snapshots", () => {
   test("a stopped machine's disk snapshot restores into a machine that boots it", async () => {
     ok(await h.mm(["run", "--name", "writer", "--", "sh", "-c", "echo kept > /root/file"]), "run");

@@ -568,12 +568,24 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
     {
       schema: {
         params: z.object({ id: z.string().min(1) }),
-        body: z.object({ name: z.string().min(1) }).strict(),
+        body: z
+          .object({
+            name: z.string().min(1),
+            publish: z
+              .array(z.string())
+              .optional()
+              .describe("ports to publish; without it, the snapshot's ports that no other machine holds"),
+          })
+          .strict(),
         response: { 201: Machine, ...errors },
       },
     },
     async (req, reply) => {
-      const r = failedStart(await rt.restore(req.params.id, req.body.name));
+      const r = failedStart(
+        await rt.restore(req.params.id, req.body.name, {
+          ...(req.body.publish && { publish: req.body.publish.map(parsePublish) }),
+        }),
+      );
       return reply.code(201).send(toMachine(r, ip(r)));
     },
   );
@@ -583,12 +595,20 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
     {
       schema: {
         params: Ref,
-        body: z.object({ name: z.string().min(1), count: z.number().int().min(1).max(64).optional() }).strict(),
+        body: z
+          .object({
+            name: z.string().min(1),
+            count: z.number().int().min(1).max(64).optional(),
+            publish: z.array(z.string()).optional().describe("ports to publish (one clone only); none by default"),
+          })
+          .strict(),
         response: { 201: z.array(Machine), ...errors },
       },
     },
     async (req, reply) => {
-      const clones = await rt.fork(req.params.ref, req.body.name, req.body.count ?? 1);
+      const clones = await rt.fork(req.params.ref, req.body.name, req.body.count ?? 1, {
+        ...(req.body.publish && { publish: req.body.publish.map(parsePublish) }),
+      });
       return reply.code(201).send(clones.map((r) => toMachine(r, ip(r))));
     },
   );

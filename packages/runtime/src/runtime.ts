@@ -27,6 +27,7 @@ import {
   validateName,
 } from "@mm/core";
 import type { PulledImage } from "@mm/image";
+import { formatPortLine, mappingsClash, type PortMapping } from "@mm/net";
 import { type AccelDecision, chooseAccel, type Engine, hostTscKhz, QemuEngine } from "@mm/vmm";
 import { capturedMeta, requestCapture, requestSetMemory, type VmStats } from "./control.js";
 import { DEFAULT_IMAGE_CONFIG, defaultImageRootfs } from "./default-image.js";
@@ -69,8 +70,10 @@ import {
   toSnapshot,
   verifySnapshot,
 } from "./snapshots.js";
+import { SSH_PORT } from "./ssh.js";
 import { type MachineRecord, Store } from "./store.js";
 import { type RunIo, type RunOutcome, Supervisor } from "./supervisor.js";
+import { freeLoopbackPort } from "./user-network.js";
 import { createVolume, DEFAULT_VOLUME_BYTES, findVolume, listVolumes, removeVolume, type Volume } from "./volumes.js";
 
 export interface CreateInput {
@@ -98,6 +101,18 @@ export interface CreateInput {
   readonly restart?: RestartPolicy;
   readonly sandbox?: { readonly timeoutMs: number; readonly idleMs?: number };
   readonly limits?: MachineSpec["limits"];
+}
+
+/** What a restore or a fork publishes (`mm restore|fork -p`). */
+export interface CloneOptions {
+  /**
+   * The new machines' ports. Without it a restore publishes its snapshot's ports that no
+   * other machine holds (saying which it leaves out), and a fork's clones publish none
+   * (the parent holds them). Either way a rootless machine with SSH gets its own loopback
+   * forward for `mm ssh`.
+   */
+  readonly publish?: readonly PortMapping[];
+  readonly onWarning?: (message: string) => void;
 }
 
 /** A sandbox's hard lifetime unless the caller says otherwise (E2B's default is 5 min; ours 10). */
@@ -560,7 +575,7 @@ export class Runtime {
   }
 
   /** `mm restore`: a new machine resumes the snapshot (its files checked in full first). */
-  async restore(ref: string, name: string): Promise<MachineRecord> {
+  async restore(ref: string, name: string, opts: CloneOptions = {}): Promise<MachineRecord> {
     const snap = resolveSnapshot(this.store, ref);
     await verifySnapshot(snap, true);
     if (snap.compat) {
@@ -569,7 +584,8 @@ export class Runtime {
       const engine = await (await this.engine()).fingerprint();
       checkCompat(snap, { ...snap.compat, kernel, engine });
     }
-    const rec = this.createFrom(snap, name, "copy");
+    const [ports] = await this.clonePorts(snap, "restore", 1, opts);
+    const rec = this.createFrom(snap, name, "copy", ports ?? []);
     this.store.addEvent(rec.id, name, "restore", { snapshot: snap.id, from: snap.machine });
     return this.startDetached(rec.id);
   }
@@ -581,7 +597,7 @@ export class Runtime {
    * can write: a clone's VMM (or its balloon's free-page reports) cannot change what
    * its siblings still share.
    */
-  async fork(ref: string, name: string, count = 1): Promise<MachineRecord[]> {
+  async fork(ref: string, name: string, count = 1, opts: CloneOptions = {}): Promise<MachineRecord[]> {
     const parent = this.find(ref);
     if (parent.state !== "running") {
       throw new MmError(
@@ -597,6 +613,8 @@ export class Runtime {
     for (const n of names) validateName(n);
     const taken = names.filter((n) => this.store.list().some((m) => m.spec.name === n));
     if (taken.length > 0) throw new MmError("MM_NAME_IN_USE", taken.map((n) => `"${n}"`).join(", "));
+    // Checked before the capture: a port clash costs the parent no pause.
+    const ports = await this.clonePorts({ spec: parent.spec }, "fork", count, opts);
     const rand = randomBytes(6).toString("hex");
     const staging = join(snapshotsDir(this.paths), `.staging-${rand}`);
     const ramPath = join(shmDir(this.paths, this.env), "captures", `${rand}.ram`);
@@ -630,7 +648,7 @@ export class Runtime {
     const memory = sealed;
     let started: MachineRecord[];
     try {
-      const clones = names.map((n) => this.createFrom(snap, n, "cow"));
+      const clones = names.map((n, i) => this.createFrom(snap, n, "cow", ports[i] ?? []));
       this.store.addEvent(parent.id, parent.spec.name, "fork", { clones: names, capture: snap.id });
       started = await Promise.all(clones.map((c) => this.startDetached(c.id, { MM_FORK_MEMORY: memory.path })));
     } finally {
@@ -641,15 +659,62 @@ export class Runtime {
     return started;
   }
 
-  private createFrom(snap: Snapshot, name: string, memory: "copy" | "cow"): MachineRecord {
+  /** The ports each new machine of a restore or a fork publishes (see CloneOptions). */
+  private async clonePorts(
+    snap: Pick<Snapshot, "spec">,
+    kind: "restore" | "fork",
+    count: number,
+    opts: CloneOptions,
+  ): Promise<PortMapping[][]> {
+    const net = snap.spec.network;
+    if (!net || net.mode === "none") {
+      if (opts.publish?.length) throw new MmError("MM_USAGE", "-p needs a network: the source machine has none");
+      return Array.from({ length: count }, () => []);
+    }
+    // Without root, `mm ssh` goes through a loopback forward of port 22: one per machine.
+    const sshForward = (p: PortMapping) => net.mode === "user" && p.guestPort === SSH_PORT && p.proto === "tcp";
+    const taken = this.list()
+      .filter((r) => r.state !== "failed")
+      .flatMap((r) => r.spec.network?.publish ?? []);
+    let ports: PortMapping[] = [];
+    if (opts.publish) {
+      if (count > 1 && opts.publish.length > 0) {
+        throw new MmError("MM_USAGE", "-p with --count: the clones cannot all take the same host ports", {
+          hint: "fork them one at a time, each with its own -p",
+        });
+      }
+      checkPortConflicts(opts.publish, taken);
+      ports = [...opts.publish];
+    } else if (kind === "restore") {
+      const carried = net.publish.filter((p) => !sshForward(p));
+      ports = carried.filter((p) => !taken.some((t) => mappingsClash(t, p)));
+      const left = carried.filter((p) => !ports.includes(p));
+      if (left.length > 0) {
+        opts.onWarning?.(
+          `not published, another machine holds ${left.length === 1 ? "it" : "them"}: ${left.map(formatPortLine).join(", ")} (choose others with -p)`,
+        );
+      }
+    }
+    const out: PortMapping[][] = [];
+    for (let i = 0; i < count; i++) {
+      const ssh = snap.spec.ssh !== undefined && net.mode === "user" && !ports.some(sshForward);
+      out.push(
+        ssh
+          ? [...ports, { hostIp: "127.0.0.1", hostPort: await freeLoopbackPort(), guestPort: SSH_PORT, proto: "tcp" }]
+          : ports,
+      );
+    }
+    return out;
+  }
+
+  private createFrom(snap: Snapshot, name: string, memory: "copy" | "cow", publish: PortMapping[]): MachineRecord {
     const id = machineId(randomBytes(6));
     const spec: MachineSpec = {
       ...snap.spec,
       name: validateName(name),
       autoRemove: false,
       restoreFrom: { snapshot: snap.id, memory },
-      // A clone publishes no ports: its source (or a sibling) holds them.
-      ...(snap.spec.network && { network: { ...snap.spec.network, publish: [] } }),
+      ...(snap.spec.network && { network: { ...snap.spec.network, publish } }),
     };
     const rec = this.store.insert(id, spec);
     try {
