@@ -104,7 +104,7 @@ describe("bad mounts and a dead daemon", () => {
     ok(forced, "forced");
   });
 
-  test("virtiofsd killed: the machine and the host carry on, and inspect says so", async () => {
+  test("virtiofsd killed: the machine and the host carry on, inspect says so, and the share fails rather than hangs", async () => {
     const name = "share-vfs";
     const pids = (await import("node:child_process"))
       .execFileSync("pgrep", ["-f", "socket-path=.*fs0.sock"], { encoding: "utf8" })
@@ -115,7 +115,24 @@ describe("bad mounts and a dead daemon", () => {
     await until(async () => ((await inspect(name)).shares?.[0]?.state.startsWith("ended") ? true : undefined), 10_000);
     assert.equal((await inspect(name)).state, "running");
     assert.equal((await sh(name, "echo alive")).out, "alive");
-    // (A read of the dead share would wait: virtio-fs cannot fail requests nobody answers.)
+    // virtio-fs cannot fail requests nobody answers: mm covers the dead share in the guest,
+    // so its path fails at once (and says why) instead of waiting forever.
+    const read = await until(
+      async () => {
+        const r = await sh(
+          name,
+          "cat /mnt/host/MM_SHARE_ENDED 2>&1 && timeout 3 cat /mnt/host/from-host 2>&1; echo rc=$?",
+        );
+        return /rc=1$/.test(r.out) ? r : undefined;
+      },
+      10_000,
+      "the share to fail",
+    );
+    assert.match(read.out, /virtio-fs daemon for this share ended/);
+    assert.match(read.out, /from-host.*No such file/);
+    const write = await sh(name, "echo x > /mnt/host/new; echo rc=$?");
+    assert.equal(write.out, "rc=1");
+    assert.match(write.err, /Read-only file system/);
     ok(await h.mm(["rm", "-f", name]), "rm -f still works");
   });
 });

@@ -68,7 +68,12 @@ async function userHome(user: string): Promise<string> {
 }
 
 /** Runs a short set-up command in the guest and waits for it (output is discarded). */
-function runInGuest(session: AgentSession, cfg: ExecConfig, input?: Buffer, timeoutMs = 30_000): Promise<number> {
+export function runInGuest(
+  session: AgentSession,
+  cfg: ExecConfig,
+  input?: Buffer,
+  timeoutMs = 30_000,
+): Promise<number> {
   return new Promise((resolve, reject) => {
     const exec: GuestExec = session.openExec({ ...cfg, ...(input && { stdin: true }) });
     // Every wait on the guest has a deadline: a guest that never answers fails the set-up.

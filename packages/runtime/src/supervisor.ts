@@ -45,7 +45,7 @@ import { createOverlay, defaultImageRootfs } from "./default-image.js";
 import { serveExecRelay } from "./exec-relay.js";
 import { runTool } from "./exec-tool.js";
 import { mapFsError } from "./fs-errors.js";
-import { guestTools, TOOLS_SERIAL } from "./guest-tools.js";
+import { GUEST_BUSYBOX, guestTools, TOOLS_SERIAL } from "./guest-tools.js";
 import { Images } from "./images.js";
 import {
   cgroupLayout,
@@ -83,7 +83,7 @@ import {
   toSnapshot,
   verifySnapshot,
 } from "./snapshots.js";
-import { ensureHostKey, startSshServer } from "./ssh.js";
+import { ensureHostKey, runInGuest, startSshServer } from "./ssh.js";
 import type { MachineRecord, Store } from "./store.js";
 import { startUserNetwork } from "./user-network.js";
 import { checkAttachable, volumeSerial } from "./volumes.js";
@@ -145,6 +145,19 @@ export function hostnameFor(name: string): string {
       .slice(0, 63) || "mm"
   );
 }
+
+/**
+ * Covers the virtio-fs share mounted at $1, whose daemon has ended, with an empty
+ * read-only tmpfs. Requests to a dead daemon would wait forever (virtio-fs cannot fail
+ * requests nobody answers, and it has neither fusectl's abort nor a forced unmount;
+ * unmounting would itself wait for the daemon's answer to DESTROY). Covered, the path
+ * fails at once (no such file; read-only file system) and says why in MM_SHARE_ENDED.
+ * Processes already waiting on the share wait on.
+ */
+const COVER_SHARE_SCRIPT = `B=${GUEST_BUSYBOX}
+$B mount -t tmpfs -o size=4k,mode=0555 mm-share-ended "$1" || exit 1
+echo "mm: the host's virtio-fs daemon for this share ended; stop and start the machine to share the directory again" > "$1/MM_SHARE_ENDED"
+$B mount -o remount,ro "$1"`;
 
 /**
  * A clone's RAM: the sealed memfd its fork holds while the clones start (mm-seal's
@@ -466,8 +479,15 @@ export class Supervisor {
           void this.vm?.kill();
           return;
         }
-        // The guest sees I/O errors on that mount; the machine and the host carry on.
+        // The machine and the host carry on; in the guest the share fails rather than waits.
         io.onWarning?.(what);
+        const session = this.session;
+        if (session && !session.isClosed && binds[i]) {
+          void runInGuest(session, {
+            args: [GUEST_BUSYBOX, "sh", "-c", COVER_SHARE_SCRIPT, "mm-cover-share", binds[i].path],
+            env: [],
+          }).catch(() => undefined);
+        }
         const now = store.get(this.id).shares ?? states;
         store.update(this.id, { shares: now.map((x, j) => (j === i ? { ...x, state: `ended: ${how}` } : x)) });
       };
