@@ -3,7 +3,7 @@
 // and RAM. docs/adr/0007-snapshots.md explains the layout and the capture sequence.
 
 import { createHash, randomBytes } from "node:crypto";
-import { createReadStream, existsSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { chmod, chown, link, mkdir, open, readdir, realpath, rename, rm, stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { isActive, type MachineSpec, MmError } from "@mm/core";
@@ -127,11 +127,21 @@ export async function sizeOnly(path: string): Promise<FileDigest> {
 }
 
 export async function hashFile(path: string): Promise<FileDigest> {
+  // One reused buffer, not a read stream: a stream's fresh buffer per chunk made `mm
+  // restore` of a 256 MiB guest spend ~680 ms here in a new process, this ~210 ms.
   const h = createHash("sha256");
+  const buf = Buffer.allocUnsafe(4 << 20);
   let bytes = 0;
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
-    h.update(chunk as Buffer);
-    bytes += (chunk as Buffer).length;
+  const fh = await open(path, "r");
+  try {
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, bytes);
+      if (bytesRead === 0) break;
+      h.update(buf.subarray(0, bytesRead));
+      bytes += bytesRead;
+    }
+  } finally {
+    await fh.close();
   }
   return { path, sha256: h.digest("hex"), bytes };
 }
