@@ -10,7 +10,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { MmApiError, MmClient, Sandbox } from "@micromachines/sdk";
+import { type Machine, MmApiError, MmClient, Sandbox } from "@micromachines/sdk";
 import { harness, startServer, until } from "./test-helpers.js";
 
 const h = harness("mm-api-");
@@ -232,6 +232,63 @@ describe("sandbox lifetime and TCG", () => {
     const events = await c.json<{ machineId: string; type: string }[]>("GET", "/v1/events");
     assert.ok(events.some((e) => e.machineId === sb.id && e.type === "timeout"));
     await c.close();
+  });
+
+  test("mm serve --pool 1: a default create claims a booted sandbox with its own lifetime; the pool refills; SIGTERM removes the rest", async () => {
+    const sock = join(h.state, "api-pool.sock");
+    const server = await startServer(h, ["--socket", sock, "--pool", "1"], true);
+    const c = new MmClient({ host: `unix://${sock}` });
+    const POOL_MS = 3_600_000;
+    const pooled = async () =>
+      (await c.json<Machine[]>("GET", "/v1/machines")).filter(
+        (m) => m.sandbox?.timeoutMs === POOL_MS && m.state === "running",
+      );
+    try {
+      const [first] = await until(
+        async () => ((await pooled()).length === 1 ? pooled() : undefined),
+        60_000,
+        "the pool",
+      );
+      assert.ok(first);
+      assert.ok(!(await c.json<Machine[]>("GET", "/v1/sandboxes")).some((m) => m.id === first.id), "not listed yet");
+      const asked = new Date().toISOString();
+      const sb = await Sandbox.create({ client: c, allowTcg: true, timeoutMs: 4000 });
+      assert.equal(sb.id, first.id, "the create claimed the pooled sandbox");
+      assert.ok((sb.info.startedAt as string) < asked, "it was booted before the create");
+      assert.deepEqual(sb.info.sandbox, { timeoutMs: 4000 });
+      assert.equal((await sb.exec(["echo", "claimed"])).stdout, "claimed\n");
+      assert.ok((await c.json<Machine[]>("GET", "/v1/sandboxes")).some((m) => m.id === sb.id));
+      // A create that asks for more than the defaults boots its own.
+      const named = await Sandbox.create({ client: c, allowTcg: true, name: "not-from-pool" });
+      assert.notEqual(named.id, first.id);
+      await named.kill();
+      // The pool refills; the claimed one ends on its own lifetime, counted from the claim.
+      const [second] = await until(
+        async () => ((await pooled()).some((m) => m.id !== first.id) ? pooled() : undefined),
+        60_000,
+        "the pool to refill",
+      );
+      await until(
+        async () => ((await c.json<Machine[]>("GET", "/v1/machines")).some((m) => m.id === sb.id) ? undefined : true),
+        30_000,
+        "the claimed sandbox to end",
+      );
+      const events = await c.json<{ machineId: string; type: string; detail: { timeoutMs?: number } | null }[]>(
+        "GET",
+        "/v1/events",
+      );
+      assert.ok(events.some((e) => e.machineId === sb.id && e.type === "claim"));
+      assert.ok(events.some((e) => e.machineId === sb.id && e.type === "timeout" && e.detail?.timeoutMs === 4000));
+      // SIGTERM: the unclaimed one goes with the server.
+      const ended = new Promise((r) => server.child.on("exit", r));
+      server.child.kill("SIGTERM");
+      await ended;
+      const left = await client().json<Machine[]>("GET", "/v1/machines");
+      assert.ok(!left.some((m) => m.id === second?.id), "the pool's sandbox was removed");
+    } finally {
+      server.child.kill("SIGTERM");
+      await c.close();
+    }
   });
 
   test("an idle timeout ends a sandbox only after that long without an exec session", async () => {

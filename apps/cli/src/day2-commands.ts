@@ -57,7 +57,7 @@ export function addDay2Commands(program: Command, runtime: () => Runtime, table:
   program
     .command("events")
     .description(
-      "lifecycle events (create, start, ready, stop, exit, fail, destroy, snapshot, restore, fork, restart, oom)",
+      "lifecycle events (create, start, ready, stop, exit, fail, destroy, snapshot, restore, fork, restart, oom, timeout, claim)",
     )
     .option("--since <time>", "from this time or this long ago (10m, 2h, RFC 3339)")
     .option("--until <time>", "up to this time, then return (without it: keep following)")

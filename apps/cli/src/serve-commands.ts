@@ -29,7 +29,14 @@ export function addServeCommands(
     .option("--tcp <host:port>", "also listen on TCP (needs --token or MM_API_TOKEN)")
     .option("--token <token>", "bearer token TCP clients must send (default: MM_API_TOKEN)")
     .option("--body-limit <bytes>", "cap on JSON request bodies", "1048576")
+    .option(
+      "--pool <n>",
+      "keep N sandboxes booted ahead: a create that asks only for the defaults claims one at once",
+      "0",
+    )
     .action(async (opts) => {
+      const pool = Number(opts.pool);
+      if (!Number.isInteger(pool) || pool < 0 || pool > 64) throw new MmError("MM_USAGE", "--pool takes 0 to 64");
       const rt = runtime();
       const socket = opts.socket ?? apiSocket(rt);
       rt.close();
@@ -48,6 +55,8 @@ export function addServeCommands(
         ...(token && { token }),
         bodyLimit: Number(opts.bodyLimit),
         supervisorCommand,
+        pool,
+        onWarning: (m) => process.stderr.write(`mm: warning: ${m}\n`),
       });
       // Graceful on SIGTERM/SIGINT: no new connections, requests in flight finish. Set up
       // before the address is printed: whoever reads it may signal at once.
@@ -114,7 +123,7 @@ export function addServeCommands(
     .action(() => {
       const rt = runtime();
       try {
-        for (const r of rt.list().filter((x) => x.spec.sandbox)) {
+        for (const r of rt.list().filter((x) => x.spec.sandbox && !x.spec.sandbox.pooled)) {
           process.stdout.write(`${r.id}\t${r.spec.name}\t${r.state}\n`);
         }
       } finally {

@@ -15,6 +15,10 @@ export interface ServeOptions {
   readonly bodyLimit?: number;
   /** argv that starts a detached supervisor (the CLI's own `__supervise`). */
   readonly supervisorCommand: readonly string[];
+  /** Sandboxes kept booted ahead for creates that ask only for the defaults (`--pool`). */
+  readonly pool?: number;
+  /** Where the pool's failures are told (stderr). */
+  readonly onWarning?: (message: string) => void;
 }
 
 export interface Serving {
@@ -54,10 +58,37 @@ export async function serve(opts: ServeOptions): Promise<Serving> {
     const a = tcp.server.address();
     addresses.push(`http://${opts.tcp.host}:${typeof a === "object" && a ? a.port : opts.tcp.port}`);
   }
+  // The pool: refilled in the background after every claim (checked twice a second);
+  // a failure is told once per kind and retried after a pause.
+  let closing = false;
+  let filling: Promise<void> = Promise.resolve();
+  let timer: NodeJS.Timeout | null = null;
+  const size = opts.pool ?? 0;
+  if (size > 0) {
+    let lastError = "";
+    const tick = () => {
+      filling = rt.fillPool(size).then(
+        () => {
+          lastError = "";
+          if (!closing) timer = setTimeout(tick, 500);
+        },
+        (e: Error) => {
+          if (e.message !== lastError) opts.onWarning?.(`the sandbox pool could not fill: ${e.message}`);
+          lastError = e.message;
+          if (!closing) timer = setTimeout(tick, 5000);
+        },
+      );
+    };
+    tick();
+  }
   return {
     addresses,
     async close() {
+      closing = true;
+      if (timer) clearTimeout(timer);
       await Promise.all([unix.close(), tcp?.close()]);
+      await filling;
+      await rt.drainPool();
       await rm(opts.socket, { force: true });
       rt.close();
     },

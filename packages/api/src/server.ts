@@ -519,7 +519,7 @@ export async function buildServer(rt: Runtime, options: ApiOptions): Promise<Fas
   app.get("/v1/sandboxes", { schema: { response: { 200: z.array(Machine), ...errors } } }, async () =>
     rt
       .list()
-      .filter((r) => r.spec.sandbox)
+      .filter((r) => r.spec.sandbox && !r.spec.sandbox.pooled)
       .map((r) => toMachine(r, ip(r))),
   );
 

@@ -74,6 +74,11 @@ export interface MachineSpec {
     readonly timeoutMs: number;
     /** Ended after this long without an exec session (none: only the hard lifetime). */
     readonly idleMs?: number;
+    /**
+     * Booted ahead by `mm serve --pool N`, waiting to be claimed by a sandbox create
+     * that asks for nothing but the defaults; its timeouts are then the claimer's.
+     */
+    readonly pooled?: boolean;
   };
   /** `-v NAME:/path[:ro]`: named volumes (persistent ext4 disks) mounted in the guest. */
   readonly volumes?: readonly VolumeMount[];

@@ -54,6 +54,13 @@ export interface ControlHandlers {
   vmStats(): Promise<VmStats>;
   /** Sets the balloon so that the guest has `bytes` of memory (`mm update --memory`). */
   setMemory(bytes: number): Promise<VmStats>;
+  /** A claimed pool sandbox's timeouts, counted from now (its record already says them). */
+  retime(t: SandboxTimes): Promise<SandboxTimes>;
+}
+
+export interface SandboxTimes {
+  readonly timeoutMs: number;
+  readonly idleMs?: number;
 }
 
 export async function serveControl(path: string, handlers: ControlHandlers): Promise<Server> {
@@ -68,7 +75,7 @@ export async function serveControl(path: string, handlers: ControlHandlers): Pro
       const nl = text.indexOf("\n");
       if (nl < 0) return;
       sock.removeAllListeners("data");
-      let req: { op?: string; staging?: string; ramPath?: string; bytes?: number };
+      let req: { op?: string; staging?: string; ramPath?: string; bytes?: number; timeoutMs?: number; idleMs?: number };
       try {
         req = JSON.parse(text.slice(0, nl)) as typeof req;
       } catch {
@@ -83,7 +90,12 @@ export async function serveControl(path: string, handlers: ControlHandlers): Pro
             ? handlers.vmStats()
             : req.op === "setMemory" && typeof req.bytes === "number"
               ? handlers.setMemory(req.bytes)
-              : null;
+              : req.op === "retime" && typeof req.timeoutMs === "number"
+                ? handlers.retime({
+                    timeoutMs: req.timeoutMs,
+                    ...(typeof req.idleMs === "number" && { idleMs: req.idleMs }),
+                  })
+                : null;
       if (!work) {
         sock.end(`${JSON.stringify({ error: { code: "MM_USAGE", message: `unknown request ${req.op}` } })}\n`);
         return;
@@ -118,6 +130,11 @@ export function requestVmStats(path: string): Promise<VmStats> {
 /** Asks a running machine's supervisor to resize the guest's memory through the balloon. */
 export function requestSetMemory(path: string, bytes: number): Promise<VmStats> {
   return request<VmStats>(path, { op: "setMemory", bytes }, 30_000);
+}
+
+/** Gives a claimed pool sandbox its claimer's timeouts, counted from now. */
+export function requestRetime(path: string, t: SandboxTimes): Promise<SandboxTimes> {
+  return request<SandboxTimes>(path, { op: "retime", ...t }, 10_000);
 }
 
 function request<T>(path: string, body: Record<string, unknown>, timeoutMs: number): Promise<T> {

@@ -29,7 +29,7 @@ import {
 import type { PulledImage } from "@mm/image";
 import { formatPortLine, mappingsClash, type PortMapping } from "@mm/net";
 import { type AccelDecision, chooseAccel, type Engine, hostTscKhz, QemuEngine } from "@mm/vmm";
-import { capturedMeta, requestCapture, requestSetMemory, type VmStats } from "./control.js";
+import { capturedMeta, requestCapture, requestRetime, requestSetMemory, type VmStats } from "./control.js";
 import { DEFAULT_IMAGE_CONFIG, defaultImageRootfs } from "./default-image.js";
 import { ExecClient } from "./exec-client.js";
 import { mapFsError } from "./fs-errors.js";
@@ -99,7 +99,7 @@ export interface CreateInput {
   /** Host directories to share (`-v /host:/path[:ro]`); checked by `checkBinds` first. */
   readonly binds?: readonly BindMount[];
   readonly restart?: RestartPolicy;
-  readonly sandbox?: { readonly timeoutMs: number; readonly idleMs?: number };
+  readonly sandbox?: { readonly timeoutMs: number; readonly idleMs?: number; readonly pooled?: boolean };
   readonly limits?: MachineSpec["limits"];
 }
 
@@ -113,6 +113,28 @@ export interface CloneOptions {
    */
   readonly publish?: readonly PortMapping[];
   readonly onWarning?: (message: string) => void;
+}
+
+/** How long a pooled sandbox waits to be claimed before it ends (and is replaced). */
+export const POOL_IDLE_MS = 60 * 60 * 1000;
+
+/** Whether a sandbox create asks for nothing but the defaults (a pooled sandbox serves it). */
+function onlyDefaults(input: Omit<CreateInput, "command" | "entrypoint" | "autoRemove" | "sandbox">): boolean {
+  const net = input.network;
+  return Object.entries(input).every(([k, v]) => {
+    if (v === undefined) return true;
+    if (k === "limits") return Object.keys(v as object).length === 0;
+    if (k === "network") {
+      return (
+        net?.mode === undefined &&
+        net?.egress === undefined &&
+        (net?.publish ?? []).length === 0 &&
+        net?.group === undefined &&
+        net?.dns === undefined
+      );
+    }
+    return false;
+  });
 }
 
 /** A sandbox's hard lifetime unless the caller says otherwise (E2B's default is 5 min; ours 10). */
@@ -180,6 +202,7 @@ export class Runtime {
         sandbox: {
           timeoutMs: input.sandbox.timeoutMs,
           ...(input.sandbox.idleMs !== undefined && { idleMs: input.sandbox.idleMs }),
+          ...(input.sandbox.pooled && { pooled: true }),
         },
       }),
       network: {
@@ -338,6 +361,10 @@ export class Runtime {
     if (accel.accel === "tcg" && !allowTcg && this.env.MM_SANDBOX_ALLOW_TCG !== "1") {
       throw new MmError("MM_TCG_REFUSED", `this host runs guests under TCG only (${accel.reason})`);
     }
+    if (onlyDefaults(rest)) {
+      const claimed = await this.claimPooled({ timeoutMs, ...(idleMs !== undefined && { idleMs }) });
+      if (claimed) return claimed;
+    }
     const rec = this.create({
       ...rest,
       entrypoint: [GUEST_BUSYBOX],
@@ -346,6 +373,62 @@ export class Runtime {
       sandbox: { timeoutMs, ...(idleMs !== undefined && { idleMs }) },
     });
     return this.startDetached(rec.id);
+  }
+
+  /** Running sandboxes booted ahead by `mm serve --pool`, not yet claimed. */
+  pooled(): MachineRecord[] {
+    return this.list().filter((r) => r.spec.sandbox?.pooled === true && isActive(r.state));
+  }
+
+  /**
+   * Claims a running pooled sandbox for a create that asks only for the defaults: it
+   * takes the claimer's timeouts (counted from now) and is returned at once, booted.
+   * Null when none is ready.
+   */
+  private async claimPooled(times: { timeoutMs: number; idleMs?: number }): Promise<MachineRecord | null> {
+    for (const r of this.pooled().filter((m) => m.state === "running")) {
+      if (!this.store.claimPooled(r.id, times)) continue; // another claimer was first
+      try {
+        await requestRetime(controlSocket(this.paths, r.id), times);
+        return this.store.get(r.id);
+      } catch {
+        // It ended meanwhile: it is nobody's now; try the next.
+        await this.remove(r.id, { force: true }).catch(() => undefined);
+      }
+    }
+    return null;
+  }
+
+  /**
+   * `mm serve --pool N`: boots sandboxes (default image and shape) until N wait to be
+   * claimed. Each waits at most POOL_IDLE_MS (then ends, and a fresh one follows).
+   */
+  async fillPool(size: number): Promise<number> {
+    let started = 0;
+    while (this.pooled().length < size) {
+      const rec = this.create({
+        entrypoint: [GUEST_BUSYBOX],
+        command: ["sleep", "2147483647"],
+        autoRemove: true,
+        sandbox: { timeoutMs: POOL_IDLE_MS, pooled: true },
+      });
+      const r = await this.startDetached(rec.id);
+      if (r.state !== "running") {
+        await this.remove(r.id, { force: true }).catch(() => undefined);
+        failedStart(r);
+        throw new MmError("MM_INTERNAL", `the pool's sandbox ${r.spec.name} is ${r.state}`);
+      }
+      started++;
+    }
+    return started;
+  }
+
+  /** Removes the pool's unclaimed sandboxes (`mm serve` ending). */
+  async drainPool(): Promise<void> {
+    for (const r of this.pooled()) {
+      if (this.store.claimPooled(r.id, { timeoutMs: 1000 }))
+        await this.remove(r.id, { force: true }).catch(() => undefined);
+    }
   }
 
   /** Starts a detached supervisor for the machine and waits until it is running (or has ended). */

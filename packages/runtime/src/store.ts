@@ -337,6 +337,25 @@ export class Store {
     return this.get(id);
   }
 
+  /**
+   * A pooled sandbox becomes the claimer's, with its timeouts: true for exactly one
+   * claimer (the spec is compared and swapped in one statement), false if it is gone or
+   * already claimed.
+   */
+  claimPooled(id: string, sandbox: { timeoutMs: number; idleMs?: number }): boolean {
+    const row = this.db.prepare("SELECT spec FROM machines WHERE id = ?").get(id) as { spec: string } | undefined;
+    if (!row) return false;
+    const spec = JSON.parse(row.spec) as MachineSpec;
+    if (!spec.sandbox?.pooled) return false;
+    const claimed: MachineSpec = { ...spec, sandbox: { ...sandbox } };
+    const r = this.db
+      .prepare("UPDATE machines SET spec = ? WHERE id = ? AND spec = ?")
+      .run(JSON.stringify(claimed), id, row.spec) as { changes: number | bigint };
+    if (Number(r.changes) !== 1) return false;
+    this.addEvent(id, spec.name, "claim", { timeoutMs: sandbox.timeoutMs, idleMs: sandbox.idleMs ?? null });
+    return true;
+  }
+
   /** Updates fields without a state change (e.g. a stop request's timeout). */
   update(id: string, fields: TransitionFields): MachineRecord {
     this.write(id, undefined, fields);

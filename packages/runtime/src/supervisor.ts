@@ -40,7 +40,14 @@ import {
   withTimeout,
 } from "@mm/vmm";
 import { AgentSession, type RestoredChannel } from "./agent-session.js";
-import { type CaptureRequest, type CaptureResult, capturedMeta, serveControl, type VmStats } from "./control.js";
+import {
+  type CaptureRequest,
+  type CaptureResult,
+  capturedMeta,
+  type SandboxTimes,
+  serveControl,
+  type VmStats,
+} from "./control.js";
 import { createOverlay, defaultImageRootfs } from "./default-image.js";
 import { serveExecRelay } from "./exec-relay.js";
 import { runTool } from "./exec-tool.js";
@@ -675,32 +682,51 @@ export class Supervisor {
     let relay: Server | null = null;
     let control: Server | null = null;
     let setupError: MmError | null = null;
-    // A sandbox with an idle timeout ends after that long without an exec session.
-    const idleMs = rec.spec.sandbox?.idleMs;
+    // A sandbox with an idle timeout ends after that long without an exec session. Both
+    // timeouts change when a pooled sandbox is claimed (retime).
+    let idleMs = rec.spec.sandbox?.idleMs;
     let idleTimer: NodeJS.Timeout | null = null;
     let sessions = 0;
     const armIdle = () => {
       if (idleMs === undefined || sessions > 0) return;
+      const ms = idleMs;
       idleTimer = setTimeout(() => {
-        store.addEvent(this.id, rec.spec.name, "timeout", { idleMs });
+        store.addEvent(this.id, rec.spec.name, "timeout", { idleMs: ms });
         void this.stop(0);
-      }, idleMs);
+      }, ms);
       this.stopTimers.push(idleTimer);
     };
-    const idle =
-      idleMs === undefined
-        ? null
-        : {
-            opened: () => {
-              sessions++;
-              if (idleTimer) clearTimeout(idleTimer);
-              idleTimer = null;
-            },
-            closed: () => {
-              sessions--;
-              armIdle();
-            },
-          };
+    let lifetimeTimer: NodeJS.Timeout | null = null;
+    const armLifetime = (ms: number) => {
+      if (lifetimeTimer) clearTimeout(lifetimeTimer);
+      lifetimeTimer = setTimeout(() => {
+        store.addEvent(this.id, rec.spec.name, "timeout", { timeoutMs: ms });
+        void this.stop(0);
+      }, ms);
+      this.stopTimers.push(lifetimeTimer);
+    };
+    const retime = async (t: SandboxTimes): Promise<SandboxTimes> => {
+      if (!rec.spec.sandbox) throw new MmError("MM_USAGE", "only a sandbox has timeouts");
+      armLifetime(t.timeoutMs);
+      if (idleTimer) clearTimeout(idleTimer);
+      idleTimer = null;
+      idleMs = t.idleMs;
+      armIdle();
+      return t;
+    };
+    const idle = !rec.spec.sandbox
+      ? null
+      : {
+          opened: () => {
+            sessions++;
+            if (idleTimer) clearTimeout(idleTimer);
+            idleTimer = null;
+          },
+          closed: () => {
+            sessions--;
+            armIdle();
+          },
+        };
     const becomeUsable = async () => {
       clearTimeout(bootTimer);
       this.ready = true;
@@ -725,6 +751,7 @@ export class Supervisor {
           capture: (req) => this.capture(req),
           vmStats: () => this.vmStats(),
           setMemory: (bytes) => this.setMemory(bytes),
+          retime,
         });
       } catch (e) {
         fail(e, "MM_EXEC_SETUP");
@@ -732,14 +759,7 @@ export class Supervisor {
       }
       // A sandbox's hard lifetime counts from the moment it is usable.
       const lifetime = rec.spec.sandbox?.timeoutMs;
-      if (lifetime !== undefined) {
-        this.stopTimers.push(
-          setTimeout(() => {
-            store.addEvent(this.id, rec.spec.name, "timeout", { timeoutMs: lifetime });
-            void this.stop(0);
-          }, lifetime),
-        );
-      }
+      if (lifetime !== undefined) armLifetime(lifetime);
       // `mm update --memory` of an earlier boot still holds: the balloon takes it back again.
       const target = store.get(this.id).memoryTargetMib;
       if (target !== null && target < rec.spec.memoryMib) {
