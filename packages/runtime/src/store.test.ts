@@ -92,6 +92,23 @@ test("two handles on one state root see each other's writes (WAL)", () => {
   b.close();
 });
 
+test("a pooled sandbox is claimed once: a second handle's claim fails; a claimed or plain one is not claimable", () => {
+  const d = mkdtempSync(join(tmpdir(), "mm-store-"));
+  dirs.push(d);
+  const a = new Store({ state: d, cache: d });
+  const b = new Store({ state: d, cache: d });
+  a.insert("aaaa11112222", { ...spec("pooled"), sandbox: { timeoutMs: 3_600_000, pooled: true } });
+  a.insert("bbbb11112222", { ...spec("plain"), sandbox: { timeoutMs: 60_000 } });
+  const wins = [a.claimPooled("aaaa11112222", { timeoutMs: 5000 }), b.claimPooled("aaaa11112222", { timeoutMs: 9000 })];
+  assert.deepEqual(wins, [true, false]);
+  assert.deepEqual(b.get("aaaa11112222").spec.sandbox, { timeoutMs: 5000 });
+  assert.equal(a.claimPooled("bbbb11112222", { timeoutMs: 1 }), false);
+  assert.equal(a.claimPooled("cccc11112222", { timeoutMs: 1 }), false);
+  assert.ok(a.events().some((e) => e.type === "claim" && e.machine === "pooled"));
+  a.close();
+  b.close();
+});
+
 test("an unusable state root is MM_STATE_UNWRITABLE", () => {
   const d = mkdtempSync(join(tmpdir(), "mm-store-"));
   dirs.push(d);
