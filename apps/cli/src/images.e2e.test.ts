@@ -8,7 +8,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { CLI, harness, startServer } from "./test-helpers.js";
+import { CLI, harness, startServer, until } from "./test-helpers.js";
 
 type Expect = {
   path: string;
@@ -363,6 +363,40 @@ describe("image commands through the API (mm --host)", () => {
       assert.ok(prune.removed > 0, JSON.stringify(prune));
     } finally {
       server.kill("SIGTERM");
+    }
+  });
+});
+
+describe("a sandbox pool of a registry image", () => {
+  test("mm serve --pool 1 --pool-image IMAGE: a create of that image claims the booted one; another image does not", async () => {
+    const sock = join(work, "api-pool.sock");
+    const ref = fx("busybox").ref;
+    const server = (await startServer(h, ["--socket", sock, "--pool", "1", "--pool-image", ref, ...insecure], false))
+      .child;
+    const remote = (args: string[]) => h.mm(["--host", `unix://${sock}`, ...args]);
+    type M = { id: string; state: string; sandbox: { timeoutMs: number } | null };
+    const pooled = async () =>
+      (JSON.parse((await remote(["ps", "-a", "--json"])).stdout) as M[]).filter(
+        (m) => m.state === "running" && m.sandbox?.timeoutMs === 3_600_000,
+      );
+    try {
+      const [first] = await until(
+        async () => ((await pooled()).length === 1 ? pooled() : undefined),
+        90_000,
+        "the pool",
+      );
+      const other = await remote(["sandbox", "create", "--allow-tcg"]);
+      assert.equal(other.code, 0, other.stderr);
+      assert.notEqual(other.stdout.trim(), first?.id, "the default image is not the pool's");
+      const claimed = await remote(["sandbox", "create", "--allow-tcg", ...insecure, ref]);
+      assert.equal(claimed.code, 0, claimed.stderr);
+      assert.equal(claimed.stdout.trim(), first?.id, "a create of the pool's image claims the booted one");
+      const fixture = await remote(["exec", claimed.stdout.trim(), "--", "cat", "/etc/mm-fixture"]);
+      assert.equal(fixture.stdout, "busybox\n", fixture.stderr);
+      assert.equal((await remote(["sandbox", "rm", other.stdout.trim(), claimed.stdout.trim()])).code, 0);
+    } finally {
+      server.kill("SIGTERM");
+      await new Promise((r) => server.once("exit", r));
     }
   });
 });

@@ -34,6 +34,13 @@ export function addServeCommands(
       "keep N sandboxes booted ahead: a create that asks only for the defaults claims one at once",
       "0",
     )
+    .option("--pool-image <image>", "the pool's image (default: the embedded busybox image)")
+    .option(
+      "--insecure-registry <host:port>",
+      "plain-HTTP loopback registry (for --pool-image)",
+      collect,
+      [] as string[],
+    )
     .action(async (opts) => {
       const pool = Number(opts.pool);
       if (!Number.isInteger(pool) || pool < 0 || pool > 64) throw new MmError("MM_USAGE", "--pool takes 0 to 64");
@@ -56,6 +63,9 @@ export function addServeCommands(
         bodyLimit: Number(opts.bodyLimit),
         supervisorCommand,
         pool,
+        ...(opts.poolImage !== undefined && {
+          poolImage: { reference: opts.poolImage, insecureRegistries: opts.insecureRegistry },
+        }),
         onWarning: (m) => process.stderr.write(`mm: warning: ${m}\n`),
       });
       // Graceful on SIGTERM/SIGINT: no new connections, requests in flight finish. Set up

@@ -17,6 +17,8 @@ export interface ServeOptions {
   readonly supervisorCommand: readonly string[];
   /** Sandboxes kept booted ahead for creates that ask only for the defaults (`--pool`). */
   readonly pool?: number;
+  /** The pool's image (`--pool-image`; default: the embedded one) and where it may come from. */
+  readonly poolImage?: { readonly reference: string; readonly insecureRegistries: readonly string[] };
   /** Where the pool's failures are told (stderr). */
   readonly onWarning?: (message: string) => void;
 }
@@ -66,18 +68,27 @@ export async function serve(opts: ServeOptions): Promise<Serving> {
   const size = opts.pool ?? 0;
   if (size > 0) {
     let lastError = "";
+    const image = () =>
+      opts.poolImage
+        ? rt.images.ensure(opts.poolImage.reference, {
+            pull: "missing",
+            insecureRegistries: [...opts.poolImage.insecureRegistries],
+          })
+        : Promise.resolve(undefined);
     const tick = () => {
-      filling = rt.fillPool(size).then(
-        () => {
-          lastError = "";
-          if (!closing) timer = setTimeout(tick, 500);
-        },
-        (e: Error) => {
-          if (e.message !== lastError) opts.onWarning?.(`the sandbox pool could not fill: ${e.message}`);
-          lastError = e.message;
-          if (!closing) timer = setTimeout(tick, 5000);
-        },
-      );
+      filling = image()
+        .then((img) => rt.fillPool(size, img))
+        .then(
+          () => {
+            lastError = "";
+            if (!closing) timer = setTimeout(tick, 500);
+          },
+          (e: Error) => {
+            if (e.message !== lastError) opts.onWarning?.(`the sandbox pool could not fill: ${e.message}`);
+            lastError = e.message;
+            if (!closing) timer = setTimeout(tick, 5000);
+          },
+        );
     };
     tick();
   }

@@ -361,8 +361,10 @@ export class Runtime {
     if (accel.accel === "tcg" && !allowTcg && this.env.MM_SANDBOX_ALLOW_TCG !== "1") {
       throw new MmError("MM_TCG_REFUSED", `this host runs guests under TCG only (${accel.reason})`);
     }
-    if (onlyDefaults(rest)) {
-      const claimed = await this.claimPooled({ timeoutMs, ...(idleMs !== undefined && { idleMs }) });
+    const { image, ...shape } = rest;
+    if (onlyDefaults(shape)) {
+      const times = { timeoutMs, ...(idleMs !== undefined && { idleMs }) };
+      const claimed = await this.claimPooled(times, image?.digest);
       if (claimed) return claimed;
     }
     const rec = this.create({
@@ -385,8 +387,11 @@ export class Runtime {
    * takes the claimer's timeouts (counted from now) and is returned at once, booted.
    * Null when none is ready.
    */
-  private async claimPooled(times: { timeoutMs: number; idleMs?: number }): Promise<MachineRecord | null> {
-    for (const r of this.pooled().filter((m) => m.state === "running")) {
+  private async claimPooled(
+    times: { timeoutMs: number; idleMs?: number },
+    imageDigest: string | undefined,
+  ): Promise<MachineRecord | null> {
+    for (const r of this.pooled().filter((m) => m.state === "running" && m.spec.imageDigest === imageDigest)) {
       if (!this.store.claimPooled(r.id, times)) continue; // another claimer was first
       try {
         await requestRetime(controlSocket(this.paths, r.id), times);
@@ -400,13 +405,16 @@ export class Runtime {
   }
 
   /**
-   * `mm serve --pool N`: boots sandboxes (default image and shape) until N wait to be
-   * claimed. Each waits at most POOL_IDLE_MS (then ends, and a fresh one follows).
+   * `mm serve --pool N [--pool-image IMAGE]`: boots sandboxes of the image (default: the
+   * embedded one) in the default shape until N wait to be claimed. Each waits at most
+   * POOL_IDLE_MS (then ends, and a fresh one follows).
    */
-  async fillPool(size: number): Promise<number> {
+  async fillPool(size: number, image?: PulledImage): Promise<number> {
     let started = 0;
-    while (this.pooled().length < size) {
+    const mine = () => this.pooled().filter((r) => r.spec.imageDigest === image?.digest);
+    while (mine().length < size) {
       const rec = this.create({
+        ...(image && { image }),
         entrypoint: [GUEST_BUSYBOX],
         command: ["sleep", "2147483647"],
         autoRemove: true,
