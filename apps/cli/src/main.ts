@@ -30,7 +30,6 @@ import {
   failedStart,
   formatPortLine,
   formatPublishedList,
-  freeLoopbackPort,
   hostKeyAlias,
   knownHostsPath,
   type MachineRecord,
@@ -45,6 +44,7 @@ import {
   type Supervisor,
   sshEndpoint,
   tailLog,
+  withSshForward,
 } from "@mm/runtime";
 import Table from "cli-table3";
 import { collect, parseLimits } from "./common.js";
@@ -230,12 +230,8 @@ export function buildProgram(): Command {
         const sshKey =
           opts.ssh || opts.sshKey ? await (opts.sshKey ? readPublicKey(opts.sshKey) : defaultPublicKey()) : undefined;
         const mode = opts.network !== undefined ? networkMode(opts.network) : defaultNetworkMode(rt.env);
-        const publish = opts.publish.map(parsePublish);
-        // User-mode networking: the guest has no address the host reaches, so its SSH server
-        // is reached through a forward from a free port on the host's loopback.
-        if (sshKey && mode === "user" && !publish.some((p) => p.guestPort === SSH_PORT && p.proto === "tcp")) {
-          publish.push({ hostIp: "127.0.0.1", hostPort: await freeLoopbackPort(), guestPort: SSH_PORT, proto: "tcp" });
-        }
+        const asked = opts.publish.map(parsePublish);
+        const publish = sshKey && mode === "user" ? await withSshForward(asked) : asked;
         const rec = rt.create({
           ...(opts.name !== undefined && { name: opts.name }),
           ...(sshKey && {

@@ -29,11 +29,6 @@ export function addHostCommands(program: Command, client: MmClient, template: Co
         );
       }
   };
-  program
-    .command("images")
-    .option("-q, --quiet", "references only", false)
-    .option("--json", "JSON", false)
-    .action(listImages);
 
   program
     .command("rmi")
@@ -49,11 +44,9 @@ export function addHostCommands(program: Command, client: MmClient, template: Co
     });
 
   const image = program.command("image");
-  image
-    .command("ls")
-    .option("-q, --quiet", "references only", false)
-    .option("--json", "JSON", false)
-    .action(listImages);
+  for (const list of [program.command("images"), image.command("ls")]) {
+    list.option("-q, --quiet", "references only", false).option("--json", "JSON", false).action(listImages);
+  }
   image
     .command("prune")
     .option("--json", "JSON", false)

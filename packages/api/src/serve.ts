@@ -68,13 +68,19 @@ export async function serve(opts: ServeOptions): Promise<Serving> {
   const size = opts.pool ?? 0;
   if (size > 0) {
     let lastError = "";
-    const image = () =>
-      opts.poolImage
-        ? rt.images.ensure(opts.poolImage.reference, {
-            pull: "missing",
-            insecureRegistries: [...opts.poolImage.insecureRegistries],
-          })
+    // The pool's image, resolved (pulled if missing) once: not again on every check.
+    let resolved: ReturnType<Runtime["images"]["ensure"]> | Promise<undefined> | null = null;
+    const image = () => {
+      const ref = opts.poolImage;
+      resolved ??= ref
+        ? rt.images.ensure(ref.reference, { pull: "missing", insecureRegistries: [...ref.insecureRegistries] })
         : Promise.resolve(undefined);
+      // A failed pull is tried again at the next check.
+      return resolved.catch((e: unknown) => {
+        resolved = null;
+        throw e;
+      });
+    };
     const tick = () => {
       filling = image()
         .then((img) => rt.fillPool(size, img))

@@ -70,10 +70,9 @@ import {
   toSnapshot,
   verifySnapshot,
 } from "./snapshots.js";
-import { SSH_PORT } from "./ssh.js";
 import { type MachineRecord, Store } from "./store.js";
 import { type RunIo, type RunOutcome, Supervisor } from "./supervisor.js";
-import { freeLoopbackPort } from "./user-network.js";
+import { isSshForward, withSshForward } from "./user-network.js";
 import { createVolume, DEFAULT_VOLUME_BYTES, findVolume, listVolumes, removeVolume, type Volume } from "./volumes.js";
 
 export interface CreateInput {
@@ -226,11 +225,7 @@ export class Runtime {
       throw new MmError("MM_USAGE", "--net-bps limits the bridge network: not --network user or none");
     }
     if (spec.network && spec.network.publish.length > 0) {
-      // Ports stay reserved by machines that exist and may start again, as in Docker.
-      const taken = this.list()
-        .filter((r) => r.state !== "failed")
-        .flatMap((r) => r.spec.network?.publish ?? []);
-      checkPortConflicts(spec.network.publish, taken);
+      checkPortConflicts(spec.network.publish, this.publishedPorts());
     }
     for (const [i, v] of (spec.volumes ?? []).entries()) {
       findVolume(this.paths, this.store, [], v.name);
@@ -434,6 +429,7 @@ export class Runtime {
   /** Removes the pool's unclaimed sandboxes (`mm serve` ending). */
   async drainPool(): Promise<void> {
     for (const r of this.pooled()) {
+      // Claimed first (one statement), so that no create takes it while it goes.
       if (this.store.claimPooled(r.id, { timeoutMs: 1000 }))
         await this.remove(r.id, { force: true }).catch(() => undefined);
     }
@@ -750,6 +746,13 @@ export class Runtime {
     return started;
   }
 
+  /** Host ports machines hold: every machine that exists and may start again (as in Docker). */
+  private publishedPorts(): PortMapping[] {
+    return this.list()
+      .filter((r) => r.state !== "failed")
+      .flatMap((r) => r.spec.network?.publish ?? []);
+  }
+
   /** The ports each new machine of a restore or a fork publishes (see CloneOptions). */
   private async clonePorts(
     snap: Pick<Snapshot, "spec">,
@@ -762,11 +765,7 @@ export class Runtime {
       if (opts.publish?.length) throw new MmError("MM_USAGE", "-p needs a network: the source machine has none");
       return Array.from({ length: count }, () => []);
     }
-    // Without root, `mm ssh` goes through a loopback forward of port 22: one per machine.
-    const sshForward = (p: PortMapping) => net.mode === "user" && p.guestPort === SSH_PORT && p.proto === "tcp";
-    const taken = this.list()
-      .filter((r) => r.state !== "failed")
-      .flatMap((r) => r.spec.network?.publish ?? []);
+    const taken = this.publishedPorts();
     let ports: PortMapping[] = [];
     if (opts.publish) {
       if (count > 1 && opts.publish.length > 0) {
@@ -777,7 +776,8 @@ export class Runtime {
       checkPortConflicts(opts.publish, taken);
       ports = [...opts.publish];
     } else if (kind === "restore") {
-      const carried = net.publish.filter((p) => !sshForward(p));
+      // Not the source's own SSH forward (user mode): each new machine gets one of its own.
+      const carried = net.publish.filter((p) => !(net.mode === "user" && isSshForward(p)));
       ports = carried.filter((p) => !taken.some((t) => mappingsClash(t, p)));
       const left = carried.filter((p) => !ports.includes(p));
       if (left.length > 0) {
@@ -788,12 +788,7 @@ export class Runtime {
     }
     const out: PortMapping[][] = [];
     for (let i = 0; i < count; i++) {
-      const ssh = snap.spec.ssh !== undefined && net.mode === "user" && !ports.some(sshForward);
-      out.push(
-        ssh
-          ? [...ports, { hostIp: "127.0.0.1", hostPort: await freeLoopbackPort(), guestPort: SSH_PORT, proto: "tcp" }]
-          : ports,
-      );
+      out.push(snap.spec.ssh !== undefined && net.mode === "user" ? await withSshForward(ports) : ports);
     }
     return out;
   }

@@ -7,7 +7,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { MmError, type NetworkIdentity } from "@mm/core";
-import { macFor, passtArgs, USER_NET } from "@mm/net";
+import { macFor, type PortMapping, passtArgs, USER_NET } from "@mm/net";
 import { hostResolvers, networkOf, readResolvConf } from "./network.js";
 import { waitForSocket } from "./shares.js";
 import { SSH_PORT } from "./ssh.js";
@@ -90,11 +90,26 @@ export function freeLoopbackPort(): Promise<number> {
   });
 }
 
+/** A user-mode machine's published port that `mm ssh` goes through (guest port 22/tcp). */
+export function isSshForward(p: PortMapping): boolean {
+  return p.guestPort === SSH_PORT && p.proto === "tcp";
+}
+
+/**
+ * The ports of a user-mode machine with SSH: the guest has no address the host reaches,
+ * so its SSH server gets a forward from a free port on the host's loopback (unless the
+ * user published port 22 already).
+ */
+export async function withSshForward(publish: readonly PortMapping[]): Promise<PortMapping[]> {
+  if (publish.some(isSshForward)) return [...publish];
+  return [...publish, { hostIp: "127.0.0.1", hostPort: await freeLoopbackPort(), guestPort: SSH_PORT, proto: "tcp" }];
+}
+
 /** Where `mm ssh` connects: the guest's address on the bridge, or the loopback forward of port 22. */
 export function sshEndpoint(rec: MachineRecord, leaseIp: string | undefined): { host: string; port: number } | null {
   const net = networkOf(rec);
   if (net.mode === "user") {
-    const fwd = net.publish.find((p) => p.guestPort === SSH_PORT && p.proto === "tcp");
+    const fwd = net.publish.find(isSshForward);
     return fwd ? { host: fwd.hostIp ?? "127.0.0.1", port: fwd.hostPort } : null;
   }
   return leaseIp ? { host: leaseIp, port: SSH_PORT } : null;
